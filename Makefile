@@ -1,0 +1,41 @@
+# char-rnn-bench: `make bench` and `make test` set everything up first.
+# Two environments, because Chainer and MXNet need NumPy 1.x (README, "Two environments").
+PYTHON ?= python3
+VENV := .venv
+LEGACY := .venv-legacy
+export CHARRNN_DATA_DIR ?= $(abspath ../shared/data)
+
+.PHONY: setup test test-modern test-legacy bench bench-full clean
+
+setup: $(VENV)/.installed $(LEGACY)/.installed
+
+# A stamp per environment: reinstalled only when its requirements change.
+$(VENV)/.installed: requirements/modern.txt
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements/modern.txt
+	touch $@
+
+# chainer is an sdist whose setup.py imports pkg_resources: build tools and
+# numpy 1.23.5 go in first, then chainer builds without isolation.
+$(LEGACY)/.installed: requirements/legacy.txt requirements/legacy-build.txt
+	test -x $(LEGACY)/bin/python || $(PYTHON) -m venv $(LEGACY)
+	$(LEGACY)/bin/pip install --quiet --disable-pip-version-check -r requirements/legacy-build.txt numpy==1.23.5
+	$(LEGACY)/bin/pip install --quiet --disable-pip-version-check --no-build-isolation -r requirements/legacy.txt
+	touch $@
+
+test: setup test-modern test-legacy
+
+test-modern:
+	$(VENV)/bin/python -m pytest -q tests
+
+test-legacy:
+	$(LEGACY)/bin/python -m pytest -q tests
+
+bench: setup
+	$(VENV)/bin/python benchmarks/run_all.py --profile quick
+
+bench-full: setup
+	$(VENV)/bin/python benchmarks/run_all.py --profile full
+
+clean:
+	rm -rf $(VENV) $(LEGACY) .pytest_cache checkpoints

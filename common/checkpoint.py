@@ -1,0 +1,120 @@
+"""Checkpoint directories: native framework files plus the portable weights and the loop's place.
+
+    checkpoints/pytorch_model/
+        model.safetensors   portable weights, config, vocab (any framework can generate from it)
+        native/             the framework's own files: weights AND optimizer state
+        trainer.json        epoch, next batch, step, losses so far, the train config
+        state.safetensors   the carried (h, c) training state, for an exact resume
+
+The whole directory is replaced atomically (`common.fileio.atomic_directory`),
+so an interrupted save leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import safetensors.numpy
+
+from common.errors import CharRnnError
+from common.fileio import atomic_directory, resolve_directory
+from common.framework import CharRNN
+from common.text import Vocab
+from common.weights import Portable, load_portable, save_portable
+
+PORTABLE_NAME = "model.safetensors"
+
+
+@dataclass
+class Progress:
+    """Where the training loop stands: the next batch to train is (epoch, batch)."""
+
+    epoch: int = 0
+    batch: int = 0
+    step: int = 0
+    epoch_losses: list[float] = dataclasses.field(default_factory=list)  # this epoch so far
+    train_loss: float | None = None  # last complete epoch's mean
+    val_loss: float | None = None
+
+
+def portable_metadata(model: CharRNN, progress: Progress) -> dict[str, str]:
+    return {"framework": model.framework, "framework_version": model.framework_version(),
+            "epoch": progress.epoch, "step": progress.step,
+            "train_loss": progress.train_loss, "val_loss": progress.val_loss}
+
+
+def save_checkpoint(directory: str | Path, model: CharRNN, vocab: Vocab, progress: Progress,
+                    state, train_config) -> None:
+    """Write a complete checkpoint directory atomically."""
+    with atomic_directory(directory) as tmp:
+        save_portable(tmp / PORTABLE_NAME, model.get_weights(), model.config, vocab,
+                      **portable_metadata(model, progress))
+        (tmp / "native").mkdir()
+        model.save_native(tmp / "native")
+        h, c = model.state_to_numpy(state)
+        safetensors.numpy.save_file({"h": h, "c": c}, str(tmp / "state.safetensors"))
+        trainer = {"framework": model.framework, "progress": dataclasses.asdict(progress),
+                   "train_config": dataclasses.asdict(train_config)}
+        (tmp / "trainer.json").write_text(json.dumps(trainer, indent=2))
+
+
+@dataclass
+class Checkpoint:
+    directory: Path
+    portable: Portable
+    progress: Progress
+    framework: str
+    train_config: dict
+    h: np.ndarray
+    c: np.ndarray
+
+
+def load_checkpoint(directory: str | Path, framework: str) -> Checkpoint:
+    """Read everything but the native files (the model loads those itself)."""
+    given = Path(directory)
+    directory = resolve_directory(given)
+    if not directory.is_dir():
+        raise CharRnnError(f"{given}: no checkpoint directory to restore from")
+    trainer_path = directory / "trainer.json"
+    try:
+        trainer = json.loads(trainer_path.read_text())
+        progress = Progress(**trainer["progress"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CharRnnError(f"{trainer_path}: unreadable checkpoint record ({exc})") from None
+    if trainer.get("framework") != framework:
+        raise CharRnnError(
+            f"{directory}: written by {trainer.get('framework')}, not {framework}; "
+            f"start from its weights with --init-from {directory / PORTABLE_NAME}")
+    portable = load_portable(directory / PORTABLE_NAME)
+    try:
+        state = safetensors.numpy.load_file(str(directory / "state.safetensors"))
+        h, c = state["h"], state["c"]
+    except Exception as exc:
+        raise CharRnnError(f"{directory / 'state.safetensors'}: unreadable ({exc})") from None
+    return Checkpoint(directory, portable, progress, framework, trainer.get("train_config", {}),
+                      h, c)
+
+
+def restore_native(model: CharRNN, directory: Path) -> None:
+    """`model.load_native`, with any failure turned into one line naming the directory."""
+    native = directory / "native"
+    try:
+        model.load_native(native)
+    except CharRnnError:
+        raise
+    except Exception as exc:
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise CharRnnError(f"{native}: cannot restore the {model.framework} checkpoint "
+                           f"({type(exc).__name__}: {first})") from None
+
+
+def find_portable(path: str | Path) -> Path:
+    """A portable file from a `.safetensors` path or a checkpoint directory."""
+    path = resolve_directory(Path(path))
+    if path.is_dir():
+        return path / PORTABLE_NAME
+    return path

@@ -1,0 +1,119 @@
+"""The one command line of every framework (SPEC section 6), generated from `common.config`.
+
+    python <framework>_model.py train|generate|repl|export [flags]
+
+Errors a user can act on are one line on stderr and exit status 2; Ctrl-C
+during training saves a checkpoint and exits with 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import types
+import typing
+from pathlib import Path
+
+from common.config import ExportConfig, GenerateConfig, TrainConfig
+from common.errors import CharRnnError
+
+COMMANDS = {
+    "train": (TrainConfig, "train a model (resumable with --restore)"),
+    "generate": (GenerateConfig, "generate text from a checkpoint or portable file"),
+    "repl": (GenerateConfig, "read seeds line by line and print completions"),
+    "export": (ExportConfig, "write a checkpoint's portable .safetensors file"),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag in one line (no usage dump) and exits 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _number(kind, positive: bool, non_negative: bool, name: str):
+    def convert(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a{'n' if kind is int else ''} "
+                                             f"{kind.__name__}") from None
+        if positive and not value > 0:
+            raise argparse.ArgumentTypeError(f"{text} must be > 0")
+        if non_negative and value < 0:
+            raise argparse.ArgumentTypeError(f"{text} must be >= 0")
+        return value
+    convert.__name__ = name  # argparse names the type in its messages
+    return convert
+
+
+def _base_type(annotation):
+    """int for `int`, `int | None`, 'int | None' (annotations are strings here)."""
+    if isinstance(annotation, str):
+        annotation = eval(annotation, {"__builtins__": __builtins__})  # noqa: S307 - our own
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    return annotation
+
+
+def add_dataclass_flags(parser: argparse.ArgumentParser, config_cls) -> None:
+    """One --flag-name per field of `config_cls`, with its help, default and checks."""
+    for f in dataclasses.fields(config_cls):
+        meta = dict(f.metadata)
+        help_text = meta.pop("help", "")
+        positive = meta.pop("positive", False)
+        non_negative = meta.pop("non_negative", False)
+        kind = _base_type(f.type)
+        kwargs = {"default": f.default, "help": f"{help_text} (default: {f.default})"}
+        if kind in (int, float):
+            kwargs["type"] = _number(kind, positive, non_negative, kind.__name__)
+            kwargs["metavar"] = "N" if kind is int else "X"
+        kwargs.update(meta)
+        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, **kwargs)
+
+
+def build_parser(prog: str) -> argparse.ArgumentParser:
+    parser = _Parser(prog=prog, description="Character-level LSTM language model "
+                     "(char-rnn-bench); the same flags in every framework.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for name, (config_cls, help_text) in COMMANDS.items():
+        add_dataclass_flags(sub.add_parser(name, help=help_text, description=help_text),
+                            config_cls)
+    return parser
+
+
+def parse_args(argv, prog: str):
+    """(command, config dataclass) from argv."""
+    args = vars(build_parser(prog).parse_args(argv))
+    command = args.pop("command")
+    return command, COMMANDS[command][0](**args)
+
+
+def main(model_cls, argv: list[str] | None = None) -> None:
+    """Entry point of every `<framework>_model.py`."""
+    prog = Path(sys.argv[0]).name if argv is None else f"{model_cls.framework}_model.py"
+    command, cfg = parse_args(sys.argv[1:] if argv is None else argv, prog)
+    try:
+        if command == "train":
+            from common.train import train
+            train(model_cls, cfg)
+        elif command == "generate":
+            from common.generate import run_generate
+            run_generate(model_cls, cfg)
+        elif command == "repl":
+            from common.generate import run_repl
+            run_repl(model_cls, cfg)
+        else:
+            from common.export import run_export
+            run_export(model_cls, cfg)
+    except CharRnnError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr, flush=True)
+        sys.exit(130)
+    except BrokenPipeError:  # `... generate | head`: the reader left, nothing is wrong
+        sys.stderr.close()
+        sys.exit(0)

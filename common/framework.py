@@ -1,0 +1,134 @@
+"""The framework contract: what each `<framework>_model.py` implements, and nothing more.
+
+The training loop (`common.train`), generation (`common.generate`), the CLI and
+the conformance tests are written once against this class, the way
+algorithmic-efficiency gives every framework the same Workload. Everything
+crosses the boundary as NumPy: batches are int32 arrays of shape
+(batch_size, seq_len), weights are the canonical layout of `common.weights`,
+states convert to (h, c) arrays of shape (num_layers, batch_size, rnn_size).
+
+A framework file defines one subclass and ends with
+
+    if __name__ == "__main__":
+        main(TorchCharRNN)
+"""
+
+from __future__ import annotations
+
+import abc
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from common.config import ModelConfig, OptimConfig
+from common.weights import Weights
+
+State = Any  # a framework's own (h, c) representation, opaque to common/
+
+
+class CharRNN(abc.ABC):
+    """One framework's Embedding -> LSTM x num_layers -> Dense, with Adam and clipping.
+
+    Construction builds the model from canonical weights (SPEC section 5) and a
+    fresh Adam state. Every method that takes a `state` returns the new state,
+    already cut from the gradient graph (truncated BPTT).
+    """
+
+    framework: ClassVar[str]  # registry name, e.g. "pytorch"
+
+    def __init__(self, config: ModelConfig, weights: Weights, optim: OptimConfig,
+                 device: str = "cpu", seed: int = 0):
+        """Build from canonical `weights`; `seed` seeds the framework's dropout RNG."""
+        self.config, self.optim, self.device, self.seed = config, optim, device, seed
+
+    # ---- environment ---------------------------------------------------------------
+    @classmethod
+    @abc.abstractmethod
+    def versions(cls) -> dict[str, str]:
+        """{"framework": version, ...} of the libraries this implementation uses."""
+
+    @classmethod
+    def framework_version(cls) -> str:
+        return next(iter(cls.versions().values()))
+
+    @classmethod
+    @abc.abstractmethod
+    def setup_device(cls, device: str, threads: int | None) -> str:
+        """Apply thread settings and resolve "auto"/"cpu"/"gpu" to a device.
+
+        Returns a short description ("cpu", "cuda:0 (NVIDIA H100)"); raises
+        CharRnnError when "gpu" is asked for and none is usable.
+        """
+
+    # ---- state ----------------------------------------------------------------------
+    @abc.abstractmethod
+    def zero_state(self, batch_size: int) -> State:
+        """All-zero hidden and cell states for `batch_size` rows."""
+
+    @abc.abstractmethod
+    def state_to_numpy(self, state: State) -> tuple[np.ndarray, np.ndarray]:
+        """(h, c), each float32 (num_layers, batch_size, rnn_size)."""
+
+    @abc.abstractmethod
+    def state_from_numpy(self, h: np.ndarray, c: np.ndarray) -> State:
+        """Inverse of `state_to_numpy`."""
+
+    # ---- compute ----------------------------------------------------------------------
+    @abc.abstractmethod
+    def forward(self, x: np.ndarray, state: State) -> tuple[np.ndarray, State]:
+        """Evaluation-mode logits (batch_size, seq_len, vocab_size) float32, and new state."""
+
+    @abc.abstractmethod
+    def loss_and_grads(self, x: np.ndarray, y: np.ndarray,
+                       state: State) -> tuple[float, Weights, State]:
+        """Loss and unclipped canonical gradients for one batch, without updating.
+
+        Gradients are named and shaped like the canonical weights; for a
+        framework with two LSTM biases, "lstm.k.bias" is the gradient of its
+        trained (first) bias. Evaluation mode (no dropout): this is for the
+        conformance tests, not the training loop.
+        """
+
+    @abc.abstractmethod
+    def train_step(self, x: np.ndarray, y: np.ndarray, state: State) -> tuple[float, State]:
+        """One update: forward (dropout on), backward, global-norm clip, Adam. Returns the
+        batch's mean loss in nats (as a Python float, so the clock is synchronised)."""
+
+    def eval_step(self, x: np.ndarray, y: np.ndarray, state: State) -> tuple[float, State]:
+        """Mean cross-entropy of one batch in evaluation mode, no update."""
+        logits, state = self.forward(x, state)
+        return cross_entropy(logits, y), state
+
+    def step(self, ids: np.ndarray, state: State) -> tuple[np.ndarray, State]:
+        """One generation step: ids (batch_size,) -> logits (batch_size, vocab_size).
+
+        Override with a compiled one-step path where the framework has one;
+        generation speed is measured through this method.
+        """
+        logits, state = self.forward(ids.reshape(-1, 1).astype(np.int32), state)
+        return logits[:, -1], state
+
+    # ---- weights and checkpoints ----------------------------------------------------
+    @abc.abstractmethod
+    def get_weights(self) -> Weights:
+        """Current weights in the canonical layout (two biases summed into one)."""
+
+    @abc.abstractmethod
+    def save_native(self, directory: Path) -> None:
+        """Write weights AND optimizer state in the framework's own format into the
+        (existing, empty) `directory`. common/ makes the write atomic."""
+
+    @abc.abstractmethod
+    def load_native(self, directory: Path) -> None:
+        """Restore what `save_native` wrote (the model was built with matching config)."""
+
+
+def cross_entropy(logits: np.ndarray, y: np.ndarray) -> float:
+    """Mean softmax cross-entropy in nats; logits (..., vocab_size), y (...) int ids."""
+    logits = logits.astype(np.float64)
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    log_z = np.log(np.exp(shifted).sum(axis=-1))
+    picked = np.take_along_axis(shifted, y[..., None].astype(np.int64), axis=-1)[..., 0]
+    return float(np.mean(log_z - picked))
+

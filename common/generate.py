@@ -1,0 +1,237 @@
+"""Generation and the repl, written once: any framework's one-step logits + `common.sampling`.
+
+    python pytorch_model.py generate --seed "KING" --length 200 --temperature 0.8
+    echo "ROMEO:" | python jax_model.py repl
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable, TextIO
+
+import numpy as np
+
+from common.checkpoint import find_portable
+from common.config import GenerateConfig, OptimConfig
+from common.errors import CharRnnError
+from common.fileio import atomic_write_text
+from common.framework import CharRNN
+from common.paths import PRETRAINED_PATH, default_checkpoint_path
+from common.sampling import check_sampling, next_char_probs, sample
+from common.text import Vocab, default_corpus_path, read_text
+from common.weights import Portable, load_portable
+
+
+class Generator:
+    """Seeded text generation from a built model and its vocabulary."""
+
+    def __init__(self, model: CharRNN, vocab: Vocab):
+        self.model, self.vocab = model, vocab
+
+    def check_seed(self, seed: str) -> np.ndarray:
+        if not seed:
+            raise CharRnnError("the seed text is empty")
+        unknown = self.vocab.unknown_chars(seed)
+        if unknown:
+            raise CharRnnError(f"seed text has characters outside the model's vocabulary: "
+                               f"{''.join(unknown)!r}")
+        return self.vocab.encode(seed)
+
+    def generate(self, seed: str, length: int, rng: np.random.Generator, *,
+                 temperature: float = 1.0, top_n: int = 3, top_p: float = 1.0,
+                 num_samples: int = 1,
+                 on_chars: Callable[[list[str]], None] | None = None) -> list[str]:
+        """`num_samples` continuations of `seed`, generated together as one batch.
+
+        The seed primes the state (all but its last character in one forward
+        pass), then each step feeds the last character and samples the next.
+        `on_chars` receives each step's characters, one per sample, as they come.
+        Returns the generated texts (without the seed).
+        """
+        check_sampling(temperature, top_n, top_p)
+        seed_ids = self.check_seed(seed)
+        ids = np.tile(seed_ids, (num_samples, 1)).astype(np.int32)  # (num_samples, len(seed))
+        state = self.model.zero_state(num_samples)
+        if ids.shape[1] > 1:
+            _, state = self.model.forward(ids[:, :-1], state)
+        last = ids[:, -1]
+        out: list[list[str]] = [[] for _ in range(num_samples)]
+        for _ in range(length):
+            logits, state = self.model.step(last, state)  # (num_samples, vocab_size)
+            probs = next_char_probs(logits, temperature, top_n, top_p)
+            last = sample(probs, rng).astype(np.int32)
+            chars = [self.vocab.decode([i]) for i in last]
+            for sample_out, ch in zip(out, chars):
+                sample_out.append(ch)
+            if on_chars is not None:
+                on_chars(chars)
+        return ["".join(chars) for chars in out]
+
+
+@dataclass
+class Loaded:
+    generator: Generator
+    portable: Portable
+    source: str  # what the user is told about the weights
+
+
+def load_for_generation(model_cls: type[CharRNN], checkpoint_path: str | None, device: str,
+                        threads: int | None) -> Loaded:
+    """Build the model from a checkpoint directory or any framework's portable file.
+
+    With no --checkpoint-path: this framework's default checkpoint if it exists,
+    else the pretrained model shipped in pretrained/.
+    """
+    if checkpoint_path is not None:
+        path = find_portable(checkpoint_path)
+        if not Path(checkpoint_path).exists() and not path.exists():
+            raise CharRnnError(f"{checkpoint_path}: no such checkpoint or portable file")
+        source = str(path)
+    else:
+        path = find_portable(default_checkpoint_path(model_cls.framework))
+        source = str(path)
+        if not path.exists():
+            path = PRETRAINED_PATH
+            if not path.exists():
+                raise CharRnnError(
+                    f"no checkpoint at {default_checkpoint_path(model_cls.framework)} and no "
+                    f"pretrained model at {PRETRAINED_PATH}: train first or pass "
+                    "--checkpoint-path")
+            source = f"the shipped pretrained model {path.relative_to(path.parents[1])}"
+    portable = load_portable(path)
+    meta = portable.metadata
+    if meta.get("framework"):
+        source += (f" (trained by {meta['framework']} {meta.get('framework_version', '')}, "
+                   f"epoch {meta.get('epoch', '?')}, val loss {meta.get('val_loss') or 'n/a'})")
+    resolved = model_cls.setup_device(device, threads)
+    model = model_cls(portable.config, portable.weights, OptimConfig(), device=resolved)
+    return Loaded(Generator(model, portable.vocab), portable, source)
+
+
+def pick_seed(cfg: GenerateConfig, rng: np.random.Generator, seq_len: int = 64) -> str:
+    """--seed, else a random seq_len-character slice of --text-path (or the default corpus)."""
+    if cfg.seed is not None:
+        return cfg.seed
+    text = read_text(cfg.text_path or default_corpus_path())
+    start = int(rng.integers(0, max(1, len(text) - seq_len)))
+    return text[start:start + seq_len]
+
+
+def run_generate(model_cls: type[CharRNN], cfg: GenerateConfig, out: TextIO = sys.stdout,
+                 err: TextIO = sys.stderr) -> list[str]:
+    """The `generate` command: stream one sample to `out` as it is made, or print each of
+    --num-samples after the batch finishes; a timing line goes to `err`."""
+    check_sampling(cfg.temperature, cfg.top_n, cfg.top_p)
+    loaded = load_for_generation(model_cls, cfg.checkpoint_path, cfg.device, cfg.threads)
+    print(f"using {loaded.source}", file=err, flush=True)
+    rng = np.random.default_rng(cfg.random_seed)
+    seed = pick_seed(cfg, rng)
+    loaded.generator.check_seed(seed)
+    stream = cfg.num_samples == 1
+
+    def on_chars(chars: list[str]) -> None:
+        out.write(chars[0])
+        out.flush()
+
+    if stream:
+        out.write(seed)
+        out.flush()
+    start = time.perf_counter()
+    texts = loaded.generator.generate(
+        seed, cfg.length, rng, temperature=cfg.temperature, top_n=cfg.top_n, top_p=cfg.top_p,
+        num_samples=cfg.num_samples, on_chars=on_chars if stream else None)
+    duration_s = time.perf_counter() - start
+    if stream:
+        out.write("\n")
+    else:
+        for k, text in enumerate(texts):
+            out.write(f"--- sample {k + 1} ---\n{seed}{text}\n")
+    out.flush()
+    if cfg.output:
+        atomic_write_text(cfg.output, "\n".join(seed + text for text in texts) + "\n")
+    total = cfg.length * cfg.num_samples
+    print(f"generated {total} characters in {duration_s:.3f} s "
+          f"({total / duration_s if duration_s else 0:.1f} chars/s)", file=err, flush=True)
+    return texts
+
+
+REPL_SETTINGS = {"temperature": float, "top_n": int, "top_p": float, "length": int}
+REPL_HELP = ("type a seed and press enter; settings: "
+             + ", ".join(f":{name} VALUE" for name in REPL_SETTINGS) + "; :quit to exit")
+
+
+def run_repl(model_cls: type[CharRNN], cfg: GenerateConfig, inp: TextIO = sys.stdin,
+             out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> None:
+    """Read a line, print its completion, loop until end of input (or Ctrl-C)."""
+    check_sampling(cfg.temperature, cfg.top_n, cfg.top_p)
+    loaded = load_for_generation(model_cls, cfg.checkpoint_path, cfg.device, cfg.threads)
+    interactive = inp.isatty()
+    print(f"using {loaded.source}", file=err, flush=True)
+    if interactive:
+        print(REPL_HELP, file=err, flush=True)
+    rng = np.random.default_rng(cfg.random_seed)
+    settings = cfg
+    while True:
+        if interactive:
+            err.write("> ")
+            err.flush()
+        try:
+            line = inp.readline()
+        except KeyboardInterrupt:
+            break
+        if not line:
+            break
+        line = line.rstrip("\n")
+        if line.startswith(":"):
+            try:
+                settings = _repl_command(line, settings)
+            except CharRnnError as exc:
+                print(f"error: {exc}", file=err, flush=True)
+                continue
+            if settings is None:
+                break
+            continue
+        if not line:
+            continue
+        try:
+            loaded.generator.check_seed(line)
+        except CharRnnError as exc:
+            print(f"error: {exc}", file=err, flush=True)
+            continue
+        out.write(line)
+        out.flush()
+        try:
+            loaded.generator.generate(
+                line, settings.length, rng, temperature=settings.temperature,
+                top_n=settings.top_n, top_p=settings.top_p,
+                on_chars=lambda chars: (out.write(chars[0]), out.flush()))
+        except KeyboardInterrupt:
+            pass
+        out.write("\n")
+        out.flush()
+    if interactive:
+        err.write("\n")
+
+
+def _repl_command(line: str, settings: GenerateConfig) -> GenerateConfig | None:
+    """Apply `:name value`; None for :quit."""
+    parts = line[1:].split()
+    if not parts or parts[0] in ("quit", "exit", "q"):
+        return None if parts else settings
+    name = parts[0].replace("-", "_")
+    if name == "help":
+        raise CharRnnError(REPL_HELP)
+    if name not in REPL_SETTINGS or len(parts) != 2:
+        raise CharRnnError(f"unknown command {line!r}; {REPL_HELP}")
+    try:
+        value = REPL_SETTINGS[name](parts[1])
+    except ValueError:
+        raise CharRnnError(f":{name} needs a {REPL_SETTINGS[name].__name__}") from None
+    new = replace(settings, **{name: value})
+    check_sampling(new.temperature, new.top_n, new.top_p)
+    if new.length < 0:
+        raise CharRnnError(":length must be >= 0")
+    return new

@@ -1,0 +1,75 @@
+"""The two log files of every run (SPEC section 7).
+
+`<name>.log` is for people (and mirrors to stderr); `<name>.jsonl` beside it has
+one JSON object per line for the benchmark and plotting code: a header with
+the config, versions, device and threads, then one record per epoch (and per
+`--log-every` steps).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+LN2 = math.log(2.0)
+
+
+def bits(nats: float | None) -> float | None:
+    """Nats per character -> bits per character."""
+    return None if nats is None else nats / LN2
+
+
+def format_duration(seconds: float) -> str:
+    """H:MM:SS.s, like the original suite's logs."""
+    minutes, secs = divmod(seconds, 60)
+    hours, minutes = divmod(int(minutes), 60)
+    return f"{hours}:{minutes:02d}:{secs:04.1f}"
+
+
+def jsonl_path(log_path: str | Path) -> Path:
+    return Path(log_path).with_suffix(".jsonl")
+
+
+class RunLogger:
+    """Appends to `log_path` (text) and its `.jsonl` twin; each line is flushed at once."""
+
+    def __init__(self, log_path: str | Path, framework: str, echo: bool = True):
+        self.framework = framework
+        self.text_path = Path(log_path)
+        self.text_path.parent.mkdir(parents=True, exist_ok=True)
+        self._text = open(self.text_path, "a", encoding="utf-8")
+        self._json = open(jsonl_path(log_path), "a", encoding="utf-8")
+        self.echo = echo
+
+    def info(self, message: str) -> None:
+        """A human line, timestamped, to the text log and stderr."""
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        for line in message.splitlines() or [""]:
+            self._text.write(f"{stamp} {self.framework}: {line}\n")
+        self._text.flush()
+        if self.echo:
+            print(message, file=sys.stderr, flush=True)
+
+    def record(self, kind: str, **fields) -> None:
+        """One JSON object: {"kind": ..., "framework": ..., "time": ..., **fields}."""
+        obj = {"kind": kind, "framework": self.framework, "time": time.time(), **fields}
+        self._json.write(json.dumps(obj, ensure_ascii=False, default=str) + "\n")
+        self._json.flush()
+
+    def close(self) -> None:
+        self._text.close()
+        self._json.close()
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """All records of a .jsonl log, skipping a truncated last line."""
+    records = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records

@@ -1,0 +1,109 @@
+"""Every framework by name, imported lazily, so a missing one is skipped with a reason.
+
+    >>> sorted(FRAMEWORKS)[:3]
+    ['chainer', 'jax', 'keras[jax]']
+
+A name maps to its script, the environment that has its libraries, and any
+environment variables it needs set before import (Keras picks its backend
+from KERAS_BACKEND, the Keras way).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str  # "pytorch", "keras[jax]"
+    module: str  # "pytorch_model"
+    env: str  # "modern", "legacy" or "any" (numpy runs in both)
+    requires: str  # the import that tells whether this environment can run it
+    env_vars: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def script(self) -> Path:
+        return ROOT / f"{self.module}.py"
+
+    def python(self) -> Path:
+        """The interpreter of this framework's environment."""
+        venv = {"modern": ".venv", "legacy": ".venv-legacy"}.get(self.env)
+        return ROOT / venv / "bin" / "python" if venv else Path(sys.executable)
+
+    def process_env(self) -> dict[str, str]:
+        """os.environ plus this entry's variables, for a subprocess."""
+        return {**os.environ, **self.env_vars}
+
+
+def _keras(backend: str) -> Entry:
+    return Entry(f"keras[{backend}]", "keras_model", "modern", "keras",
+                 {"KERAS_BACKEND": backend})
+
+
+FRAMEWORKS: dict[str, Entry] = {e.name: e for e in [
+    Entry("numpy", "numpy_model", "any", "numpy"),
+    Entry("pytorch", "pytorch_model", "modern", "torch"),
+    Entry("tensorflow", "tf_model", "modern", "tensorflow"),
+    _keras("tensorflow"),
+    _keras("jax"),
+    _keras("torch"),
+    Entry("jax", "jax_model", "modern", "flax"),
+    Entry("pytensor", "pytensor_model", "modern", "pytensor"),
+    Entry("chainer", "chainer_model", "legacy", "chainer"),
+    Entry("mxnet", "mxnet_model", "legacy", "mxnet"),
+]}
+
+
+class Unavailable(Exception):
+    """This framework cannot run in this process; the message says why."""
+
+
+def unavailable_reason(name: str) -> str | None:
+    """Why `name` cannot be imported in this process, or None if it can."""
+    entry = FRAMEWORKS[name]
+    if not entry.script.exists():
+        return f"{entry.script.name} is not written yet"
+    if importlib.util.find_spec(entry.requires) is None:
+        return f"{entry.requires} is not installed in this environment ({entry.env} has it)"
+    for key, value in entry.env_vars.items():
+        if os.environ.get(key, value) != value:
+            return f"this process has {key}={os.environ[key]}, {name} needs {value}"
+        if key == "KERAS_BACKEND" and "keras" in sys.modules:
+            loaded = sys.modules["keras"].backend.backend()
+            if loaded != value:
+                return f"keras is already loaded with the {loaded} backend in this process"
+    return None
+
+
+def load(name: str):
+    """The CharRNN subclass of framework `name`, importing its module now.
+
+    Raises Unavailable (with the reason) when this process cannot run it.
+    """
+    if name not in FRAMEWORKS:
+        raise Unavailable(f"unknown framework {name!r}; known: {', '.join(FRAMEWORKS)}")
+    reason = unavailable_reason(name)
+    if reason:
+        raise Unavailable(reason)
+    entry = FRAMEWORKS[name]
+    for key, value in entry.env_vars.items():
+        os.environ[key] = value
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    try:
+        module = importlib.import_module(entry.module)
+    except ImportError as exc:
+        raise Unavailable(f"{entry.module} failed to import: {exc}") from exc
+    return module.MODEL
+
+
+def names(env: str | None = None) -> list[str]:
+    """Registered names, optionally only those of one environment ("any" counts for both)."""
+    return [n for n, e in FRAMEWORKS.items() if env is None or e.env in (env, "any")]

@@ -1,0 +1,250 @@
+"""The training loop, written once for every framework (SPEC sections 3, 4 and 7).
+
+    from common.train import train
+    train(TorchCharRNN, TrainConfig(num_epochs=1))
+
+The loop owns the data, the carried state, timing, logging and checkpoints; the
+framework only runs `train_step` and `eval_step` on NumPy batches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from common.batching import Batches, make_streams
+from common.checkpoint import (Checkpoint, Progress, load_checkpoint, restore_native,
+                               save_checkpoint)
+from common.config import TrainConfig
+from common.errors import CharRnnError
+from common.framework import CharRNN
+from common.generate import Generator
+from common.logs import RunLogger, bits, format_duration
+from common.paths import default_checkpoint_path, default_log_path
+from common.text import Vocab, default_corpus_path, read_text
+from common.weights import init_weights, load_portable
+
+SAMPLE_TEMPERATURES = (0.2, 0.5, 1.0)  # textgenrnn-style samples after each epoch
+
+
+def evaluate(model: CharRNN, batches: Batches | None) -> float | None:
+    """Mean loss over a whole stream, its own state starting from zeros, no updates."""
+    if batches is None:
+        return None
+    state = model.zero_state(batches.batch_size)
+    losses = []
+    for j in range(batches.num_batches):
+        loss, state = model.eval_step(*batches.batch(0, j), state)
+        losses.append(loss)
+    return float(np.mean(losses))
+
+
+def _progress_bar(total: int, initial: int, desc: str):
+    """A tqdm bar on stderr when it is a terminal, else None."""
+    if not sys.stderr.isatty():
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, initial=initial, desc=desc, unit="batch", leave=False)
+
+
+def _prepare(model_cls: type[CharRNN], cfg: TrainConfig):
+    """Text, vocabulary, initial weights and progress, from flags or a checkpoint."""
+    checkpoint: Checkpoint | None = None
+    checkpoint_path = Path(cfg.checkpoint_path or default_checkpoint_path(model_cls.framework))
+    if cfg.restore is not None:
+        checkpoint = load_checkpoint(cfg.restore or checkpoint_path, model_cls.framework)
+    text_path = cfg.text_path
+    if text_path is None and checkpoint is not None:
+        text_path = checkpoint.train_config.get("text_path")
+    text_path = Path(text_path) if text_path else default_corpus_path()
+    text = read_text(text_path)
+    if checkpoint is not None:
+        portable = checkpoint.portable
+        model_config = dataclasses.replace(portable.config, drop_rate=cfg.drop_rate)
+        vocab, weights = portable.vocab, portable.weights
+    elif cfg.init_from:
+        portable = load_portable(cfg.init_from)
+        model_config = dataclasses.replace(portable.config, drop_rate=cfg.drop_rate)
+        vocab, weights = portable.vocab, portable.weights
+    else:
+        vocab = Vocab.choose(text, cfg.vocab)
+        model_config = cfg.model_config(vocab.size)
+        weights = init_weights(model_config, cfg.random_seed)
+    return checkpoint, checkpoint_path, text_path, text, vocab, model_config, weights
+
+
+def train(model_cls: type[CharRNN], cfg: TrainConfig) -> Progress:
+    """Train per SPEC; returns the final progress. Raises CharRnnError on bad input."""
+    checkpoint, checkpoint_path, text_path, text, vocab, model_config, weights = (
+        _prepare(model_cls, cfg))
+    unknown = vocab.unknown_chars(text)
+    ids = vocab.encode(text)
+    train_batches, val_batches = make_streams(ids, cfg.batch_size, cfg.seq_len,
+                                              cfg.val_fraction, str(text_path))
+
+    device = model_cls.setup_device(cfg.device, cfg.threads)
+    model = model_cls(model_config, weights, cfg.optim_config(), device=device,
+                      seed=cfg.random_seed)
+    progress = Progress()
+    state = model.zero_state(cfg.batch_size)
+    if checkpoint is not None:
+        restore_native(model, checkpoint.directory)
+        progress = checkpoint.progress
+        if checkpoint.h.shape[1] == cfg.batch_size:
+            state = model.state_from_numpy(checkpoint.h, checkpoint.c)
+
+    log = RunLogger(cfg.log_path or default_log_path(model_cls.framework), model_cls.framework)
+    generator = Generator(model, vocab)
+    header = {
+        "train_config": dataclasses.asdict(cfg), "model_config": dataclasses.asdict(model_config),
+        "text_path": str(text_path), "text_chars": len(text), "vocab_size": vocab.size,
+        "num_params": model_config.num_params(), "train_batches": len(train_batches),
+        "val_batches": len(val_batches) if val_batches else 0,
+        "chars_per_batch": train_batches.chars_per_batch,
+        "flops_per_char": model_config.flops_per_char(), "versions": model_cls.versions(),
+        "device": device, "threads": cfg.threads, "python": platform.python_version(),
+        "platform": platform.platform(), "pid": os.getpid(),
+        "restored_from": str(checkpoint.directory) if checkpoint else None,
+        "start_epoch": progress.epoch, "start_step": progress.step,
+    }
+    log.record("header", **header)
+    log.info(f"{model_cls.framework} {model_cls.framework_version()} on {device}: "
+             f"{model_config.num_params():,} parameters, vocab {vocab.size}, "
+             f"{len(train_batches)} batches of {cfg.batch_size}x{cfg.seq_len} per epoch, "
+             f"text {text_path} ({len(text):,} chars)")
+    if unknown:
+        log.info(f"{len(unknown)} characters of the text are not in the vocabulary "
+                 f"and train as 'unknown': {''.join(unknown[:20])!r}")
+    if checkpoint:
+        log.info(f"restored {checkpoint.directory} at epoch {progress.epoch + 1}, "
+                 f"batch {progress.batch}, step {progress.step}")
+
+    loop = _Loop(model, train_batches, val_batches, cfg, progress, state, log, generator,
+                 checkpoint_path, vocab)
+    try:
+        while progress.epoch < cfg.num_epochs:
+            if cfg.max_steps is not None and progress.step >= cfg.max_steps:
+                break
+            loop.run_epoch()
+    except KeyboardInterrupt:
+        log.info(f"interrupted at epoch {progress.epoch + 1}, batch {progress.batch}")
+        loop.save("interrupted")
+        log.close()
+        raise
+    log.info(f"done: {progress.step} steps, train loss {_fmt(progress.train_loss)}, "
+             f"val loss {_fmt(progress.val_loss)}")
+    log.close()
+    return progress
+
+
+@dataclasses.dataclass
+class _Loop:
+    """The mutable state of one training run; `state` is always the one after the last step."""
+
+    model: CharRNN
+    train_batches: Batches
+    val_batches: Batches | None
+    cfg: TrainConfig
+    progress: Progress
+    state: object
+    log: RunLogger
+    generator: Generator
+    checkpoint_path: Path
+    vocab: Vocab
+
+    def save(self, reason: str) -> None:
+        save_checkpoint(self.checkpoint_path, self.model, self.vocab, self.progress, self.state,
+                        self.cfg)
+        self.log.info(f"checkpoint saved to {self.checkpoint_path} ({reason})")
+
+    def run_epoch(self) -> None:
+        """Train from (progress.epoch, progress.batch) to the end of the epoch or max_steps."""
+        model, batches, cfg, progress, log = (self.model, self.train_batches, self.cfg,
+                                              self.progress, self.log)
+        epoch = progress.epoch
+        step_times: list[float] = []
+        bar = _progress_bar(len(batches), progress.batch, f"epoch {epoch + 1}/{cfg.num_epochs}")
+        start = time.perf_counter()
+        for j in range(progress.batch, len(batches)):
+            if cfg.max_steps is not None and progress.step >= cfg.max_steps:
+                break
+            x, y = batches.batch(epoch, j)
+            t0 = time.perf_counter()
+            loss, state = model.train_step(x, y, self.state)  # a float: the device is synced
+            step_times.append(time.perf_counter() - t0)
+            if not math.isfinite(loss):
+                raise CharRnnError(
+                    f"loss is {loss} at epoch {epoch + 1}, step {progress.step + 1}: training "
+                    "diverged; the last good checkpoint is kept (try a lower --learning-rate)")
+            self.state = state
+            progress.epoch_losses.append(loss)
+            progress.step += 1
+            progress.batch = j + 1
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.3f}")
+            if cfg.log_every and progress.step % cfg.log_every == 0:
+                log.info(f"epoch {epoch + 1}, step {progress.step}: loss {loss:.4f} "
+                         f"({bits(loss):.3f} bpc)")
+                log.record("step", epoch=epoch + 1, step=progress.step, **{"train/loss": loss})
+        duration_s = time.perf_counter() - start
+        if bar is not None:
+            bar.close()
+        trained = len(step_times)
+        complete = progress.batch >= len(batches)
+        train_loss = float(np.mean(progress.epoch_losses)) if progress.epoch_losses else None
+
+        val_start = time.perf_counter()
+        val_loss = evaluate(model, self.val_batches)
+        val_duration_s = time.perf_counter() - val_start
+        progress.train_loss, progress.val_loss = train_loss, val_loss
+        chars = trained * batches.chars_per_batch
+        record = {
+            "epoch": epoch + 1, "step": progress.step, "complete": complete, "batches": trained,
+            "train/loss": train_loss, "train/bpc": bits(train_loss),
+            "val/loss": val_loss, "val/bpc": bits(val_loss),
+            "duration_s": duration_s, "chars_per_s": chars / duration_s if duration_s else None,
+            "val_duration_s": val_duration_s,
+            "first_step_s": step_times[0] if step_times else None,
+            "step_s_median": (float(np.median(step_times[1:] or step_times))
+                              if step_times else None),
+        }
+        log.info(f"epoch {epoch + 1}/{cfg.num_epochs}{'' if complete else ' (partial)'}: "
+                 f"duration {format_duration(duration_s)}, train loss {_fmt(train_loss)} "
+                 f"({_fmt(bits(train_loss))} bpc), val loss {_fmt(val_loss)} "
+                 f"({_fmt(bits(val_loss))} bpc), {record['chars_per_s'] or 0:,.0f} chars/s")
+        if complete:
+            progress.epoch += 1
+            progress.batch = 0
+            progress.epoch_losses = []
+        self.save("end of epoch" if complete else "max steps")
+        record["samples"] = _log_samples(self.generator, cfg, epoch, log)
+        log.record("epoch", **record)
+
+
+def _log_samples(generator: Generator, cfg: TrainConfig, epoch: int, log: RunLogger) -> dict:
+    """Short samples at a few temperatures, from a fixed seed, into the log."""
+    if cfg.sample_length == 0:
+        return {}
+    samples = {}
+    for temperature in SAMPLE_TEMPERATURES:
+        rng = np.random.default_rng([cfg.random_seed, epoch])
+        text = generator.generate("\n", cfg.sample_length, rng, temperature=temperature,
+                                  top_n=0)[0]
+        samples[str(temperature)] = text
+        log.info(f"sample at temperature {temperature}:\n{text}\n")
+    return samples
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"

@@ -1,0 +1,141 @@
+"""Initial weights and the portable `.safetensors` format (SPEC sections 4 and 5).
+
+Every framework starts from `init_weights` and reads and writes the same
+canonical layout (PyTorch's: gate order i, f, g, o; kernels (4H, in)), so a
+model trained in one framework generates text in any other.
+
+    >>> from common.config import ModelConfig
+    >>> w = init_weights(ModelConfig(vocab_size=10, embedding_size=4, rnn_size=8), seed=0)
+    >>> sorted(w)[:3], w["lstm.0.w_hh"].shape
+    (['dense.b', 'dense.w', 'embedding'], (32, 8))
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import safetensors
+import safetensors.numpy
+
+from common.config import ModelConfig
+from common.errors import CharRnnError
+from common.fileio import atomic_path
+from common.text import Vocab
+
+FORMAT = "char-rnn-portable/1"
+REQUIRED_METADATA = ("format", "config", "vocab")
+
+Weights = dict[str, np.ndarray]  # canonical name -> float32 array
+
+
+def glorot_uniform(rng: np.random.Generator, fan_in: int, fan_out: int,
+                   shape: tuple[int, ...]) -> np.ndarray:
+    limit = np.sqrt(6.0 / (fan_in + fan_out))
+    return rng.uniform(-limit, limit, size=shape)
+
+
+def orthogonal_rows(rng: np.random.Generator, rows: int, cols: int) -> np.ndarray:
+    """A (rows, cols) matrix with orthonormal rows (rows <= cols), via QR."""
+    a = rng.standard_normal((cols, rows))
+    q, r = np.linalg.qr(a)  # q: (cols, rows) with orthonormal columns
+    q *= np.sign(np.diag(r))  # make the decomposition unique
+    return q.T
+
+
+def init_weights(config: ModelConfig, seed: int) -> Weights:
+    """The canonical initial weights, one routine for every framework (SPEC section 4).
+
+    Drawn in float64 in a fixed order from one seeded generator, then cast to
+    float32, so the same seed gives the same bits on any machine with NumPy.
+    """
+    rng = np.random.default_rng(seed)
+    H, V, E = config.rnn_size, config.vocab_size, config.embedding_size
+    w = {"embedding": rng.uniform(-0.05, 0.05, size=(V, E))}
+    for k in range(config.num_layers):
+        input_size = E if k == 0 else H
+        # Glorot on the Keras-layout (in, 4H) kernel, stored transposed as (4H, in).
+        w[f"lstm.{k}.w_ih"] = glorot_uniform(rng, input_size, 4 * H, (input_size, 4 * H)).T
+        # Orthogonal (H, 4H) recurrent kernel with orthonormal rows, stored as (4H, H).
+        w[f"lstm.{k}.w_hh"] = orthogonal_rows(rng, H, 4 * H).T
+        bias = np.zeros(4 * H)
+        bias[H:2 * H] = 1.0  # forget gate (order i, f, g, o)
+        w[f"lstm.{k}.bias"] = bias
+    w["dense.w"] = glorot_uniform(rng, H, V, (H, V)).T  # (V, H)
+    w["dense.b"] = np.zeros(V)
+    return {name: np.ascontiguousarray(a, dtype=np.float32) for name, a in w.items()}
+
+
+@dataclass
+class Portable:
+    """The contents of one portable file: weights, model config, vocabulary, metadata."""
+
+    weights: Weights
+    config: ModelConfig
+    vocab: Vocab
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+def check_weights(weights: Weights, config: ModelConfig, source: str) -> Weights:
+    """Return `weights` as float32 after checking every name and shape against `config`."""
+    expected = config.param_shapes()
+    missing = sorted(set(expected) - set(weights))
+    extra = sorted(set(weights) - set(expected))
+    if missing or extra:
+        raise CharRnnError(f"{source}: weights do not match the config "
+                           f"(missing {missing or 'none'}, unexpected {extra or 'none'})")
+    for name, shape in expected.items():
+        if tuple(weights[name].shape) != shape:
+            raise CharRnnError(f"{source}: {name} has shape {tuple(weights[name].shape)}, "
+                               f"the config needs {shape}")
+    out = {name: np.ascontiguousarray(weights[name], dtype=np.float32) for name in expected}
+    bad = [name for name, a in out.items() if not np.all(np.isfinite(a))]
+    if bad:
+        raise CharRnnError(f"{source}: non-finite values in {bad}")
+    return out
+
+
+def save_portable(path: str | os.PathLike, weights: Weights, config: ModelConfig, vocab: Vocab,
+                  **metadata) -> None:
+    """Write the portable file atomically. `metadata` values are stored as strings
+    (SPEC: framework, framework_version, epoch, step, train_loss, val_loss)."""
+    weights = check_weights(weights, config, str(path))
+    if vocab.size != config.vocab_size:
+        raise CharRnnError(f"{path}: vocabulary has {vocab.size} ids, config {config.vocab_size}")
+    meta = {"format": FORMAT, "config": config.to_json(),
+            "vocab": json.dumps(vocab.to_list(), ensure_ascii=False)}
+    meta.update({k: "" if v is None else str(v) for k, v in metadata.items()})
+    with atomic_path(path, suffix=".safetensors") as tmp:
+        safetensors.numpy.save_file(weights, str(tmp), metadata=meta)
+
+
+def load_portable(path: str | os.PathLike) -> Portable:
+    """Read and validate a portable file; any problem is one CharRnnError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CharRnnError(f"{path}: portable weights file not found")
+    try:
+        with safetensors.safe_open(str(path), framework="np") as f:
+            meta = f.metadata() or {}
+            weights = {name: f.get_tensor(name) for name in f.keys()}
+    except Exception as exc:  # safetensors raises several types for corrupt files
+        raise CharRnnError(f"{path}: not a readable .safetensors file "
+                           f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+                           ) from None
+    missing = [key for key in REQUIRED_METADATA if key not in meta]
+    if missing:
+        raise CharRnnError(f"{path}: missing metadata {missing}; not a char-rnn portable file")
+    if meta["format"] != FORMAT:
+        raise CharRnnError(f"{path}: format {meta['format']!r}, expected {FORMAT!r}")
+    try:
+        config = ModelConfig.from_json(meta["config"])
+        vocab = Vocab.from_list(json.loads(meta["vocab"]))
+    except (ValueError, TypeError) as exc:
+        raise CharRnnError(f"{path}: unreadable config or vocab metadata ({exc})") from None
+    if vocab.size != config.vocab_size:
+        raise CharRnnError(f"{path}: vocabulary has {vocab.size} ids, config {config.vocab_size}")
+    weights = check_weights(weights, config, str(path))
+    return Portable(weights=weights, config=config, vocab=vocab, metadata=dict(meta))

@@ -1,0 +1,183 @@
+"""PyTorch: `nn.LSTM` (the fused kernel, cuDNN on a GPU), Adam, global-norm clipping.
+
+    python pytorch_model.py train --num-epochs 1
+    python pytorch_model.py generate --seed "KING"
+
+nn.LSTM keeps two bias vectors; the second (bias_hh) is held at zero and not
+trained, so the model is the canonical one (SPEC section 1).
+"""
+
+from common.bootstrap import early_setup
+
+early_setup("modern", "torch")  # before torch loads its OpenMP pool
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from common.cli import main
+from common.config import ModelConfig, OptimConfig
+from common.errors import CharRnnError
+from common.framework import CharRNN
+from common.weights import Weights
+
+# ---------------------------------------------------------------------------------------
+# Network
+# ---------------------------------------------------------------------------------------
+
+
+class Net(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.embedding = nn.Embedding(config.vocab_size, config.embedding_size)
+        self.drop = nn.Dropout(config.drop_rate)
+        # nn.LSTM's own dropout acts between layers; self.drop adds it after the last.
+        self.lstm = nn.LSTM(config.embedding_size, config.rnn_size, config.num_layers,
+                            batch_first=True, dropout=config.drop_rate)
+        self.dense = nn.Linear(config.rnn_size, config.vocab_size)
+
+    def forward(self, x, state):
+        """x (B, T) int64, state (h, c) each (L, B, H) -> logits (B, T, V), new state."""
+        out, state = self.lstm(self.drop(self.embedding(x)), state)
+        return self.dense(self.drop(out)), state
+
+
+# ---------------------------------------------------------------------------------------
+# The model
+# ---------------------------------------------------------------------------------------
+
+
+class TorchCharRNN(CharRNN):
+    framework = "pytorch"
+
+    def __init__(self, config: ModelConfig, weights: Weights, optim: OptimConfig,
+                 device: str = "cpu", seed: int = 0):
+        super().__init__(config, weights, optim, device, seed)
+        torch.manual_seed(seed)  # dropout masks
+        self.torch_device = torch.device(device.split(" ")[0])
+        self.net = Net(config).to(self.torch_device)
+        self._load_canonical(weights)
+        for k in range(config.num_layers):
+            getattr(self.net.lstm, f"bias_hh_l{k}").requires_grad_(False)  # held at zero
+        self.params = [p for p in self.net.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(self.params, lr=optim.learning_rate,
+                                          betas=(optim.beta1, optim.beta2), eps=optim.eps)
+
+    @classmethod
+    def versions(cls):
+        return {"torch": torch.__version__}
+
+    @classmethod
+    def setup_device(cls, device, threads):
+        if threads:
+            torch.set_num_threads(threads)
+        if device == "gpu" and not torch.cuda.is_available():
+            raise CharRnnError("--device gpu: PyTorch sees no CUDA GPU on this machine")
+        if device in ("gpu", "auto") and torch.cuda.is_available():
+            return f"cuda:0 ({torch.cuda.get_device_name(0)})"
+        return "cpu"
+
+    # ---- weights: canonical <-> nn.LSTM (same gate order i, f, g, o; same layout) ----
+    def _load_canonical(self, w: Weights):
+        lstm = self.net.lstm
+        tensors = {"embedding.weight": w["embedding"], "dense.weight": w["dense.w"],
+                   "dense.bias": w["dense.b"]}
+        for k in range(self.config.num_layers):
+            tensors[f"lstm.weight_ih_l{k}"] = w[f"lstm.{k}.w_ih"]
+            tensors[f"lstm.weight_hh_l{k}"] = w[f"lstm.{k}.w_hh"]
+            tensors[f"lstm.bias_ih_l{k}"] = w[f"lstm.{k}.bias"]
+            tensors[f"lstm.bias_hh_l{k}"] = np.zeros_like(w[f"lstm.{k}.bias"])
+        state = {name: torch.from_numpy(np.array(a, np.float32)) for name, a in tensors.items()}
+        self.net.load_state_dict(state)
+        lstm.flatten_parameters()
+
+    def get_weights(self):
+        sd = {name: t.detach().cpu().numpy() for name, t in self.net.state_dict().items()}
+        w = {"embedding": sd["embedding.weight"], "dense.w": sd["dense.weight"],
+             "dense.b": sd["dense.bias"]}
+        for k in range(self.config.num_layers):
+            w[f"lstm.{k}.w_ih"] = sd[f"lstm.weight_ih_l{k}"]
+            w[f"lstm.{k}.w_hh"] = sd[f"lstm.weight_hh_l{k}"]
+            w[f"lstm.{k}.bias"] = sd[f"lstm.bias_ih_l{k}"] + sd[f"lstm.bias_hh_l{k}"]
+        return {name: a.copy() for name, a in w.items()}
+
+    # ---- state -----------------------------------------------------------------------
+    def zero_state(self, batch_size):
+        shape = (self.config.num_layers, batch_size, self.config.rnn_size)
+        return (torch.zeros(shape, device=self.torch_device),
+                torch.zeros(shape, device=self.torch_device))
+
+    def state_to_numpy(self, state):
+        return tuple(s.detach().cpu().numpy().copy() for s in state)
+
+    def state_from_numpy(self, h, c):
+        return (torch.tensor(np.asarray(h, np.float32), device=self.torch_device),
+                torch.tensor(np.asarray(c, np.float32), device=self.torch_device))
+
+    def _ids(self, a):
+        return torch.from_numpy(np.asarray(a, np.int64)).to(self.torch_device)
+
+    # ---- compute ---------------------------------------------------------------------
+    @torch.inference_mode()
+    def forward(self, x, state):
+        self.net.eval()
+        logits, state = self.net(self._ids(x), state)
+        return logits.cpu().numpy(), state
+
+    @torch.inference_mode()
+    def step(self, ids, state):
+        self.net.eval()
+        logits, state = self.net(self._ids(ids)[:, None], state)
+        return logits[:, 0].cpu().numpy(), state
+
+    def _loss(self, x, y, state):
+        logits, state = self.net(self._ids(x), state)
+        loss = F.cross_entropy(logits.reshape(-1, self.config.vocab_size),
+                               self._ids(y).reshape(-1))
+        return loss, tuple(s.detach() for s in state)  # cut the graph: truncated BPTT
+
+    def loss_and_grads(self, x, y, state):
+        self.net.eval()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss, state = self._loss(x, y, state)
+        loss.backward()
+        named = dict(self.net.named_parameters())
+        grads = {"embedding": named["embedding.weight"], "dense.w": named["dense.weight"],
+                 "dense.b": named["dense.bias"]}
+        for k in range(self.config.num_layers):
+            grads[f"lstm.{k}.w_ih"] = named[f"lstm.weight_ih_l{k}"]
+            grads[f"lstm.{k}.w_hh"] = named[f"lstm.weight_hh_l{k}"]
+            grads[f"lstm.{k}.bias"] = named[f"lstm.bias_ih_l{k}"]
+        grads = {name: p.grad.detach().cpu().numpy().copy() for name, p in grads.items()}
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss.item(), grads, state
+
+    def train_step(self, x, y, state):
+        self.net.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss, state = self._loss(x, y, state)
+        loss.backward()
+        nn.utils.clip_grad_norm_(self.params, self.optim.clip_norm)
+        self.optimizer.step()
+        return loss.item(), state  # .item() synchronises the device
+
+    # ---- native checkpoints ------------------------------------------------------------
+    def save_native(self, directory: Path):
+        torch.save({"model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
+                    "rng": torch.get_rng_state()}, directory / "pytorch_model.pt")
+
+    def load_native(self, directory: Path):
+        saved = torch.load(directory / "pytorch_model.pt", map_location=self.torch_device,
+                           weights_only=True)
+        self.net.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        torch.set_rng_state(saved["rng"].cpu())
+
+
+MODEL = TorchCharRNN  # what common.registry loads
+
+if __name__ == "__main__":
+    main(MODEL)

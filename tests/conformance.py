@@ -1,0 +1,99 @@
+"""The conformance measurements: one framework against the NumPy reference.
+
+Run in-process by tests/test_conformance.py, or as a worker in the framework's
+own environment (another venv, another KERAS_BACKEND):
+
+    python -m tests.conformance pytorch      # prints one JSON object
+
+Everything starts from the same portable weights and the same fixed batches.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from common.config import ModelConfig, OptimConfig  # noqa: E402
+from common.weights import init_weights  # noqa: E402
+
+# Tiny sizes keep the test fast; two layers and E != H exercise every shape.
+CONFIG = ModelConfig(vocab_size=23, embedding_size=8, rnn_size=16, num_layers=2)
+BATCH_SIZE, SEQ_LEN, STEPS = 4, 12, 20
+TOLERANCES = {"logits": 1e-5, "loss": 1e-6, "grads": 1e-5, "loss_after_steps": 1e-4,
+              "weights_round_trip": 0.0, "state": 1e-5}
+
+
+def fixed_batches(steps: int = STEPS, seed: int = 7):
+    """`steps` (x, y) int32 batches of shape (BATCH_SIZE, SEQ_LEN), the same every run."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(1, CONFIG.vocab_size, size=BATCH_SIZE * SEQ_LEN * steps + 1)
+    x = ids[:-1].reshape(BATCH_SIZE, steps, SEQ_LEN).transpose(1, 0, 2)
+    y = ids[1:].reshape(BATCH_SIZE, steps, SEQ_LEN).transpose(1, 0, 2)
+    return [(x[j].astype(np.int32), y[j].astype(np.int32)) for j in range(steps)]
+
+
+def measure(model_cls) -> dict:
+    """Largest absolute differences from the reference, keyed like TOLERANCES."""
+    from numpy_model import NumpyCharRNN
+    weights = init_weights(CONFIG, seed=3)
+    # Non-zero biases so that a dropped or doubled bias cannot hide.
+    rng = np.random.default_rng(11)
+    for k in range(CONFIG.num_layers):
+        weights[f"lstm.{k}.bias"] = weights[f"lstm.{k}.bias"] + rng.uniform(
+            -0.1, 0.1, weights[f"lstm.{k}.bias"].shape).astype(np.float32)
+    weights["dense.b"] = rng.uniform(-0.1, 0.1, CONFIG.vocab_size).astype(np.float32)
+    # A learning rate large enough that 20 steps move the loss visibly.
+    optim = OptimConfig(learning_rate=0.01, clip_norm=1.0)
+    device = model_cls.setup_device("cpu", None)
+    ref = NumpyCharRNN(CONFIG, weights, optim)
+    model = model_cls(CONFIG, weights, optim, device=device)
+    batches = fixed_batches()
+    out = {"framework": model_cls.framework}
+
+    out["weights_round_trip"] = max(float(np.abs(model.get_weights()[n] - weights[n]).max())
+                                    for n in weights)
+    # A non-zero incoming state checks that the state is really used.
+    h0 = rng.normal(0, 0.5, (CONFIG.num_layers, BATCH_SIZE, CONFIG.rnn_size)).astype(np.float32)
+    c0 = rng.normal(0, 0.5, h0.shape).astype(np.float32)
+    x, y = batches[0]
+    ref_logits, ref_state = ref.forward(x, ref.state_from_numpy(h0, c0))
+    logits, state = model.forward(x, model.state_from_numpy(h0, c0))
+    out["logits"] = float(np.abs(np.asarray(logits) - ref_logits).max())
+    out["state"] = max(float(np.abs(a - b).max()) for a, b in
+                       zip(model.state_to_numpy(state), ref.state_to_numpy(ref_state)))
+    ref_loss, ref_grads, _ = ref.loss_and_grads(x, y, ref.state_from_numpy(h0, c0))
+    loss, grads, _ = model.loss_and_grads(x, y, model.state_from_numpy(h0, c0))
+    out["loss"] = abs(loss - ref_loss)
+    out["grads"] = max(float(np.abs(np.asarray(grads[n]) - ref_grads[n]).max())
+                       for n in ref_grads)
+    out["grads_missing"] = sorted(set(ref_grads) - set(grads))
+
+    # 20 training steps with the state carried: the loss curves must agree.
+    ref_state, state = ref.zero_state(BATCH_SIZE), model.zero_state(BATCH_SIZE)
+    ref_curve, curve = [], []
+    for x, y in batches:
+        loss, ref_state = ref.train_step(x, y, ref_state)
+        ref_curve.append(loss)
+        loss, state = model.train_step(x, y, state)
+        curve.append(loss)
+    out["loss_after_steps"] = float(np.abs(np.array(curve) - np.array(ref_curve)).max())
+    out["curve"] = curve
+    out["ref_curve"] = ref_curve
+    # The eval path must agree after training too.
+    ref_loss, _ = ref.eval_step(*batches[0], ref.zero_state(BATCH_SIZE))
+    loss, _ = model.eval_step(*batches[0], model.zero_state(BATCH_SIZE))
+    out["eval_loss_after_steps"] = abs(loss - ref_loss)
+    ref_logits, _ = ref.step(batches[0][0][:, 0], ref.zero_state(BATCH_SIZE))
+    logits, _ = model.step(batches[0][0][:, 0], model.zero_state(BATCH_SIZE))
+    out["step_logits_after_steps"] = float(np.abs(np.asarray(logits) - ref_logits).max())
+    return out
+
+
+if __name__ == "__main__":
+    from common import registry
+    print(json.dumps(measure(registry.load(sys.argv[1]))))

@@ -1,0 +1,65 @@
+"""Shared fixtures: a tiny corpus, tiny model flags, and framework parametrisation.
+
+A framework that is not written yet, or whose libraries live in the other
+environment, is skipped with the reason; `make test` runs this suite in both
+environments, so every framework is tested in the one that has it.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from common import registry  # noqa: E402
+
+CURRENT_ENV = "legacy" if Path(sys.prefix).name == ".venv-legacy" else "modern"
+
+# Flags that make any CLI run take a second or two: tiny model, tiny batches.
+TINY = ["--seq-len", "16", "--batch-size", "4", "--embedding-size", "8", "--rnn-size", "16",
+        "--sample-length", "20"]
+
+TEXT = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\n"
+        "All:\nSpeak, speak.\n\nFirst Citizen:\nYou are all resolved rather to die "
+        "than to famish?\n\nAll:\nResolved. resolved.\n\n") * 12
+
+
+def in_this_env(name: str) -> bool:
+    return registry.FRAMEWORKS[name].env in (CURRENT_ENV, "any")
+
+
+def framework_params(env_only: bool = True):
+    """pytest params over registered frameworks (those of this environment by default)."""
+    return [pytest.param(name, id=name) for name in registry.names()
+            if not env_only or in_this_env(name)]
+
+
+def require(name: str):
+    """The model class, or skip with the reason this process cannot run it."""
+    try:
+        return registry.load(name)
+    except registry.Unavailable as exc:
+        pytest.skip(str(exc))
+
+
+def run_worker(name: str, module: str, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    """`python -m <module> <name> args` in the framework's own environment and variables."""
+    entry = registry.FRAMEWORKS[name]
+    python = entry.python()
+    if not python.exists():
+        pytest.skip(f"{python} does not exist (run make setup)")
+    return subprocess.run([str(python), "-m", module, name, *args], cwd=ROOT,
+                          env=entry.process_env(), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture
+def corpus(tmp_path) -> Path:
+    path = tmp_path / "corpus.txt"
+    path.write_text(TEXT, encoding="utf-8")
+    return path
