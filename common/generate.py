@@ -120,10 +120,11 @@ def pick_seed(cfg: GenerateConfig, rng: np.random.Generator, seq_len: int = 64) 
     return text[start:start + seq_len]
 
 
-def run_generate(model_cls: type[CharRNN], cfg: GenerateConfig, out: TextIO = sys.stdout,
-                 err: TextIO = sys.stderr) -> list[str]:
+def run_generate(model_cls: type[CharRNN], cfg: GenerateConfig, out: TextIO | None = None,
+                 err: TextIO | None = None) -> list[str]:
     """The `generate` command: stream one sample to `out` as it is made, or print each of
     --num-samples after the batch finishes; a timing line goes to `err`."""
+    out, err = out or sys.stdout, err or sys.stderr
     check_sampling(cfg.temperature, cfg.top_n, cfg.top_p)
     loaded = load_for_generation(model_cls, cfg.checkpoint_path, cfg.device, cfg.threads)
     print(f"using {loaded.source}", file=err, flush=True)
@@ -151,13 +152,14 @@ def run_generate(model_cls: type[CharRNN], cfg: GenerateConfig, out: TextIO = sy
         num_samples=cfg.num_samples, on_chars=on_chars)
     duration_s = time.perf_counter() - start
     if stream:
+        shown = seed + texts[0] + "\n"
         out.write("\n")
     else:
-        for k, text in enumerate(texts):
-            out.write(f"--- sample {k + 1} ---\n{seed}{text}\n")
+        shown = "".join(f"--- sample {k + 1} ---\n{seed}{text}\n" for k, text in enumerate(texts))
+        out.write(shown)
     out.flush()
     if cfg.output:
-        atomic_write_text(cfg.output, "\n".join(seed + text for text in texts) + "\n")
+        atomic_write_text(cfg.output, shown)  # exactly what stdout showed
     # The benchmark parses this line; the rate counts every sample's characters, and the
     # first step (which includes any compilation) is also reported on its own.
     total = cfg.length * cfg.num_samples
@@ -172,9 +174,10 @@ REPL_HELP = ("type a seed and press enter; settings: "
              + ", ".join(f":{name} VALUE" for name in REPL_SETTINGS) + "; :quit to exit")
 
 
-def run_repl(model_cls: type[CharRNN], cfg: GenerateConfig, inp: TextIO = sys.stdin,
-             out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> None:
+def run_repl(model_cls: type[CharRNN], cfg: GenerateConfig, inp: TextIO | None = None,
+             out: TextIO | None = None, err: TextIO | None = None) -> None:
     """Read a line, print its completion, loop until end of input (or Ctrl-C)."""
+    inp, out, err = inp or sys.stdin, out or sys.stdout, err or sys.stderr
     check_sampling(cfg.temperature, cfg.top_n, cfg.top_p)
     loaded = load_for_generation(model_cls, cfg.checkpoint_path, cfg.device, cfg.threads)
     interactive = inp.isatty()

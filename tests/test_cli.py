@@ -1,0 +1,175 @@
+"""The command line end to end, and bad input, for every framework of this environment.
+
+Parametrised over the registry: a new framework joins by registering. Cases run
+in-process when this process can import the framework, else in one worker
+process under the framework's own environment variables (Keras backends).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from common import registry
+from common.config import ModelConfig
+from common.text import Vocab
+from common.weights import init_weights, load_portable, save_portable
+from tests.cli_cases import run_cases
+from tests.conftest import ROOT, TEXT, TINY, framework_params, require, run_worker
+
+
+def run(name: str, cases: list[dict], tmp_path) -> list[dict]:
+    """Run CLI cases for framework `name`, in-process or in a worker."""
+    entry = registry.FRAMEWORKS[name]
+    reason = registry.unavailable_reason(name)
+    if reason and entry.env_vars and entry.script.exists():
+        spec = tmp_path / "cases.json"
+        spec.write_text(json.dumps(cases))
+        proc = run_worker(name, "tests.cli_cases", str(spec))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        results = json.loads(proc.stdout.strip().splitlines()[-1])
+    else:
+        results = run_cases(require(name), cases)
+    for result in results:
+        assert result["exception"] is None, result["exception"]
+    return results
+
+
+def ok(result: dict) -> dict:
+    assert result["code"] == 0, f"{result['argv']}: exit {result['code']}\n{result['stderr'][-3000:]}"
+    return result
+
+
+def portable_file(path, text=TEXT, seed=0):
+    """A small untrained portable model with the corpus vocabulary of `text`."""
+    vocab = Vocab.from_text(text)
+    config = ModelConfig(vocab_size=vocab.size, embedding_size=8, rnn_size=16)
+    save_portable(path, init_weights(config, seed), config, vocab, framework="numpy")
+    return path
+
+
+@pytest.mark.parametrize("name", framework_params())
+def test_train_restore_generate_repl_export(name, corpus, tmp_path):
+    ck, log = str(tmp_path / "ck"), str(tmp_path / "logs" / "run.log")
+    straight = str(tmp_path / "straight")
+    other = portable_file(tmp_path / "other.safetensors")
+    train = ["train", "--text-path", str(corpus), *TINY, "--log-path", log]
+    results = run(name, [
+        # 40 steps end mid-epoch 2 (29 batches per epoch); restore finishes epoch 3.
+        {"argv": [*train, "--num-epochs", "3", "--max-steps", "40", "--checkpoint-path", ck]},
+        {"argv": [*train, "--num-epochs", "3", "--restore", "--checkpoint-path", ck]},
+        {"argv": [*train, "--num-epochs", "3", "--checkpoint-path", straight,
+                  "--log-path", str(tmp_path / "logs" / "straight.log")]},
+        {"argv": ["generate", "--checkpoint-path", ck, "--seed", "First", "--length", "50",
+                  "--random-seed", "1"]},
+        {"argv": ["repl", "--checkpoint-path", ck, "--length", "20"],
+         "stdin": "All:\n:temperature 0\n:bogus 1\nFirst\n"},
+        {"argv": ["export", "--checkpoint-path", ck, "--output", str(tmp_path / "out.safetensors")]},
+        {"argv": ["generate", "--checkpoint-path", str(other), "--seed", "All", "--length", "30",
+                  "--num-samples", "2", "--output", str(tmp_path / "gen.txt")]},
+    ], tmp_path)
+    for result in results:
+        ok(result)
+    records = [json.loads(line) for line in open(tmp_path / "logs" / "run.jsonl")]
+    epochs = [r for r in records if r["kind"] == "epoch"]
+    batches_per_epoch = records[0]["train_batches"]
+    assert [(r["epoch"], r["complete"]) for r in epochs] == [(1, True), (2, False), (2, True),
+                                                             (3, True)]
+    assert all(np.isfinite(r["val/loss"]) and r["duration_s"] > 0 for r in epochs)
+    # Interrupted-and-restored equals straight through: same weights, same loss.
+    resumed = load_portable(tmp_path / "ck" / "model.safetensors")
+    direct = load_portable(tmp_path / "straight" / "model.safetensors")
+    for key in direct.weights:
+        np.testing.assert_allclose(resumed.weights[key], direct.weights[key], atol=1e-5, err_msg=key)
+    assert resumed.metadata["step"] == direct.metadata["step"] == str(3 * batches_per_epoch)
+    generated = results[3]["stdout"]
+    assert generated.startswith("First") and len(generated) == len("First") + 50 + 1
+    repl = results[4]["stdout"]  # two seeds, each echoed and completed by 20 characters
+    assert len(repl) == len("All:") + 21 + len("First") + 21
+    assert repl.startswith("All:") and repl[25:].startswith("First") and repl.endswith("\n")
+    assert "unknown command" in results[4]["stderr"]
+    exported = load_portable(tmp_path / "out.safetensors")
+    for key in exported.weights:  # native save -> load -> export is lossless
+        np.testing.assert_array_equal(exported.weights[key], resumed.weights[key], err_msg=key)
+    shown = (tmp_path / "gen.txt").read_text()
+    assert shown == results[6]["stdout"]
+    assert shown.startswith("--- sample 1 ---\nAll") and "\n--- sample 2 ---\nAll" in shown
+
+
+def bad_input_cases(tmp_path, corpus):
+    """(argv, what the one-line error must mention) for each bad input of the issue."""
+    empty = tmp_path / "empty.txt"
+    empty.write_bytes(b"")
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("caf\u00e9 ".encode("latin-1") * 50)
+    short = tmp_path / "short.txt"
+    short.write_text("too short")
+    good = portable_file(tmp_path / "good.safetensors")
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(good.read_bytes()[:300])
+    import safetensors.numpy
+    weights = load_portable(good).weights
+    no_meta = tmp_path / "nometa.safetensors"
+    safetensors.numpy.save_file(weights, str(no_meta))
+    wrong = tmp_path / "wrong.safetensors"
+    meta = load_portable(good).metadata
+    safetensors.numpy.save_file(dict(weights, **{"dense.w": np.zeros((3, 3), np.float32)}),
+                                str(wrong), metadata=meta)
+    gen = ["generate", "--length", "5", "--seed", "All"]
+    train = ["train", *TINY, "--checkpoint-path", str(tmp_path / "ck"),
+             "--log-path", str(tmp_path / "bad.log")]
+    return [
+        ([*train, "--text-path", str(tmp_path / "missing.txt")], "missing.txt"),
+        ([*train, "--text-path", str(empty)], "empty"),
+        ([*train, "--text-path", str(latin1)], "UTF-8"),
+        ([*train, "--text-path", str(short)], "too short"),
+        (["generate", "--checkpoint-path", str(good), "--seed", "KING\u20ac"], "vocabulary"),
+        ([*gen, "--checkpoint-path", str(truncated)], "truncated.safetensors"),
+        ([*gen, "--checkpoint-path", str(no_meta)], "metadata"),
+        ([*gen, "--checkpoint-path", str(wrong)], "shape"),
+        ([*gen, "--checkpoint-path", str(tmp_path / "nothing")], "nothing"),
+        ([*train, "--text-path", str(corpus), "--restore", str(tmp_path / "nothing")], "nothing"),
+        ([*train, "--text-path", str(corpus), "--seq-len", "0"], "--seq-len"),
+        ([*train, "--text-path", str(corpus), "--batch-size", "-3"], "--batch-size"),
+        ([*gen, "--checkpoint-path", str(good), "--top-p", "0"], "--top-p"),
+    ]
+
+
+@pytest.mark.parametrize("name", framework_params())
+def test_bad_input_is_one_line_and_nonzero(name, corpus, tmp_path):
+    cases = bad_input_cases(tmp_path, corpus)
+    # A corrupt native checkpoint of this framework: train one step, then truncate its files.
+    ck = tmp_path / "ck"
+    setup = [{"argv": ["train", *TINY, "--text-path", str(corpus), "--max-steps", "1",
+                       "--checkpoint-path", str(ck), "--log-path", str(tmp_path / "ok.log")]}]
+    ok(run(name, setup, tmp_path)[0])
+    for path in (ck / "native").rglob("*"):
+        if path.is_file():
+            path.write_bytes(path.read_bytes()[: max(1, path.stat().st_size // 3)])
+    cases.append((["train", *TINY, "--text-path", str(corpus), "--restore",
+                   "--checkpoint-path", str(ck), "--log-path", str(tmp_path / "r.log")],
+                  "native"))
+    results = run(name, [{"argv": argv} for argv, _ in cases], tmp_path)
+    for (argv, mention), result in zip(cases, results):
+        errors = [line for line in result["stderr"].splitlines() if "error" in line.lower()]
+        assert result["code"] != 0, f"{argv} exited 0"
+        assert len(errors) == 1, f"{argv}: {result['stderr']}"
+        assert mention in errors[0], f"{argv}: {errors[0]!r} should mention {mention!r}"
+        assert "Traceback" not in result["stderr"]
+
+
+@pytest.mark.parametrize("script", ["numpy_model.py", "pytorch_model.py"])
+def test_real_process_error_is_one_line(script, tmp_path):
+    """The same checks through a real process: exit status and stderr, no traceback."""
+    entry = next(e for e in registry.FRAMEWORKS.values() if e.script.name == script)
+    if not entry.python().exists():
+        pytest.skip("environment not set up")
+    proc = subprocess.run([sys.executable, str(ROOT / script), "train", "--text-path",
+                           str(tmp_path / "missing.txt")], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f"error: {tmp_path / 'missing.txt'}: file not found"]
