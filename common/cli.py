@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import types
 import typing
@@ -115,5 +116,6 @@ def main(model_cls, argv: list[str] | None = None) -> None:
         print("interrupted", file=sys.stderr, flush=True)
         sys.exit(130)
     except BrokenPipeError:  # `... generate | head`: the reader left, nothing is wrong
-        sys.stderr.close()
+        # Point stdout at /dev/null so the interpreter's final flush cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(0)

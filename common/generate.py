@@ -104,8 +104,10 @@ def load_for_generation(model_cls: type[CharRNN], checkpoint_path: str | None, d
     portable = load_portable(path)
     meta = portable.metadata
     if meta.get("framework"):
+        val_loss = meta.get("val_loss")
+        val_loss = f"{float(val_loss):.4f}" if val_loss else "n/a"
         source += (f" (trained by {meta['framework']} {meta.get('framework_version', '')}, "
-                   f"epoch {meta.get('epoch', '?')}, val loss {meta.get('val_loss') or 'n/a'})")
+                   f"epoch {meta.get('epoch', '?')}, val loss {val_loss})")
     resolved = model_cls.setup_device(device, threads)
     model = model_cls(portable.config, portable.weights, OptimConfig(), device=resolved)
     return Loaded(Generator(model, portable.vocab), portable, source)
