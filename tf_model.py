@@ -1,0 +1,277 @@
+"""TensorFlow 2 without Keras: variables in a `tf.Module`, the LSTM in TF ops, a compiled
+train step with `tf.GradientTape`, global-norm clipping and Adam written out (SPEC section 4).
+
+    python tf_model.py train --num-epochs 1
+    python tf_model.py generate --seed "KING"
+
+Kernels are held as (in, 4H), the transpose of the canonical layout, so every product
+is x @ kernel; the gate order is the canonical i, f, g, o. Keras' Adam is not used
+because it puts epsilon elsewhere (it adds eps to sqrt(v) before the bias correction).
+"""
+
+from common.bootstrap import early_setup
+
+early_setup("modern", "tensorflow")  # before TensorFlow reads TF_NUM_*_THREADS
+
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from common.cli import main
+from common.config import ModelConfig, OptimConfig
+from common.errors import CharRnnError
+from common.framework import CharRNN
+from common.weights import Weights
+
+# jit_compile=True (XLA) measured slower on 2 CPU cores with the defaults spec, back to back:
+# a train step took 100-195 ms with XLA against 48-83 ms as a plain graph (XLA's CPU while
+# loop of small matmuls loses to TF's oneDNN kernels); the one-character step ran 0.35 ms
+# against 0.33-0.57 ms, not worth XLA's extra ~0.6 s compile before the first character.
+JIT_COMPILE = False
+
+# ---------------------------------------------------------------------------------------
+# Network. Shapes: B batch_size, T seq_len, E embedding_size, H rnn_size, V vocab_size.
+# ---------------------------------------------------------------------------------------
+
+
+def lstm_cell(z, c):
+    """z (B, 4H) pre-activations i, f, g, o and c (B, H) -> new (h, c)."""
+    i, f, g, o = tf.split(z, 4, axis=1)
+    c = tf.sigmoid(f) * c + tf.sigmoid(i) * tf.tanh(g)
+    return tf.sigmoid(o) * tf.tanh(c), c
+
+
+def lstm_layer(x, h, c, w_ih, w_hh, bias):
+    """x (B, T, in), h and c (B, H) -> outputs (B, T, H), final h and c."""
+    # The input projection of every step in one product, time-major for the scan: (T, B, 4H).
+    x_proj = tf.einsum("bti,ij->tbj", x, w_ih) + bias
+
+    def step(carry, z_x):
+        h, c = carry
+        return lstm_cell(z_x + tf.matmul(h, w_hh), c)
+
+    hs, cs = tf.scan(step, x_proj, initializer=(h, c))  # each (T, B, H)
+    return tf.transpose(hs, [1, 0, 2]), hs[-1], cs[-1]
+
+
+class Net(tf.Module):
+    """The trainable variables and the forward pass."""
+
+    def __init__(self, config: ModelConfig, weights: Weights):
+        super().__init__(name="char_rnn")
+        self.config = config
+        self.embedding = tf.Variable(weights["embedding"], name="embedding")  # (V, E)
+        self.w_ih = [tf.Variable(weights[f"lstm.{k}.w_ih"].T, name=f"w_ih_{k}")  # (in, 4H)
+                     for k in range(config.num_layers)]
+        self.w_hh = [tf.Variable(weights[f"lstm.{k}.w_hh"].T, name=f"w_hh_{k}")  # (H, 4H)
+                     for k in range(config.num_layers)]
+        self.bias = [tf.Variable(weights[f"lstm.{k}.bias"], name=f"bias_{k}")  # (4H,)
+                     for k in range(config.num_layers)]
+        self.dense_w = tf.Variable(weights["dense.w"].T, name="dense_w")  # (H, V)
+        self.dense_b = tf.Variable(weights["dense.b"], name="dense_b")  # (V,)
+        # A fixed order shared by the gradients, Adam's moments and the canonical names.
+        self.params = [self.embedding, *self.w_ih, *self.w_hh, *self.bias,
+                       self.dense_w, self.dense_b]
+        L = config.num_layers
+        self.names = ["embedding", *(f"lstm.{k}.w_ih" for k in range(L)),
+                      *(f"lstm.{k}.w_hh" for k in range(L)),
+                      *(f"lstm.{k}.bias" for k in range(L)), "dense.w", "dense.b"]
+
+    def _dropout(self, a, seed, k):
+        """Inverted dropout; `seed` (2,) int64 differs per step, k per site."""
+        rate = self.config.drop_rate
+        if seed is None or rate == 0.0:
+            return a
+        return tf.nn.experimental.stateless_dropout(a, rate, seed + tf.constant([0, k], tf.int64))
+
+    def __call__(self, x, h, c, seed=None):
+        """x (B, T) int32, h and c (L, B, H) -> logits (B, T, V), new h and c.
+
+        Dropout is on only when `seed` is given (training)."""
+        out = self._dropout(tf.gather(self.embedding, x), seed, 0)  # (B, T, E)
+        new_h, new_c = [], []
+        for k in range(self.config.num_layers):
+            out, hk, ck = lstm_layer(out, h[k], c[k], self.w_ih[k], self.w_hh[k], self.bias[k])
+            out = self._dropout(out, seed, k + 1)  # (B, T, H)
+            new_h.append(hk)
+            new_c.append(ck)
+        logits = tf.einsum("bth,hv->btv", out, self.dense_w) + self.dense_b  # (B, T, V)
+        return logits, tf.stack(new_h), tf.stack(new_c)
+
+    def step(self, ids, h, c):
+        """ids (B,) -> logits (B, V): one character through each layer's cell, no scan."""
+        out = tf.gather(self.embedding, ids)  # (B, E)
+        new_h, new_c = [], []
+        for k in range(self.config.num_layers):
+            z = tf.matmul(out, self.w_ih[k]) + tf.matmul(h[k], self.w_hh[k]) + self.bias[k]
+            out, ck = lstm_cell(z, c[k])
+            new_h.append(out)
+            new_c.append(ck)
+        return tf.matmul(out, self.dense_w) + self.dense_b, tf.stack(new_h), tf.stack(new_c)
+
+
+def mean_cross_entropy(logits, y):
+    return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits))
+
+
+class Adam(tf.Module):
+    """Adam with PyTorch's epsilon placement: p -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps)."""
+
+    def __init__(self, params, optim: OptimConfig):
+        super().__init__(name="adam")
+        self.optim = optim
+        self.t = tf.Variable(0, dtype=tf.int64, trainable=False, name="t")
+        self.m = [tf.Variable(tf.zeros_like(p), trainable=False, name="m") for p in params]
+        self.v = [tf.Variable(tf.zeros_like(p), trainable=False, name="v") for p in params]
+
+    def apply(self, params, grads):
+        o = self.optim
+        t = tf.cast(self.t.assign_add(1), tf.float64)
+        # Bias corrections in float64, as the NumPy reference computes them.
+        step_size = tf.cast(o.learning_rate / (1.0 - o.beta1 ** t), tf.float32)
+        sqrt_c2 = tf.cast(tf.sqrt(1.0 - o.beta2 ** t), tf.float32)
+        for p, g, m, v in zip(params, grads, self.m, self.v):
+            m.assign(o.beta1 * m + (1.0 - o.beta1) * g)
+            v.assign(o.beta2 * v + (1.0 - o.beta2) * tf.square(g))
+            p.assign_sub(step_size * m / (tf.sqrt(v) / sqrt_c2 + o.eps))
+
+
+# ---------------------------------------------------------------------------------------
+# The model
+# ---------------------------------------------------------------------------------------
+
+
+class TFCharRNN(CharRNN):
+    framework = "tensorflow"
+
+    def __init__(self, config: ModelConfig, weights: Weights, optim: OptimConfig,
+                 device: str = "cpu", seed: int = 0):
+        super().__init__(config, weights, optim, device, seed)
+        self.tf_device = "/GPU:0" if device.startswith("gpu") else "/CPU:0"
+        L, H = config.num_layers, config.rnn_size
+        with tf.device(self.tf_device):
+            self.net = Net(config, {n: np.asarray(a, np.float32) for n, a in weights.items()})
+            self.adam = Adam(self.net.params, optim)
+        self.dropout_seed = tf.constant([seed, 0], tf.int64)
+        # Fixed signatures: one trace per function whatever the batch shape (XLA still
+        # compiles once per concrete shape, and caches it).
+        ids2, ids1 = tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None], tf.int32)
+        state = tf.TensorSpec([L, None, H], tf.float32)
+        compile_ = lambda fn, *spec: tf.function(fn, input_signature=spec,  # noqa: E731
+                                                 jit_compile=JIT_COMPILE)
+        self._train = compile_(self._train_fn, ids2, ids2, state, state)
+        self._grads = compile_(self._grads_fn, ids2, ids2, state, state)
+        self._eval = compile_(self._eval_fn, ids2, ids2, state, state)
+        self._forward = compile_(self.net.__call__, ids2, state, state)
+        self._step = compile_(self.net.step, ids1, state, state)
+
+    @classmethod
+    def versions(cls):
+        return {"tensorflow": tf.__version__}
+
+    @classmethod
+    def setup_device(cls, device, threads):
+        if threads:
+            try:
+                tf.config.threading.set_intra_op_parallelism_threads(threads)
+                tf.config.threading.set_inter_op_parallelism_threads(1)
+            except RuntimeError:
+                pass  # runtime already started; early_setup set TF_NUM_*_THREADS alike
+        gpus = tf.config.list_physical_devices("GPU")
+        if device == "gpu" and not gpus:
+            raise CharRnnError("--device gpu: TensorFlow sees no GPU on this machine "
+                               "(tensorflow-cpu, or no CUDA driver)")
+        if device in ("gpu", "auto") and gpus:
+            name = tf.config.experimental.get_device_details(gpus[0]).get("device_name", "GPU")
+            return f"gpu:0 ({name})"
+        return "cpu"
+
+    # ---- compiled functions: x, y (B, T) int32; h, c (L, B, H) ---------------------------
+    def _grads_fn(self, x, y, h, c, seed=None):
+        with tf.GradientTape() as tape:
+            logits, h, c = self.net(x, h, c, seed)
+            loss = mean_cross_entropy(logits, y)
+        # The embedding's gradient is IndexedSlices; Adam needs it dense.
+        grads = [tf.convert_to_tensor(g) for g in tape.gradient(loss, self.net.params)]
+        return loss, grads, h, c
+
+    def _train_fn(self, x, y, h, c):
+        # A fresh dropout seed per step, derived from (seed, step), so masks need no saved RNG.
+        sites = self.config.num_layers + 1
+        seed = self.dropout_seed + tf.stack([tf.constant(0, tf.int64), sites * self.adam.t])
+        loss, grads, h, c = self._grads_fn(x, y, h, c, seed)
+        grads, _ = tf.clip_by_global_norm(grads, self.optim.clip_norm)
+        self.adam.apply(self.net.params, grads)
+        return loss, h, c
+
+    def _eval_fn(self, x, y, h, c):
+        logits, h, c = self.net(x, h, c)
+        return mean_cross_entropy(logits, y), h, c
+
+    # ---- state -----------------------------------------------------------------------
+    def zero_state(self, batch_size):
+        shape = (self.config.num_layers, batch_size, self.config.rnn_size)
+        return tf.zeros(shape), tf.zeros(shape)
+
+    def state_to_numpy(self, state):
+        return tuple(s.numpy().copy() for s in state)
+
+    def state_from_numpy(self, h, c):
+        return tf.constant(h, tf.float32), tf.constant(c, tf.float32)
+
+    # ---- compute ---------------------------------------------------------------------
+    def _run(self, fn, *args):
+        with tf.device(self.tf_device):
+            return fn(*args)
+
+    def forward(self, x, state):
+        logits, h, c = self._run(self._forward, np.asarray(x, np.int32), *state)
+        return logits.numpy(), (h, c)
+
+    def step(self, ids, state):
+        logits, h, c = self._run(self._step, np.asarray(ids, np.int32), *state)
+        return logits.numpy(), (h, c)
+
+    def loss_and_grads(self, x, y, state):
+        loss, grads, h, c = self._run(self._grads, np.asarray(x, np.int32),
+                                      np.asarray(y, np.int32), *state)
+        canonical = {}
+        for name, g in zip(self.net.names, grads):
+            g = g.numpy()
+            canonical[name] = g.T.copy() if g.ndim == 2 and name != "embedding" else g
+        return float(loss), canonical, (h, c)
+
+    def train_step(self, x, y, state):
+        loss, h, c = self._run(self._train, np.asarray(x, np.int32), np.asarray(y, np.int32),
+                               *state)
+        return float(loss), (h, c)  # float() waits for the device
+
+    def eval_step(self, x, y, state):
+        loss, h, c = self._run(self._eval, np.asarray(x, np.int32), np.asarray(y, np.int32),
+                               *state)
+        return float(loss), (h, c)
+
+    # ---- weights and checkpoints ----------------------------------------------------
+    def get_weights(self):
+        w = {}
+        for name, p in zip(self.net.names, self.net.params):
+            a = p.numpy()
+            w[name] = a.T.copy() if a.ndim == 2 and name != "embedding" else a.copy()
+        return w
+
+    def _checkpoint(self):
+        return tf.train.Checkpoint(net=self.net, adam=self.adam)
+
+    def save_native(self, directory: Path):
+        # Weights, Adam's m and v and its step count (which also seeds dropout).
+        self._checkpoint().write(str(directory / "tf_model"))
+
+    def load_native(self, directory: Path):
+        self._checkpoint().read(str(directory / "tf_model")).assert_consumed()
+
+
+MODEL = TFCharRNN  # what common.registry loads
+
+if __name__ == "__main__":
+    main(MODEL)
