@@ -108,7 +108,8 @@ def softmax_cross_entropy(logits, y):
     probs = exp / exp.sum(axis=-1, keepdims=True)
     n = y.size
     picked = np.take_along_axis(probs, y[..., None], axis=-1)[..., 0]
-    loss = -np.mean(np.log(picked, dtype=np.float64))
+    with np.errstate(divide="ignore"):  # log(0) = -inf: the loop reports a non-finite loss
+        loss = -np.mean(np.log(picked, dtype=np.float64))
     d_logits = probs
     np.put_along_axis(d_logits, y[..., None], picked[..., None] - 1.0, axis=-1)
     return float(loss), (d_logits / n).astype(np.float32)

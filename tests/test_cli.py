@@ -173,3 +173,40 @@ def test_real_process_error_is_one_line(script, tmp_path):
                           timeout=300)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"error: {tmp_path / 'missing.txt'}: file not found"]
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(corpus, tmp_path):
+    """SIGINT mid-training: a checkpoint at the current batch, exit status 130, no traceback."""
+    import signal
+    import time
+    log = tmp_path / "run.log"
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "numpy_model.py"), "train", "--text-path", str(corpus),
+         *TINY, "--num-epochs", "100000", "--log-every", "1", "--sample-length", "0",
+         "--checkpoint-path", str(tmp_path / "ck"), "--log-path", str(log)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (log.exists() and "step 30:" in log.read_text()):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "interrupted" in err
+    trainer = json.loads((tmp_path / "ck" / "trainer.json").read_text())
+    assert trainer["progress"]["step"] >= 30
+
+
+def test_diverging_loss_stops_and_keeps_the_last_good_checkpoint(corpus, tmp_path):
+    from numpy_model import NumpyCharRNN
+    from tests.cli_cases import run_cases
+    ck = tmp_path / "ck"
+    train = ["train", "--text-path", str(corpus), *TINY, "--checkpoint-path", str(ck),
+             "--log-path", str(tmp_path / "run.log")]
+    first = ok(run_cases(NumpyCharRNN, [{"argv": [*train, "--num-epochs", "1"]}])[0])
+    assert first["code"] == 0
+    saved = (ck / "model.safetensors").read_bytes()
+    result = run_cases(NumpyCharRNN, [{"argv": [*train, "--num-epochs", "3", "--restore",
+                                                "--learning-rate", "1e30"]}])[0]
+    assert result["code"] == 2
+    assert "diverged" in result["stderr"] and "Traceback" not in result["stderr"]
+    assert (ck / "model.safetensors").read_bytes() == saved
