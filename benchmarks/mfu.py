@@ -1,0 +1,89 @@
+"""Model FLOP utilisation: the model's training FLOPs per second over the machine's peak.
+
+The peak is measured, not looked up: the best float32 matrix-multiply rate NumPy's
+BLAS reaches on large square matrices, with the same thread count the frameworks
+get. Run it as its own process so the thread variables are read before NumPy loads:
+
+    OMP_NUM_THREADS=2 python -m benchmarks.mfu --threads 2
+    {"peak_flops": 1.1e+11, "size": 2048, "repeats": 5, ...}
+
+A framework's rate counts only the model's matrix products
+(`ModelConfig.flops_per_char`, 2 FLOPs per multiply-add) and takes training as
+three times the forward pass, the usual estimate (forward, plus two products in
+the backward pass), so MFU compares frameworks on the same arithmetic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+TRAIN_FLOPS_FACTOR = 3  # training step = forward + backward (two products per forward one)
+
+
+def train_flops_per_step(flops_per_char: float, chars_per_batch: int) -> float:
+    """Model FLOPs of one training step: 3 x forward FLOPs per character x characters."""
+    return TRAIN_FLOPS_FACTOR * flops_per_char * chars_per_batch
+
+
+def mfu(flops_per_char: float | None, chars_per_batch: int | None, step_s: float | None,
+        peak_flops: float | None) -> float | None:
+    """Fraction of `peak_flops` that one training step of `step_s` seconds achieves."""
+    if not (flops_per_char and chars_per_batch and step_s and peak_flops):
+        return None
+    return train_flops_per_step(flops_per_char, chars_per_batch) / step_s / peak_flops
+
+
+def measure_peak(size: int = 2048, repeats: int = 5) -> dict:
+    """Best float32 (size x size) @ (size x size) rate of NumPy here, in FLOP/s.
+
+    The first product warms up the BLAS thread pool and is not counted; the best
+    of `repeats` timed products is the peak (the least disturbed by other work).
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((size, size), dtype=np.float32)
+    b = rng.standard_normal((size, size), dtype=np.float32)
+    out = np.empty((size, size), np.float32)
+    np.matmul(a, b, out=out)  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        np.matmul(a, b, out=out)
+        times.append(time.perf_counter() - start)
+    flops = 2.0 * size ** 3
+    return {"peak_flops": flops / min(times), "size": size, "repeats": repeats,
+            "times_s": times, "numpy": np.__version__, "blas": _blas_name(np)}
+
+
+def _blas_name(np) -> str | None:
+    """The BLAS NumPy was built against ("scipy-openblas 0.3.29"), if NumPy says."""
+    try:
+        info = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        return f"{info.get('name')} {info.get('version', '')}".strip()
+    except Exception:  # older NumPy: no dict mode; the name is only decoration
+        return None
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=None,
+                        help="threads (also set OMP/MKL/OpenBLAS variables before starting)")
+    parser.add_argument("--size", type=int, default=2048, help="square matrix size")
+    parser.add_argument("--repeats", type=int, default=5, help="timed products; the best counts")
+    args = parser.parse_args(argv)
+    if args.threads and "numpy" in sys.modules:
+        print("warning: NumPy was loaded before the thread variables were set",
+              file=sys.stderr)
+    result = measure_peak(args.size, args.repeats)
+    result["threads"] = args.threads
+    result["omp_num_threads"] = os.environ.get("OMP_NUM_THREADS")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,180 @@
+"""Loss curves from training logs: train and validation loss per epoch, one colour per framework.
+
+    python -m benchmarks.plot logs/numpy_model.jsonl logs/pytorch_model.log --output loss.png
+
+A `.log` path stands for its `.jsonl` twin (common.logs). The benchmark report draws
+its curves with the same functions, from the records of `run_all`. matplotlib (the
+modern environment) is imported only to draw, so the runner can use the log reader.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from common.logs import jsonl_path, read_jsonl  # noqa: E402
+
+
+@dataclass
+class Curve:
+    """One framework's losses: per epoch, and (if the run logged them) per step."""
+
+    name: str
+    train_batches: int | None  # per epoch, to put steps on the epoch axis
+    epochs: list[dict] = field(default_factory=list)  # epoch records (common.train)
+    steps: list[list[float]] = field(default_factory=list)  # [step, elapsed training s, loss]
+
+    def epoch_points(self) -> list[tuple[float, float | None, float | None, float]]:
+        """(epochs trained, train loss, val loss, training seconds so far) at each epoch end.
+
+        A partial epoch (--max-steps) ends at a fraction: steps / train_batches.
+        """
+        points, elapsed = [], 0.0
+        for e in self.epochs:
+            elapsed += e.get("duration_s") or 0.0
+            x = e["step"] / self.train_batches if self.train_batches else float(e["epoch"])
+            points.append((x, e.get("train/loss"), e.get("val/loss"), elapsed))
+        return points
+
+
+def read_training_log(path: str | Path) -> tuple[dict | None, list[dict], list[list[float]]]:
+    """(header, epoch records without samples, [[step, elapsed training s, loss], ...]).
+
+    Only the last run in the file counts (logs are appended to), continued through
+    any `--restore` of it. A step's elapsed time counts training only (no
+    validation or checkpointing): the wall-clock times of the step records, anchored
+    at each epoch's end by the epoch's duration_s.
+    """
+    path = jsonl_path(path)
+    if not path.exists():
+        return None, [], []
+    header, epochs, steps, pending = None, [], [], []
+    elapsed_before = 0.0
+    for rec in read_jsonl(path):
+        kind = rec.get("kind")
+        if kind == "header":
+            if rec.get("restored_from") is None:  # a new run starts: forget the earlier one
+                epochs, steps, pending, elapsed_before = [], [], [], 0.0
+            header = {k: v for k, v in rec.items() if k not in ("kind", "time")}
+        elif kind == "step":
+            pending.append(rec)
+        elif kind == "epoch":
+            epochs.append({k: v for k, v in rec.items() if k not in ("kind", "samples")})
+            if pending:
+                # Training of this epoch ended duration_s after it began; steps after the
+                # last logged one (if any) took about step_s_median each.
+                after = rec["step"] - pending[-1]["step"]
+                t_end = pending[-1]["time"] + after * (rec.get("step_s_median") or 0.0)
+                for p in pending:
+                    elapsed = elapsed_before + rec["duration_s"] - (t_end - p["time"])
+                    steps.append([p["step"], round(max(elapsed, 0.0), 4), p["train/loss"]])
+            elapsed_before += rec.get("duration_s") or 0.0
+            pending = []
+    return header, epochs, steps
+
+
+def curve_from_log(path: str | Path) -> Curve:
+    header, epochs, steps = read_training_log(path)
+    if header is None and not epochs:
+        raise SystemExit(f"error: {jsonl_path(path)}: no training records (missing or empty)")
+    name = (header or {}).get("framework") or (epochs[0].get("framework") if epochs else None)
+    return Curve(name or Path(path).stem, (header or {}).get("train_batches"), epochs, steps)
+
+
+# ---------------------------------------------------------------------------------------
+# Drawing
+# ---------------------------------------------------------------------------------------
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def plot_losses(curves: list[Curve], output: str | Path, x: str = "epoch",
+                title: str | None = None) -> Path:
+    """Train (solid) and validation (dashed) loss against epochs or training seconds.
+
+    `x` is "epoch" or "time". Step losses are drawn where the run logged them (a
+    partial epoch then still shows a curve); otherwise one point per epoch.
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, curve in enumerate(curves):
+        color = colors[i % len(colors)]
+        points = curve.epoch_points()
+        if curve.steps and curve.train_batches:
+            xs = [s[0] / curve.train_batches if x == "epoch" else s[1] for s in curve.steps]
+            ax.plot(xs, [s[2] for s in curve.steps], color=color, lw=1.2,
+                    label=f"{curve.name} train")
+        else:
+            ax.plot([p[0] if x == "epoch" else p[3] for p in points], [p[1] for p in points],
+                    color=color, marker="o", ms=3, label=f"{curve.name} train")
+        val = [p for p in points if p[2] is not None]
+        if val:
+            ax.plot([p[0] if x == "epoch" else p[3] for p in val], [p[2] for p in val],
+                    color=color, ls="--", marker="s", ms=4, label=f"{curve.name} val")
+    ax.set_xlabel("epochs" if x == "epoch" else "training time (s, validation excluded)")
+    ax.set_ylabel("loss (nats per character)")
+    ax.set_title(title or ("Loss per epoch" if x == "epoch" else "Loss versus training time"))
+    ax.grid(alpha=0.3)
+    if curves:
+        ax.legend(fontsize=7, ncol=2 if len(curves) > 4 else 1)
+    fig.tight_layout()
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(output)
+    plt.close(fig)
+    return output
+
+
+def plot_throughput(rows: list[tuple[str, float | None, float | None]], output: str | Path,
+                    title: str = "Throughput") -> Path:
+    """Two bar charts: training and generation characters per second, fastest first."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 0.45 * max(len(rows), 3) + 1.4), dpi=110)
+    for ax, col, label in ((axes[0], 1, "training chars/s"), (axes[1], 2, "generation chars/s")):
+        data = sorted(((r[0], r[col]) for r in rows if r[col]), key=lambda r: r[1])
+        names, values = [d[0] for d in data], [d[1] for d in data]
+        bars = ax.barh(names, values, color="tab:blue" if col == 1 else "tab:green")
+        for bar, value in zip(bars, values):
+            ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {value:,.0f}",
+                    va="center", fontsize=7)
+        ax.set_xlabel(label)
+        ax.margins(x=0.25)
+        ax.grid(axis="x", alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(output)
+    plt.close(fig)
+    return output
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.plot",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("logs", nargs="+", metavar="LOG",
+                        help="training .jsonl logs (or their .log twins)")
+    parser.add_argument("--output", "-o", default="loss.png", help="PNG to write")
+    parser.add_argument("--x", choices=("epoch", "time"), default="epoch",
+                        help="x axis: epochs, or training seconds")
+    parser.add_argument("--title", help="plot title")
+    args = parser.parse_args(argv)
+    curves = [curve_from_log(p) for p in args.logs]
+    path = plot_losses(curves, args.output, x=args.x, title=args.title)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
