@@ -1,0 +1,300 @@
+"""MXNet Gluon: the fused `gluon.rnn.LSTM` operator (oneDNN on a CPU, cuDNN on a GPU),
+hybridized, with Adam as PyTorch has it and global-norm clipping.
+
+    python mxnet_model.py train --num-epochs 1 --threads 2
+    python mxnet_model.py generate --seed "KING"
+
+MXNet lives in the legacy environment (.venv-legacy); run from any Python, the
+script re-executes itself there. What differs from the other frameworks:
+
+- The LSTM's gate order is i, f, c, o with (4H, in) kernels: the canonical layout
+  as it is. It keeps two biases per layer; `h2h_bias` is held at zero with
+  grad_req "null", so it is neither trained nor counted (SPEC section 1).
+- One fused single-layer LSTM per layer, because the oneDNN CPU kernel ignores the
+  fused operator's between-layer dropout; generation runs LSTMCells that share
+  the same Parameters, since the fused operator's per-call set-up dominates at T = 1.
+- MXNet's Adam computes lr * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps),
+  PyTorch's formula only with a step-dependent eps; `TorchAdam` below is a
+  registered optimizer with PyTorch's formula itself.
+- The engine is asynchronous: `train_step` returns `loss.asscalar()`, which
+  waits for the step, so the clock measures the work.
+"""
+
+import importlib.util
+import os
+import sys
+
+from common.bootstrap import VENVS, early_setup
+
+# Workaround (see the report on common/bootstrap.py): both venvs' python links to the
+# same interpreter, so ensure_environment's resolve() check never re-executes.
+_LEGACY_PYTHON = VENVS["legacy"] / "bin" / "python"
+if (importlib.util.find_spec("mxnet") is None and _LEGACY_PYTHON.exists()
+        and os.environ.get("CHARRNN_REEXEC") != "1"):
+    os.environ["CHARRNN_REEXEC"] = "1"
+    os.execv(str(_LEGACY_PYTHON), [str(_LEGACY_PYTHON), *sys.argv])
+early_setup("legacy", "mxnet")  # MXNet reads OMP_NUM_THREADS etc. once, at import
+
+import dataclasses
+from pathlib import Path
+
+import mxnet as mx
+import numpy as np
+from mxnet import autograd, gluon, nd
+from mxnet.gluon import nn, rnn
+
+from common.cli import main
+from common.config import ModelConfig, OptimConfig
+from common.errors import CharRnnError
+from common.framework import CharRNN
+from common.weights import Weights
+
+# ---------------------------------------------------------------------------------------
+# Network
+# ---------------------------------------------------------------------------------------
+
+
+class Net(gluon.HybridBlock):
+    def __init__(self, config: ModelConfig, **block_kwargs):
+        super().__init__(**block_kwargs)  # prefix and params, to share another Net's
+        with self.name_scope():
+            self.embedding = nn.Embedding(config.vocab_size, config.embedding_size)
+            self.drop = nn.Dropout(config.drop_rate)
+            # One fused single-layer LSTM per layer, with our own dropout after each:
+            # the fused operator's between-layer dropout is silently skipped by the
+            # oneDNN CPU kernel (apache/mxnet#16604, oneDNN#807).
+            self.lstms = []
+            for k in range(config.num_layers):
+                layer = rnn.LSTM(config.rnn_size, 1, layout="NTC", input_size=(
+                    config.embedding_size if k == 0 else config.rnn_size))
+                self.register_child(layer, f"lstm{k}")
+                self.lstms.append(layer)
+            self.dense = nn.Dense(config.vocab_size, flatten=False, in_units=config.rnn_size)
+
+    def hybrid_forward(self, F, x, h, c):
+        """x (B, T) ids, h and c (L, B, H) -> logits (B, T, V), new h, new c."""
+        out = self.drop(self.embedding(x))  # (B, T, E)
+        new_h, new_c = [], []
+        for k, layer in enumerate(self.lstms):
+            state = [F.slice_axis(s, axis=0, begin=k, end=k + 1) for s in (h, c)]  # (1, B, H)
+            out, (h_k, c_k) = layer(out, state)
+            out = self.drop(out)  # (B, T, H)
+            new_h.append(h_k)
+            new_c.append(c_k)
+        return self.dense(out), F.concat(*new_h, dim=0), F.concat(*new_c, dim=0)
+
+
+class StepNet(gluon.HybridBlock):
+    """One generation step through the same Parameters, compiled into one graph: an
+    LSTMCell per layer named like the fused layer's l0_* weights shares them (gate
+    order i, f, c, o too)."""
+
+    def __init__(self, net: Net, config: ModelConfig):
+        super().__init__()
+        self.embedding, self.dense = net.embedding, net.dense
+        self.cells = []
+        for k, layer in enumerate(net.lstms):
+            # A container with the layer's prefix and Parameters, so that the cell's
+            # "l0_i2h_weight" etc. resolve to the layer's own Parameter objects.
+            cell = rnn.HybridSequentialRNNCell(prefix=layer.prefix, params=layer.params)
+            with cell.name_scope():
+                cell.add(rnn.LSTMCell(config.rnn_size, prefix="l0_", input_size=(
+                    config.embedding_size if k == 0 else config.rnn_size)))
+            self.register_child(cell, f"cell{k}")
+            self.cells.append(cell)
+
+    def hybrid_forward(self, F, x, h, c):
+        """x (B,) ids, h and c (L, B, H) -> logits (B, V), new h, new c."""
+        out = self.embedding(x)  # (B, E)
+        new_h, new_c = [], []
+        for k, cell in enumerate(self.cells):
+            state = [F.squeeze(F.slice_axis(s, axis=0, begin=k, end=k + 1), axis=0)
+                     for s in (h, c)]  # (B, H)
+            out, (h_k, c_k) = cell(out, state)
+            new_h.append(h_k)
+            new_c.append(c_k)
+        return self.dense(out), F.stack(*new_h, axis=0), F.stack(*new_c, axis=0)
+
+
+@mx.optimizer.register
+class TorchAdam(mx.optimizer.Optimizer):
+    """Adam with PyTorch's bias correction and eps placement (SPEC section 4), in the
+    NumPy reference's order of operations. Registered, so Trainer can save it."""
+
+    def __init__(self, learning_rate=0.001, beta1=0.9, beta2=0.999, epsilon=1e-8, **kwargs):
+        super().__init__(learning_rate=learning_rate, **kwargs)
+        self.beta1, self.beta2, self.epsilon = beta1, beta2, epsilon
+
+    def create_state(self, index, weight):
+        return (nd.zeros(weight.shape, weight.context, dtype=weight.dtype),
+                nd.zeros(weight.shape, weight.context, dtype=weight.dtype))
+
+    def update(self, index, weight, grad, state):
+        self._update_count(index)
+        t = self._index_update_count[index]
+        lr = self._get_lr(index)
+        correction1 = 1.0 - self.beta1 ** t
+        correction2 = 1.0 - self.beta2 ** t
+        m, v = state
+        g = grad * self.rescale_grad if self.rescale_grad != 1.0 else grad
+        m[:] = m * self.beta1 + (1.0 - self.beta1) * g
+        v[:] = v * self.beta2 + (1.0 - self.beta2) * g * g
+        denom = nd.sqrt(v) / float(np.sqrt(correction2)) + self.epsilon
+        weight[:] = weight - (lr / correction1) * m / denom
+
+
+# Trainer.save_states pickles the optimizer by module and class name. Run as a
+# script this module is __main__; naming it mxnet_model keeps the states loadable
+# both from the command line and after `import mxnet_model`.
+sys.modules.setdefault("mxnet_model", sys.modules[__name__])
+TorchAdam.__module__ = "mxnet_model"
+
+# ---------------------------------------------------------------------------------------
+# The model
+# ---------------------------------------------------------------------------------------
+
+
+class MxnetCharRNN(CharRNN):
+    framework = "mxnet"
+
+    def __init__(self, config: ModelConfig, weights: Weights, optim: OptimConfig,
+                 device: str = "cpu", seed: int = 0):
+        super().__init__(config, weights, optim, device, seed)
+        mx.random.seed(seed)  # dropout masks
+        self.ctx = mx.gpu(0) if device.startswith("cuda") else mx.cpu()
+        self.net = Net(config)
+        self.net.initialize(mx.init.Zero(), ctx=self.ctx)
+        self._load_canonical(weights)
+        for k in range(config.num_layers):
+            self._lstm_param(k, "l0_h2h_bias").grad_req = "null"  # held at zero
+        # static_alloc/static_shape: one cached graph per input shape, memory planned once.
+        self.net.hybridize(static_alloc=True, static_shape=True)
+        self.step_net = StepNet(self.net, config)
+        self.step_net.hybridize(static_alloc=True, static_shape=True)
+        self._eval_net = None  # a dropout-free twin for loss_and_grads, made when needed
+        self.loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()  # sparse labels, softmax on -1
+        self.loss_fn.hybridize(static_alloc=True, static_shape=True)
+        self.params = [p for p in self.net.collect_params().values() if p.grad_req != "null"]
+        self.trainer = gluon.Trainer(
+            self.params, TorchAdam(learning_rate=optim.learning_rate, beta1=optim.beta1,
+                                   beta2=optim.beta2, epsilon=optim.eps), kvstore=None)
+
+    @classmethod
+    def versions(cls):
+        return {"mxnet": mx.__version__, "numpy": np.__version__}
+
+    @classmethod
+    def setup_device(cls, device, threads):
+        # Threads: early_setup put --threads into OMP_NUM_THREADS and
+        # MXNET_CPU_WORKER_NTHREADS before MXNet loaded; they cannot change now.
+        if threads and os.environ.get("OMP_NUM_THREADS") != str(threads):
+            print(f"warning: --threads {threads} came too late: MXNet was already "
+                  f"loaded with OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}",
+                  file=sys.stderr)
+        gpus = mx.context.num_gpus() if device == "gpu" else 0
+        if device == "gpu" and gpus == 0:
+            raise CharRnnError("--device gpu: this MXNet sees no CUDA GPU (it needs a "
+                               "CUDA build such as mxnet-cu112 and a GPU)")
+        if device == "gpu":
+            return "cuda:0 (mxnet gpu(0))"
+        return "cpu"  # "auto" means the CPU: a GPU is used only when asked for
+
+    # ---- weights: canonical <-> gluon.rnn.LSTM (same gate order i, f, c, o; same layout) --
+    def _lstm_param(self, k, name):
+        return getattr(self.net.lstms[k], name)  # l0_i2h_weight, l0_h2h_bias, ...
+
+    def _pairs(self):
+        """(canonical name, Gluon Parameter); "lstm.k.bias" pairs with the trained i2h_bias."""
+        net = self.net
+        pairs = [("embedding", net.embedding.weight), ("dense.w", net.dense.weight),
+                 ("dense.b", net.dense.bias)]
+        for k in range(self.config.num_layers):
+            pairs += [(f"lstm.{k}.w_ih", self._lstm_param(k, "l0_i2h_weight")),
+                      (f"lstm.{k}.w_hh", self._lstm_param(k, "l0_h2h_weight")),
+                      (f"lstm.{k}.bias", self._lstm_param(k, "l0_i2h_bias"))]
+        return pairs
+
+    def _load_canonical(self, w: Weights):
+        for name, param in self._pairs():
+            param.set_data(nd.array(w[name], ctx=self.ctx, dtype=np.float32))
+        for k in range(self.config.num_layers):
+            bias = self._lstm_param(k, "l0_h2h_bias")
+            bias.set_data(nd.zeros(bias.shape, ctx=self.ctx))
+
+    def get_weights(self):
+        weights = {name: param.data().asnumpy().copy() for name, param in self._pairs()}
+        for k in range(self.config.num_layers):  # the sum of the two biases
+            weights[f"lstm.{k}.bias"] += self._lstm_param(k, "l0_h2h_bias").data().asnumpy()
+        return weights
+
+    # ---- state: (h, c) NDArrays (L, B, H), detached from any graph ------------------
+    def zero_state(self, batch_size):
+        shape = (self.config.num_layers, batch_size, self.config.rnn_size)
+        return nd.zeros(shape, ctx=self.ctx), nd.zeros(shape, ctx=self.ctx)
+
+    def state_to_numpy(self, state):
+        return tuple(s.asnumpy().astype(np.float32) for s in state)
+
+    def state_from_numpy(self, h, c):
+        return (nd.array(h, ctx=self.ctx, dtype=np.float32),
+                nd.array(c, ctx=self.ctx, dtype=np.float32))
+
+    def _ids(self, a):
+        # Embedding and the loss take ids as float32 NDArrays (exact up to 2^24).
+        return nd.array(a, ctx=self.ctx, dtype=np.float32)
+
+    # ---- compute ---------------------------------------------------------------------
+    def forward(self, x, state):
+        logits, h, c = self.net(self._ids(x), *state)  # not recording: evaluation mode
+        return logits.asnumpy(), (h, c)
+
+    def step(self, ids, state):
+        logits, h, c = self.step_net(self._ids(ids), *state)
+        return logits.asnumpy(), (h, c)  # (B, V)
+
+    def _loss(self, net, x, y, state):
+        # Always recorded in training mode: only then does the oneDNN LSTM keep what its
+        # backward needs (in predict mode the backward fails, vector::_M_range_check).
+        with autograd.record(train_mode=True):
+            logits, h, c = net(self._ids(x), *state)
+            loss = self.loss_fn(logits, self._ids(y)).mean()  # per-row means, then all
+        loss.backward()
+        return loss, (h.detach(), c.detach())  # cut the graph: truncated BPTT
+
+    def loss_and_grads(self, x, y, state):
+        # Evaluation mode means no dropout: with drop_rate > 0, a dropout-free twin that
+        # shares every Parameter runs it.
+        if self.config.drop_rate > 0 and self._eval_net is None:
+            self._eval_net = Net(dataclasses.replace(self.config, drop_rate=0.0),
+                                 prefix=self.net.prefix, params=self.net.collect_params())
+            self._eval_net.hybridize(static_alloc=True, static_shape=True)
+        loss, state = self._loss(self._eval_net or self.net, x, y, state)
+        grads = {name: param.grad().asnumpy().copy() for name, param in self._pairs()}
+        return float(loss.asscalar()), grads, state
+
+    def train_step(self, x, y, state):
+        loss, state = self._loss(self.net, x, y, state)
+        gluon.utils.clip_global_norm([p.grad() for p in self.params], self.optim.clip_norm,
+                                     check_isfinite=False)  # stays asynchronous
+        self.trainer.step(1)  # the loss is already a mean: no rescaling
+        return float(loss.asscalar()), state  # asscalar waits for the step to finish
+
+    # ---- native checkpoints ------------------------------------------------------------
+    def save_native(self, directory: Path):
+        self.net.save_parameters(str(directory / "mxnet_model.params"))
+        self.trainer.save_states(str(directory / "mxnet_trainer.states"))
+
+    def load_native(self, directory: Path):
+        try:
+            self.net.load_parameters(str(directory / "mxnet_model.params"), ctx=self.ctx)
+        except mx.base.MXNetError as exc:
+            # Its text starts with a C++ traceback; the last line is the message.
+            message = str(exc).strip().splitlines()[-1].replace("MXNetError: ", "")
+            raise ValueError(f"mxnet_model.params: {message}") from None
+        self.trainer.load_states(str(directory / "mxnet_trainer.states"))
+
+
+MODEL = MxnetCharRNN  # what common.registry loads
+
+if __name__ == "__main__":
+    main(MODEL)
