@@ -20,19 +20,8 @@ script re-executes itself there. What differs from the other frameworks:
   is the PyTorch formula itself.
 """
 
-import importlib.util
-import os
-import sys
+from common.bootstrap import early_setup
 
-from common.bootstrap import VENVS, early_setup
-
-# Workaround (see the report on common/bootstrap.py): both venvs' python links to the
-# same interpreter, so ensure_environment's resolve() check never re-executes.
-_LEGACY_PYTHON = VENVS["legacy"] / "bin" / "python"
-if (importlib.util.find_spec("chainer") is None and _LEGACY_PYTHON.exists()
-        and os.environ.get("CHARRNN_REEXEC") != "1"):
-    os.environ["CHARRNN_REEXEC"] = "1"
-    os.execv(str(_LEGACY_PYTHON), [str(_LEGACY_PYTHON), *sys.argv])
 early_setup("legacy", "chainer")  # before NumPy loads its BLAS thread pool
 
 from pathlib import Path

@@ -20,22 +20,13 @@ script re-executes itself there. What differs from the other frameworks:
   waits for the step, so the clock measures the work.
 """
 
-import importlib.util
-import os
-import sys
+from common.bootstrap import early_setup
 
-from common.bootstrap import VENVS, early_setup
-
-# Workaround (see the report on common/bootstrap.py): both venvs' python links to the
-# same interpreter, so ensure_environment's resolve() check never re-executes.
-_LEGACY_PYTHON = VENVS["legacy"] / "bin" / "python"
-if (importlib.util.find_spec("mxnet") is None and _LEGACY_PYTHON.exists()
-        and os.environ.get("CHARRNN_REEXEC") != "1"):
-    os.environ["CHARRNN_REEXEC"] = "1"
-    os.execv(str(_LEGACY_PYTHON), [str(_LEGACY_PYTHON), *sys.argv])
 early_setup("legacy", "mxnet")  # MXNet reads OMP_NUM_THREADS etc. once, at import
 
 import dataclasses
+import os
+import sys
 from pathlib import Path
 
 import mxnet as mx

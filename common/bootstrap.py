@@ -61,7 +61,9 @@ def ensure_environment(env: str, module: str) -> None:
     python = VENVS[env] / "bin" / "python"
     if not python.exists() or os.environ.get("CHARRNN_REEXEC") == "1":
         return
-    if Path(sys.executable).resolve() == python.resolve():
+    # Both venvs' bin/python link to the same base interpreter, so compare environments
+    # (sys.prefix), not executables.
+    if Path(sys.prefix).resolve() == VENVS[env].resolve():
         return
     os.environ["CHARRNN_REEXEC"] = "1"  # never loop
     os.execv(str(python), [str(python), *sys.argv])
