@@ -5,7 +5,7 @@ BLAS reaches on large square matrices, with the same thread count the frameworks
 get. Run it as its own process so the thread variables are read before NumPy loads:
 
     OMP_NUM_THREADS=2 python -m benchmarks.mfu --threads 2
-    {"peak_flops": 1.1e+11, "size": 2048, "repeats": 5, ...}
+    {"peak_flops": 1.1e+11, "size": 2048, "repeats": 10, ...}
 
 A framework's rate counts only the model's matrix products
 (`ModelConfig.flops_per_char`, 2 FLOPs per multiply-add) and takes training as
@@ -37,7 +37,7 @@ def mfu(flops_per_char: float | None, chars_per_batch: int | None, step_s: float
     return train_flops_per_step(flops_per_char, chars_per_batch) / step_s / peak_flops
 
 
-def measure_peak(size: int = 2048, repeats: int = 5) -> dict:
+def measure_peak(size: int = 2048, repeats: int = 10) -> dict:
     """Best float32 (size x size) @ (size x size) rate of NumPy here, in FLOP/s.
 
     The first product warms up the BLAS thread pool and is not counted; the best
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=None,
                         help="threads (also set OMP/MKL/OpenBLAS variables before starting)")
     parser.add_argument("--size", type=int, default=2048, help="square matrix size")
-    parser.add_argument("--repeats", type=int, default=5, help="timed products; the best counts")
+    parser.add_argument("--repeats", type=int, default=10, help="timed products; the best counts")
     args = parser.parse_args(argv)
     if args.threads and "numpy" in sys.modules:
         print("warning: NumPy was loaded before the thread variables were set",

@@ -103,6 +103,9 @@ def plot_losses(curves: list[Curve], output: str | Path, x: str = "epoch",
                 title: str | None = None) -> Path:
     """Train (solid) and validation (dashed) loss against epochs or training seconds.
 
+    Frameworks that agree (same weights, same batches) draw the same curve on the
+    epoch axis; the time axis tells them apart.
+
     `x` is "epoch" or "time". Step losses are drawn where the run logged them (a
     partial epoch then still shows a curve); otherwise one point per epoch.
     """
@@ -114,21 +117,31 @@ def plot_losses(curves: list[Curve], output: str | Path, x: str = "epoch",
         points = curve.epoch_points()
         if curve.steps and curve.train_batches:
             xs = [s[0] / curve.train_batches if x == "epoch" else s[1] for s in curve.steps]
-            ax.plot(xs, [s[2] for s in curve.steps], color=color, lw=1.2,
-                    label=f"{curve.name} train")
+            ax.plot(xs, [s[2] for s in curve.steps], color=color, lw=1.2, label=curve.name)
         else:
             ax.plot([p[0] if x == "epoch" else p[3] for p in points], [p[1] for p in points],
-                    color=color, marker="o", ms=3, label=f"{curve.name} train")
+                    color=color, marker="o", ms=3, label=curve.name)
         val = [p for p in points if p[2] is not None]
         if val:
             ax.plot([p[0] if x == "epoch" else p[3] for p in val], [p[2] for p in val],
-                    color=color, ls="--", marker="s", ms=4, label=f"{curve.name} val")
-    ax.set_xlabel("epochs" if x == "epoch" else "training time (s, validation excluded)")
+                    color=color, ls="--", marker="s", ms=4)
+    xs = [v for line in ax.get_lines() for v in line.get_xdata() if v > 0]
+    log_time = x == "time" and xs and max(xs) / min(xs) > 50  # one slow framework hides the rest
+    if log_time:
+        ax.set_xscale("log")
+    ax.set_xlabel("epochs" if x == "epoch" else "training time (s, validation excluded"
+                  + (", log scale)" if log_time else ")"))
     ax.set_ylabel("loss (nats per character)")
     ax.set_title(title or ("Loss per epoch" if x == "epoch" else "Loss versus training time"))
     ax.grid(alpha=0.3)
     if curves:
-        ax.legend(fontsize=7, ncol=2 if len(curves) > 4 else 1)
+        # One entry per framework (its colour); the line style says train or validation.
+        from matplotlib.lines import Line2D
+        handles, labels = ax.get_legend_handles_labels()
+        handles += [Line2D([], [], color="black", lw=1.2),
+                    Line2D([], [], color="black", ls="--", marker="s", ms=4)]
+        labels += ["train (solid)", "validation (dashed)"]
+        ax.legend(handles, labels, fontsize=7, ncol=2 if len(curves) > 4 else 1)
     fig.tight_layout()
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)

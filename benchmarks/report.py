@@ -242,7 +242,7 @@ def compare_original(table: pd.DataFrame) -> str:
         row = by_name.get(name, {})
         ours = [_cell(row.get("duration_s"), "duration"), _cell(row.get("epochs"), "{:.2f}"),
                 _cell(row.get("train_loss"), "{:.4f}")]
-        lines.append(f"| {name} | {script} | {format_duration(duration)} | {loss:.4f} | "
+        lines.append(f"| {name} | {script} | {format_duration(duration)} | {loss} | "
                      + " | ".join(ours) + " |")
     return "\n".join(lines)
 

@@ -73,11 +73,13 @@ class Profile:
 
 
 # The quick profile must finish in under 15 minutes for all ten frameworks together on
-# a 2-core CPU. Measured there (2 threads): a default-spec step takes 0.2 to 0.7 s
-# depending on the framework, evaluation of the 27 validation batches about a third of
-# that per batch, and start-up, compilation and 1,024 generated characters 5 to 40 s.
-# 40 steps keep the slowest framework near a minute, and still give a median step
-# time over 39 warm steps.
+# a 2-core CPU. Measured there (2 threads, default spec, machine shared with other work,
+# so on the slow side): a training step takes 0.09 s (jax) to 0.5 s (numpy, chainer),
+# 1.6 s (pytensor) and 2.7 s (keras[torch]); everything else (start-up, first step,
+# one pass over the 27 validation batches, checkpoint, `generate --length 1024`) 8 s
+# (jax, chainer, mxnet) to 40 s (keras[jax], pytensor) and 124 s (keras[torch]).
+# At 40 steps that is about 9 minutes for the ten, plus up to ~2 minutes when
+# PyTensor's compilation cache is cold; the median step is still taken over 39 steps.
 QUICK_STEPS = 40
 
 PROFILES = {
