@@ -648,6 +648,9 @@ def main(argv: list[str] | None = None) -> int:
             "loadavg": _loadavg()})
 
     interrupted = False
+    # A SIGTERM (a cancelled job) stops the run like Ctrl-C: the child is in its own
+    # session and would not get it, so the runner must stop it.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         for i, (t, k) in enumerate(todo, 1):
             label = f"[{i}/{len(todo)}] {t.name}" + (f" (repeat {k + 1})" if args.repeats > 1
@@ -686,6 +689,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finished = [r for r in read_jsonl(records_path) if r.get("kind") == "framework"]
     return 0 if any(r.get("status") == "ok" for r in finished) else 1
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def _summary_line(record: dict) -> str:

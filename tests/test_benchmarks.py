@@ -125,7 +125,8 @@ def test_resume_does_not_redo_finished_frameworks(bench):
     assert framework_records(out) == before
 
 
-def test_ctrl_c_stops_the_child_and_keeps_what_finished(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_stops_the_child_and_keeps_what_finished(tmp_path, sig):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(TEXT, encoding="utf-8")
     pid_file = tmp_path / "slow.pid"
@@ -144,7 +145,7 @@ def test_ctrl_c_stops_the_child_and_keeps_what_finished(tmp_path):
         while not pid_file.exists() or not pid_file.read_text():
             assert proc.poll() is None and time.time() < deadline, proc.communicate()
             time.sleep(0.1)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         _, stderr = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
