@@ -247,6 +247,19 @@ def compare_original(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def _load_line(frameworks: pd.DataFrame, threads) -> str | None:
+    """The 1-minute load average seen around the runs: above the thread count, other work
+    shared the CPU and the times are slower than the machine can do."""
+    loads = [r[key][0] for r in _records(frameworks) for key in ("loadavg_start", "loadavg_end")
+             if isinstance(r.get(key), list) and r[key]]
+    if not loads:
+        return None
+    busy = threads is not None and max(loads) > threads + 0.5
+    return (f"- 1-minute load average at the frameworks' starts and ends: {min(loads):.1f} to "
+            f"{max(loads):.1f}" + (f" (above the {threads} threads used: other work shared "
+                                   "the CPU, so these times are pessimistic)" if busy else ""))
+
+
 def _machine_lines(run: dict, table: pd.DataFrame) -> list[str]:
     m, git, peak, s = run.get("machine", {}), run.get("git", {}), run.get("peak", {}), run.get(
         "settings", {})
@@ -323,7 +336,9 @@ def render_report(runs: list[dict], table: pd.DataFrame, frameworks: pd.DataFram
            else "One run per framework."), "",
         "![loss per epoch](loss_per_epoch.png)", "", "![loss versus time](loss_vs_time.png)", "",
         "![throughput](throughput.png)", "",
-        "## Machine", "", *_machine_lines(run, table), "", _versions_table(table), ""]
+        "## Machine", "", *_machine_lines(run, table),
+        *filter(None, [_load_line(frameworks, s.get("threads"))]), "",
+        _versions_table(table), ""]
     if compare:
         lines += ["## Beside the original suite", "", compare_original(table), ""]
     samples = _samples(frameworks)

@@ -710,4 +710,8 @@ def _summary_line(record: dict) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # before any framework started: nothing to keep
+        print("\ninterrupted", file=sys.stderr)
+        sys.exit(130)

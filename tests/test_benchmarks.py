@@ -251,7 +251,7 @@ def test_report_on_saved_records(saved, capsys):
     assert "| framework | version | duration | s/epoch | chars/s | step ms |" in md
     assert "| numpy | 2.4.6 |" in md and "| chainer | 7.8.1 |" in md
     assert "**missing**: skipped" in md and "deliberately broken" in md
-    assert "AMD EPYC" in md and "float32 matmul peak" in md
+    assert "AMD EPYC" in md and "float32 matmul peak" in md and "1-minute load average" in md
     assert "## Generated text" in md and "### pytorch" in md
     assert "## Beside the original suite" in md and "1:37:48" in md  # pytorch's 5868 s
     assert "1:37:48" in printed and "| numpy |" in printed
