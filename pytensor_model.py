@@ -1,0 +1,273 @@
+"""PyTensor (the maintained successor of Theano): a symbolic graph with `pytensor.scan`,
+`pytensor.grad`, and clipping plus Adam written as update expressions on shared variables.
+
+    python pytensor_model.py train --num-epochs 1
+    python pytensor_model.py generate --seed "KING"
+
+The original CharLSTM was a Theano program; this is the same idea with today's
+PyTensor. Parameters live in shared variables in the canonical layout (gate order
+i, f, g, o), so nothing is converted at the edge. Batch size and sequence length
+are symbolic: each function compiles once, on its first call.
+"""
+
+from common.bootstrap import early_setup
+
+early_setup("modern", "pytensor")  # before NumPy loads its BLAS thread pool
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytensor
+import pytensor.tensor as pt
+import safetensors.numpy
+from pytensor.tensor.special import log_softmax
+
+from common.cli import main
+from common.config import ModelConfig, OptimConfig
+from common.errors import CharRnnError
+from common.framework import CharRNN
+from common.weights import Weights
+
+# PyTensor 3's default backend, named so no PYTENSOR_FLAGS changes what is measured. The C
+# backend ("cvm") finds no BLAS it can link against in a pip install (NumPy's OpenBLAS
+# has renamed symbols), so its matrix products fall back to NumPy through Python; it
+# measured ~25% slower per step, and its first compile of the C modules took ~1 minute.
+# Numba compiles in ~5 s per process once its on-disk cache (in PyTensor's compiledir)
+# is warm, ~35 s the first time.
+MODE = "NUMBA"
+
+# ---------------------------------------------------------------------------------------
+# Graph. Shapes: B batch_size, T seq_len, E embedding_size, H rnn_size, V vocab_size,
+# L num_layers. The LSTM runs time-major, (T, B, ...), so scan walks the first axis.
+# ---------------------------------------------------------------------------------------
+
+
+def lstm_cell(x_proj, h, c, w_hh):
+    """One step: x_proj (B, 4H) = x @ w_ih.T + bias, precomputed; h, c (B, H)."""
+    H = h.shape[-1]
+    z = x_proj + pt.dot(h, w_hh.T)  # (B, 4H)
+    i, f = pt.sigmoid(z[:, :H]), pt.sigmoid(z[:, H:2 * H])
+    g, o = pt.tanh(z[:, 2 * H:3 * H]), pt.sigmoid(z[:, 3 * H:])
+    c = f * c + i * g
+    return o * pt.tanh(c), c
+
+
+def lstm_layer(x, h0, c0, w_ih, w_hh, bias):
+    """x (T, B, in) -> outputs (T, B, H), final h and c (B, H)."""
+    x_proj = pt.dot(x, w_ih.T) + bias  # every step's input projection at once: (T, B, 4H)
+    (hs, cs) = pytensor.scan(lstm_cell, sequences=[x_proj], outputs_info=[h0, c0],
+                             non_sequences=[w_hh], strict=True, return_updates=False)
+    return hs, hs[-1], cs[-1]
+
+
+class Graph:
+    """The symbolic model over the shared parameters `p` (canonical names)."""
+
+    def __init__(self, config: ModelConfig, p: dict, rng):
+        self.config, self.p, self.rng = config, p, rng
+
+    def dropout(self, a, train: bool, rng):
+        """Inverted dropout; threads the random generator: returns (a, next rng)."""
+        rate = self.config.drop_rate
+        if not train or rate == 0.0:
+            return a, rng
+        next_rng, u = pt.random.uniform(0.0, 1.0, size=a.shape, rng=rng,
+                                        dtype="float32").owner.outputs
+        return a * pt.cast(u >= rate, "float32") / np.float32(1.0 - rate), next_rng
+
+    def forward(self, x, h0, c0, train: bool):
+        """x (B, T) int32, h0 and c0 (L, B, H) -> logits (T, B, V), h, c, next rng."""
+        p, rng = self.p, self.rng
+        out, rng = self.dropout(p["embedding"][x.T], train, rng)  # (T, B, E)
+        hs, cs = [], []
+        for k in range(self.config.num_layers):
+            out, h, c = lstm_layer(out, h0[k], c0[k], p[f"lstm.{k}.w_ih"],
+                                   p[f"lstm.{k}.w_hh"], p[f"lstm.{k}.bias"])
+            out, rng = self.dropout(out, train, rng)  # (T, B, H)
+            hs.append(h)
+            cs.append(c)
+        logits = pt.dot(out, p["dense.w"].T) + p["dense.b"]  # (T, B, V)
+        return logits, pt.stack(hs), pt.stack(cs), rng
+
+    def step(self, ids, h0, c0):
+        """ids (B,) -> logits (B, V), h, c: one time step, no scan."""
+        p = self.p
+        out, hs, cs = p["embedding"][ids], [], []
+        for k in range(self.config.num_layers):
+            out, c = lstm_cell(pt.dot(out, p[f"lstm.{k}.w_ih"].T) + p[f"lstm.{k}.bias"],
+                               h0[k], c0[k], p[f"lstm.{k}.w_hh"])
+            hs.append(out)
+            cs.append(c)
+        return pt.dot(out, p["dense.w"].T) + p["dense.b"], pt.stack(hs), pt.stack(cs)
+
+
+def losses_of(logits, y):
+    """Per-character cross-entropy (T * B,) float32: logits (T, B, V), y (B, T)."""
+    logp = log_softmax(logits, axis=-1).reshape((-1, logits.shape[-1]))
+    return -logp[pt.arange(logp.shape[0]), y.T.flatten()]
+
+
+# ---------------------------------------------------------------------------------------
+# The model
+# ---------------------------------------------------------------------------------------
+
+
+class PytensorCharRNN(CharRNN):
+    """Each of the train, forward (also used for evaluation), one-step and, for the
+    conformance test, gradient functions compiles on its first use; batch size and
+    sequence length are symbolic, so none compiles twice. `compile_s` records the
+    seconds each took (the training loop's `first_step_s` includes the train one).
+    """
+
+    framework = "pytensor"
+
+    def __init__(self, config: ModelConfig, weights: Weights, optim: OptimConfig,
+                 device: str = "cpu", seed: int = 0):
+        super().__init__(config, weights, optim, device, seed)
+        f32 = lambda a: np.asarray(a, np.float32).copy()  # noqa: E731
+        self.p = {name: pytensor.shared(f32(a), name=name) for name, a in weights.items()}
+        self.adam_m = {n: pytensor.shared(np.zeros_like(f32(a)), name=f"m.{n}")
+                       for n, a in weights.items()}
+        self.adam_v = {n: pytensor.shared(np.zeros_like(f32(a)), name=f"v.{n}")
+                       for n, a in weights.items()}
+        self.adam_t = pytensor.shared(np.int64(0), name="adam_t")
+        self.rng = pytensor.shared(np.random.default_rng(seed), name="dropout_rng")
+        self.graph = Graph(config, self.p, self.rng)
+        self._compiled: dict[str, object] = {}
+        self.compile_s: dict[str, float] = {}
+
+    @classmethod
+    def versions(cls):
+        return {"pytensor": pytensor.__version__}
+
+    @classmethod
+    def setup_device(cls, device, threads):
+        if device == "gpu":
+            raise CharRnnError("--device gpu: PyTensor has no maintained GPU backend "
+                               "(use --device cpu, or the jax framework)")
+        return "cpu"  # threads were applied to BLAS/OpenMP by early_setup
+
+    # ---- compiled functions ----------------------------------------------------------
+    def _function(self, name: str):
+        if name not in self._compiled:
+            start = time.perf_counter()
+            self._compiled[name] = getattr(self, f"_build_{name}")()
+            self.compile_s[name] = time.perf_counter() - start
+        return self._compiled[name]
+
+    @staticmethod
+    def _inputs():
+        return (pt.imatrix("x"), pt.imatrix("y"), pt.tensor3("h0", dtype="float32"),
+                pt.tensor3("c0", dtype="float32"))
+
+    def _loss(self, x, y, h0, c0, train):
+        logits, h, c, rng = self.graph.forward(x, h0, c0, train)
+        losses = losses_of(logits, y)
+        # The reported loss is averaged in float64 (a float32 mean of 4096 values drifts by
+        # several ulps); the float32 mean is what is differentiated.
+        return losses.mean(), pt.cast(losses, "float64").mean(), h, c, rng
+
+    def _build_train(self):
+        x, y, h0, c0 = self._inputs()
+        loss, report, h, c, next_rng = self._loss(x, y, h0, c0, train=True)
+        params = list(self.p.values())
+        grads = pytensor.grad(loss, params)  # h0, c0 are inputs: truncated BPTT
+        o = self.optim
+        # Global-norm clipping (SPEC section 4), the norm summed in float64.
+        norm = pt.sqrt(sum(pt.sum(pt.sqr(pt.cast(g, "float64"))) for g in grads))
+        scale = pt.cast(pt.switch(norm > o.clip_norm, o.clip_norm / norm, 1.0), "float32")
+        # Adam, PyTorch's formula: bias corrections in float64, applied in float32.
+        t = self.adam_t + 1
+        step_size = pt.cast(o.learning_rate / (1.0 - o.beta1 ** t), "float32")
+        root_c2 = pt.cast(pt.sqrt(1.0 - o.beta2 ** t), "float32")
+        updates = [(self.adam_t, t), (self.rng, next_rng)]
+        for (name, param), g in zip(self.p.items(), grads):
+            g = g * scale
+            m = np.float32(o.beta1) * self.adam_m[name] + np.float32(1 - o.beta1) * g
+            v = np.float32(o.beta2) * self.adam_v[name] + np.float32(1 - o.beta2) * g * g
+            denom = pt.sqrt(v) / root_c2 + np.float32(o.eps)
+            updates += [(self.adam_m[name], m), (self.adam_v[name], v),
+                        (param, param - step_size * m / denom)]
+        return pytensor.function([x, y, h0, c0], [report, h, c], updates=updates, mode=MODE)
+
+    def _build_grads(self):
+        x, y, h0, c0 = self._inputs()
+        loss, report, h, c, _ = self._loss(x, y, h0, c0, train=False)
+        grads = pytensor.grad(loss, list(self.p.values()))
+        return pytensor.function([x, y, h0, c0], [report, h, c, *grads], mode=MODE)
+
+    def _build_forward(self):
+        x, _, h0, c0 = self._inputs()
+        logits, h, c, _ = self.graph.forward(x, h0, c0, train=False)
+        return pytensor.function([x, h0, c0], [logits.dimshuffle(1, 0, 2), h, c], mode=MODE)
+
+    def _build_step(self):
+        ids, (_, _, h0, c0) = pt.ivector("ids"), self._inputs()
+        return pytensor.function([ids, h0, c0], list(self.graph.step(ids, h0, c0)), mode=MODE)
+
+    # ---- state -----------------------------------------------------------------------
+    def zero_state(self, batch_size):
+        shape = (self.config.num_layers, batch_size, self.config.rnn_size)
+        return np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+
+    def state_to_numpy(self, state):
+        return state[0].copy(), state[1].copy()
+
+    def state_from_numpy(self, h, c):
+        return np.array(h, np.float32), np.array(c, np.float32)
+
+    # ---- compute ---------------------------------------------------------------------
+    def forward(self, x, state):
+        logits, h, c = self._function("forward")(np.asarray(x, np.int32), *state)
+        return logits, (h, c)
+
+    def step(self, ids, state):
+        logits, h, c = self._function("step")(np.asarray(ids, np.int32), *state)
+        return logits, (h, c)
+
+    def loss_and_grads(self, x, y, state):
+        loss, h, c, *grads = self._function("grads")(np.asarray(x, np.int32),
+                                                     np.asarray(y, np.int32), *state)
+        return float(loss), dict(zip(self.p, (np.array(g) for g in grads))), (h, c)
+
+    def train_step(self, x, y, state):
+        loss, h, c = self._function("train")(np.asarray(x, np.int32),
+                                             np.asarray(y, np.int32), *state)
+        return float(loss), (h, c)
+
+    # ---- weights and checkpoints -------------------------------------------------------
+    def get_weights(self):
+        return {name: np.array(s.get_value(), np.float32) for name, s in self.p.items()}
+
+    def save_native(self, directory: Path):
+        # Parameters, Adam moments and step, and the dropout generator's state: the shared
+        # variables of the train function, as arrays plus JSON metadata.
+        arrays = {name: s.get_value() for name, s in self.p.items()}
+        arrays.update({f"adam.m.{n}": s.get_value() for n, s in self.adam_m.items()})
+        arrays.update({f"adam.v.{n}": s.get_value() for n, s in self.adam_v.items()})
+        meta = {"adam_t": str(int(self.adam_t.get_value())),
+                "rng": json.dumps(self.rng.get_value().bit_generator.state)}
+        safetensors.numpy.save_file(arrays, str(directory / "pytensor_model.safetensors"),
+                                    metadata=meta)
+
+    def load_native(self, directory: Path):
+        path = directory / "pytensor_model.safetensors"
+        with safetensors.safe_open(str(path), framework="np") as f:
+            meta = f.metadata()
+            arrays = {name: f.get_tensor(name) for name in f.keys()}
+        for name in self.p:
+            self.p[name].set_value(arrays[name].copy())
+            self.adam_m[name].set_value(arrays[f"adam.m.{name}"].copy())
+            self.adam_v[name].set_value(arrays[f"adam.v.{name}"].copy())
+        self.adam_t.set_value(np.int64(meta["adam_t"]))
+        rng = np.random.default_rng()
+        rng.bit_generator.state = json.loads(meta["rng"])
+        self.rng.set_value(rng)
+
+
+MODEL = PytensorCharRNN  # what common.registry loads
+
+if __name__ == "__main__":
+    main(MODEL)
