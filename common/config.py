@@ -153,6 +153,9 @@ class GenerateConfig:
                             positive=True)
     random_seed: int | None = flag(None, "seed for exactly reproducible samples")
     output: str | None = flag(None, "also write the generated text to this file")
+    cold_start: bool = flag(False, "start from the all-zero state instead of the warmed-up "
+                            "state at a paragraph break (README, Implementation notes)",
+                            action="store_true")
     device: str = flag("auto", "auto, cpu or gpu", choices=("auto", "cpu", "gpu"))
     threads: int | None = flag(None, "CPU threads for the framework", positive=True)
 

@@ -25,11 +25,16 @@ from common.text import Vocab, default_corpus_path, read_text
 from common.weights import Portable, load_portable
 
 
+# The warm-up that gives generation a realistic starting state (see Generator.warm_state).
+WARMUP_MIN_CHARS, WARMUP_MAX_CHARS, WARMUP_SEED = 50, 500, 0
+
+
 class Generator:
     """Seeded text generation from a built model and its vocabulary."""
 
-    def __init__(self, model: CharRNN, vocab: Vocab):
-        self.model, self.vocab = model, vocab
+    def __init__(self, model: CharRNN, vocab: Vocab, warm_start: bool = True):
+        self.model, self.vocab, self.warm_start = model, vocab, warm_start
+        self._warm: tuple[np.ndarray, np.ndarray] | None = None
 
     def check_seed(self, seed: str) -> np.ndarray:
         if not seed:
@@ -40,21 +45,48 @@ class Generator:
                                f"{''.join(unknown)!r}")
         return self.vocab.encode(seed)
 
+    def warm_state(self) -> tuple[np.ndarray, np.ndarray]:
+        """(h, c) of one row, each (num_layers, 1, rnn_size): the state at a paragraph break.
+
+        Training carries the state across every batch (SPEC section 3), so a trained
+        model has seen the all-zero state only at its very first batch, and from it
+        the first characters are close to noise (the pretrained model continues
+        "KING" with "TVKVKK..."). So, once per model: start from zeros, feed "\n",
+        sample the model's own text (fixed seed, top-3) until it ends a paragraph
+        ("\n\n" after at least 50 characters, at most 500), and start every
+        generation from that state. Deterministic, and the same in every framework.
+        """
+        if self._warm is None:
+            state = self.model.zero_state(1)
+            if self.warm_start and "\n" in self.vocab.index:
+                rng = np.random.default_rng(WARMUP_SEED)
+                last, text = self.vocab.encode("\n"), ""
+                for _ in range(WARMUP_MAX_CHARS):
+                    logits, state = self.model.step(last, state)
+                    last = sample(next_char_probs(logits, 1.0, 3), rng).astype(np.int32)
+                    text += self.vocab.decode(last)
+                    if len(text) >= WARMUP_MIN_CHARS and text.endswith("\n\n"):
+                        break
+            self._warm = self.model.state_to_numpy(state)
+        return self._warm
+
     def generate(self, seed: str, length: int, rng: np.random.Generator, *,
                  temperature: float = 1.0, top_n: int = 3, top_p: float = 1.0,
                  num_samples: int = 1,
                  on_chars: Callable[[list[str]], None] | None = None) -> list[str]:
         """`num_samples` continuations of `seed`, generated together as one batch.
 
-        The seed primes the state (all but its last character in one forward
-        pass), then each step feeds the last character and samples the next.
-        `on_chars` receives each step's characters, one per sample, as they come.
-        Returns the generated texts (without the seed).
+        From the warm state, the seed primes the state (all but its last character
+        in one forward pass), then each step feeds the last character and samples
+        the next. `on_chars` receives each step's characters, one per sample, as
+        they come. Returns the generated texts (without the seed).
         """
         check_sampling(temperature, top_n, top_p)
         seed_ids = self.check_seed(seed)
         ids = np.tile(seed_ids, (num_samples, 1)).astype(np.int32)  # (num_samples, len(seed))
-        state = self.model.zero_state(num_samples)
+        h, c = self.warm_state()
+        state = self.model.state_from_numpy(np.repeat(h, num_samples, axis=1),
+                                            np.repeat(c, num_samples, axis=1))
         if ids.shape[1] > 1:
             _, state = self.model.forward(ids[:, :-1], state)
         last = ids[:, -1]
@@ -79,7 +111,7 @@ class Loaded:
 
 
 def load_for_generation(model_cls: type[CharRNN], checkpoint_path: str | None, device: str,
-                        threads: int | None) -> Loaded:
+                        threads: int | None, warm_start: bool = True) -> Loaded:
     """Build the model from a checkpoint directory or any framework's portable file.
 
     With no --checkpoint-path: this framework's default checkpoint if it exists,
@@ -110,7 +142,7 @@ def load_for_generation(model_cls: type[CharRNN], checkpoint_path: str | None, d
                    f"epoch {meta.get('epoch', '?')}, val loss {val_loss})")
     resolved = model_cls.setup_device(device, threads)
     model = model_cls(portable.config, portable.weights, OptimConfig(), device=resolved)
-    return Loaded(Generator(model, portable.vocab), portable, source)
+    return Loaded(Generator(model, portable.vocab, warm_start), portable, source)
 
 
 def pick_seed(cfg: GenerateConfig, rng: np.random.Generator, seq_len: int = 64) -> str:
@@ -128,7 +160,8 @@ def run_generate(model_cls: type[CharRNN], cfg: GenerateConfig, out: TextIO | No
     --num-samples after the batch finishes; a timing line goes to `err`."""
     out, err = out or sys.stdout, err or sys.stderr
     check_sampling(cfg.temperature, cfg.top_n, cfg.top_p)
-    loaded = load_for_generation(model_cls, cfg.checkpoint_path, cfg.device, cfg.threads)
+    loaded = load_for_generation(model_cls, cfg.checkpoint_path, cfg.device, cfg.threads,
+                                 not cfg.cold_start)
     print(f"using {loaded.source}", file=err, flush=True)
     rng = np.random.default_rng(cfg.random_seed)
     seed = pick_seed(cfg, rng)
@@ -145,6 +178,7 @@ def run_generate(model_cls: type[CharRNN], cfg: GenerateConfig, out: TextIO | No
             out.write(chars[0])
             out.flush()
 
+    loaded.generator.warm_state()  # once per model, before the clock: not part of the rate
     if stream:
         out.write(seed)
         out.flush()
@@ -181,7 +215,8 @@ def run_repl(model_cls: type[CharRNN], cfg: GenerateConfig, inp: TextIO | None =
     """Read a line, print its completion, loop until end of input (or Ctrl-C)."""
     inp, out, err = inp or sys.stdin, out or sys.stdout, err or sys.stderr
     check_sampling(cfg.temperature, cfg.top_n, cfg.top_p)
-    loaded = load_for_generation(model_cls, cfg.checkpoint_path, cfg.device, cfg.threads)
+    loaded = load_for_generation(model_cls, cfg.checkpoint_path, cfg.device, cfg.threads,
+                                 not cfg.cold_start)
     interactive = inp.isatty()
     print(f"using {loaded.source}", file=err, flush=True)
     if interactive:

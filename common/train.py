@@ -104,7 +104,6 @@ def train(model_cls: type[CharRNN], cfg: TrainConfig) -> Progress:
             state = model.state_from_numpy(checkpoint.h, checkpoint.c)
 
     log = RunLogger(cfg.log_path or default_log_path(model_cls.framework), model_cls.framework)
-    generator = Generator(model, vocab)
     header = {
         "train_config": dataclasses.asdict(cfg), "model_config": dataclasses.asdict(model_config),
         "text_path": str(text_path), "text_chars": len(text), "vocab_size": vocab.size,
@@ -129,8 +128,8 @@ def train(model_cls: type[CharRNN], cfg: TrainConfig) -> Progress:
         log.info(f"restored {checkpoint.directory} at epoch {progress.epoch + 1}, "
                  f"batch {progress.batch}, step {progress.step}")
 
-    loop = _Loop(model, train_batches, val_batches, cfg, progress, state, log, generator,
-                 checkpoint_path, vocab)
+    loop = _Loop(model, train_batches, val_batches, cfg, progress, state, log, checkpoint_path,
+                 vocab)
     try:
         while progress.epoch < cfg.num_epochs:
             if cfg.max_steps is not None and progress.step >= cfg.max_steps:
@@ -158,7 +157,6 @@ class _Loop:
     progress: Progress
     state: object
     log: RunLogger
-    generator: Generator
     checkpoint_path: Path
     vocab: Vocab
 
@@ -228,7 +226,8 @@ class _Loop:
             progress.batch = 0
             progress.epoch_losses = []
         self.save("end of epoch" if complete else "max steps")
-        record["samples"] = _log_samples(self.generator, cfg, epoch, log)
+        # A new Generator each epoch: its warm-up state belongs to these weights.
+        record["samples"] = _log_samples(Generator(model, self.vocab), cfg, epoch, log)
         log.record("epoch", **record)
 
 
