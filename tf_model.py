@@ -116,7 +116,8 @@ def mean_cross_entropy(logits, y):
 
 
 class Adam(tf.Module):
-    """Adam with PyTorch's epsilon placement: p -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps)."""
+    """Adam with PyTorch's epsilon placement:
+    p -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps)."""
 
     def __init__(self, params, optim: OptimConfig):
         super().__init__(name="adam")

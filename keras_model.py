@@ -1,0 +1,358 @@
+"""Keras 3: `Embedding`, `LSTM` and `Dense` layers, one file for the TensorFlow, JAX and
+PyTorch backends (chosen the Keras way, with KERAS_BACKEND; TensorFlow by default).
+
+    python keras_model.py train --num-epochs 1
+    KERAS_BACKEND=jax python keras_model.py generate --seed "KING"
+
+The (h, c) state is an explicit input and output of the functional model rather than
+`stateful=True` layers: stateful layers fix the batch size in their state variables,
+while the same model must also evaluate and generate with any batch (the training loop
+samples one text after each epoch). Keras' Adam is subclassed to put epsilon where
+PyTorch does (SPEC section 4). `fit` cannot return the carried state, so each backend
+computes gradients its own way (GradientTape, jax.grad, autograd); everything else
+(layers, loss, optimizer, clipping, saving) is backend-agnostic Keras.
+"""
+
+from common.bootstrap import early_setup
+
+early_setup("modern", "keras")  # before the backend loads its thread pools
+
+import json
+import os
+from pathlib import Path
+
+import keras
+import numpy as np
+from keras import layers, ops
+
+from common.cli import main
+from common.config import ModelConfig, OptimConfig
+from common.errors import CharRnnError
+from common.framework import CharRNN
+from common.weights import Weights
+
+BACKEND = keras.backend.backend()  # "tensorflow", "jax" or "torch"
+if BACKEND == "tensorflow":
+    import tensorflow as tf
+elif BACKEND == "jax":
+    import jax
+elif BACKEND == "torch":
+    import torch
+
+# ---------------------------------------------------------------------------------------
+# Network. Shapes: B batch_size, T seq_len, H rnn_size, V vocab_size, L num_layers.
+# ---------------------------------------------------------------------------------------
+
+
+def build_net(config: ModelConfig, seed: int) -> keras.Model:
+    """[x (B, T) int32, h_0..h_L-1, c_0..c_L-1 each (B, H)] -> [logits (B, T, V), h.., c..]."""
+    L, H = config.num_layers, config.rnn_size
+    x = keras.Input((None,), dtype="int32", name="x")
+    h_in = [keras.Input((H,), name=f"h_{k}") for k in range(L)]
+    c_in = [keras.Input((H,), name=f"c_{k}") for k in range(L)]
+    out = layers.Embedding(config.vocab_size, config.embedding_size, name="embedding")(x)
+    out = layers.Dropout(config.drop_rate, seed=seed, name="dropout_0")(out)
+    h_out, c_out = [], []
+    for k in range(L):
+        lstm = layers.LSTM(H, return_sequences=True, return_state=True, name=f"lstm_{k}")
+        out, h, c = lstm(out, initial_state=[h_in[k], c_in[k]])  # out (B, T, H)
+        out = layers.Dropout(config.drop_rate, seed=seed + k + 1, name=f"dropout_{k + 1}")(out)
+        h_out.append(h)
+        c_out.append(c)
+    logits = layers.Dense(config.vocab_size, name="dense")(out)
+    return keras.Model([x, *h_in, *c_in], [logits, *h_out, *c_out], name="char_rnn")
+
+
+def to_numpy(a) -> np.ndarray:
+    """A backend tensor or Keras variable as NumPy (ops.convert_to_numpy goes through an
+    __array__ that NumPy 2 warns about on the TensorFlow and PyTorch backends)."""
+    a = a.value if isinstance(a, keras.Variable) else a
+    if hasattr(a, "detach"):  # torch
+        a = a.detach().cpu()
+    return np.asarray(a.numpy() if hasattr(a, "numpy") else a)
+
+
+def mean_cross_entropy(logits, y):
+    return ops.mean(ops.sparse_categorical_crossentropy(y, logits, from_logits=True))
+
+
+class TorchAdam(keras.optimizers.Adam):
+    """Adam with PyTorch's epsilon placement, p -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps).
+
+    Keras' own folds the corrections into the step size and adds eps to sqrt(v)
+    uncorrected, which differs while 1-b2^t is small."""
+
+    def update_step(self, gradient, variable, learning_rate):
+        dtype = variable.dtype
+        gradient = ops.cast(gradient, dtype)
+        t = ops.cast(self.iterations + 1, dtype)
+        step_size = ops.cast(learning_rate, dtype) / (1.0 - ops.power(self.beta_1, t))
+        sqrt_c2 = ops.sqrt(1.0 - ops.power(self.beta_2, t))
+        m = self._momentums[self._get_variable_index(variable)]
+        v = self._velocities[self._get_variable_index(variable)]
+        self.assign(m, self.beta_1 * m + (1.0 - self.beta_1) * gradient)
+        self.assign(v, self.beta_2 * v + (1.0 - self.beta_2) * ops.square(gradient))
+        self.assign_sub(variable, step_size * m / (ops.sqrt(v) / sqrt_c2 + self.epsilon))
+
+
+# ---------------------------------------------------------------------------------------
+# The model
+# ---------------------------------------------------------------------------------------
+
+
+class KerasCharRNN(CharRNN):
+    framework = "keras"
+
+    def __init__(self, config: ModelConfig, weights: Weights, optim: OptimConfig,
+                 device: str = "cpu", seed: int = 0):
+        super().__init__(config, weights, optim, device, seed)
+        # No ":0" for torch: its variables are moved with .to("cpu:0"), which returns a plain
+        # tensor instead of the Parameter, and integer seed variables then fail to build.
+        self.keras_device = ("gpu" if device.startswith("gpu") else "cpu") + (
+            "" if BACKEND == "torch" else ":0")
+        with keras.device(self.keras_device):
+            self.net = build_net(config, seed)
+            self.optimizer = TorchAdam(learning_rate=optim.learning_rate, beta_1=optim.beta1,
+                                       beta_2=optim.beta2, epsilon=optim.eps,
+                                       global_clipnorm=optim.clip_norm)  # not per-tensor clipnorm
+            self._load_canonical(weights)
+            self.optimizer.build(self.net.trainable_variables)
+        self.net.compile(optimizer=self.optimizer)  # so the weights file holds Adam's state too
+        self.dropouts = [layer for layer in self.net.layers if isinstance(layer, layers.Dropout)]
+        getattr(self, f"_compile_{BACKEND}")()
+
+    # ---- weights: canonical <-> Keras (same gate order i, f, g(c), o; kernels transposed) --
+    def _layers(self):
+        L = self.config.num_layers
+        lstms = [self.net.get_layer(f"lstm_{k}") for k in range(L)]
+        return self.net.get_layer("embedding"), lstms, self.net.get_layer("dense")
+
+    def _load_canonical(self, w: Weights):
+        embedding, lstms, dense = self._layers()
+        embedding.set_weights([w["embedding"]])
+        for k, lstm in enumerate(lstms):
+            lstm.set_weights([w[f"lstm.{k}.w_ih"].T, w[f"lstm.{k}.w_hh"].T, w[f"lstm.{k}.bias"]])
+        dense.set_weights([w["dense.w"].T, w["dense.b"]])
+        # `_canonical` relies on this order of the model's trainable variables.
+        order = [embedding.embeddings, *(v for lstm in lstms for v in (
+            lstm.cell.kernel, lstm.cell.recurrent_kernel, lstm.cell.bias)), dense.kernel, dense.bias]
+        assert [id(v) for v in order] == [id(v) for v in self.net.trainable_variables]
+
+    def _canonical(self, arrays) -> Weights:
+        """Arrays in `net.trainable_variables` order (embedding, each LSTM's kernel,
+        recurrent kernel, bias, dense kernel, bias) -> canonical names and layout."""
+        names = ["embedding"]
+        for k in range(self.config.num_layers):
+            names += [f"lstm.{k}.w_ih", f"lstm.{k}.w_hh", f"lstm.{k}.bias"]
+        names += ["dense.w", "dense.b"]
+        arrays = [to_numpy(a).astype(np.float32) for a in arrays]
+        return {n: (a.T if a.ndim == 2 and n != "embedding" else a).copy()
+                for n, a in zip(names, arrays)}
+
+    def get_weights(self):
+        return self._canonical(self.net.trainable_variables)
+
+    # ---- environment -----------------------------------------------------------------
+    @classmethod
+    def versions(cls):
+        lib = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}[BACKEND]
+        return {"keras": keras.__version__, "backend": BACKEND,
+                lib: __import__(lib).__version__}
+
+    @classmethod
+    def setup_device(cls, device, threads):
+        if BACKEND == "tensorflow":
+            if threads:
+                try:
+                    tf.config.threading.set_intra_op_parallelism_threads(threads)
+                    tf.config.threading.set_inter_op_parallelism_threads(1)
+                except RuntimeError:
+                    pass  # runtime already started; early_setup set TF_NUM_*_THREADS alike
+            has_gpu = bool(tf.config.list_physical_devices("GPU"))
+        elif BACKEND == "jax":
+            if threads and threads < len(os.sched_getaffinity(0)):
+                # XLA has no thread-count flag; its pools size themselves from the CPU mask.
+                os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:threads])
+            has_gpu = any(d.platform == "gpu" for d in jax.devices())
+        else:
+            if threads:
+                torch.set_num_threads(threads)
+            has_gpu = torch.cuda.is_available()
+        if device == "gpu" and not has_gpu:
+            raise CharRnnError(f"--device gpu: Keras' {BACKEND} backend sees no GPU "
+                               "on this machine")
+        return f"gpu:0 (keras {BACKEND})" if device in ("gpu", "auto") and has_gpu else "cpu"
+
+    # ---- compiled functions, one small branch per backend. x, y (B, T) int32;
+    # ---- state = (h_0..h_L-1, c_0..c_L-1), each (B, H) backend tensors. ------------
+    def _compile_tensorflow(self):
+        net, opt = self.net, self.optimizer
+
+        def grads(x, y, state, training):
+            with tf.GradientTape() as tape:
+                logits, *state = net([x, *state], training=training)
+                loss = mean_cross_entropy(logits, y)
+            # The embedding's gradient comes as IndexedSlices; Adam wants it dense.
+            g = [tf.convert_to_tensor(g) for g in tape.gradient(loss, net.trainable_variables)]
+            return loss, g, state
+
+        def train(x, y, state):
+            loss, g, state = grads(x, y, state, True)
+            opt.apply(g, net.trainable_variables)  # global-norm clip, then Adam
+            return loss, state
+
+        def evaluate(x, y, state):
+            logits, *state = net([x, *state])
+            return mean_cross_entropy(logits, y), state
+
+        ids = tf.TensorSpec([None, None], tf.int32)
+        state = [tf.TensorSpec([None, self.config.rnn_size], tf.float32)] * (
+            2 * self.config.num_layers)
+        # jit_compile=False: as in tf_model.py, XLA's CPU while loop measured slower here.
+        self._train = tf.function(train, input_signature=[ids, ids, state])
+        self._grads = tf.function(lambda x, y, s: grads(x, y, s, False),
+                                  input_signature=[ids, ids, state])
+        self._eval = tf.function(evaluate, input_signature=[ids, ids, state])
+        self._forward = tf.function(lambda x, s: net([x, *s]), input_signature=[ids, state])
+
+    def _compile_jax(self):
+        # JAX is functional: variables go in as arrays (stateless_call, stateless_apply) and
+        # the new values are assigned back to the Keras variables after each step.
+        net, opt = self.net, self.optimizer
+
+        def loss_fn(tv, ntv, x, y, state, training):
+            (logits, *state), ntv = net.stateless_call(tv, ntv, [x, *state], training=training)
+            return mean_cross_entropy(logits, y), (state, ntv)
+
+        value_and_grad = jax.value_and_grad(loss_fn, has_aux=True)
+
+        @jax.jit
+        def train(tv, ntv, ov, x, y, state):
+            (loss, (state, ntv)), g = value_and_grad(tv, ntv, x, y, state, True)
+            tv, ov = opt.stateless_apply(ov, g, tv)
+            return loss, state, tv, ntv, ov
+
+        @jax.jit
+        def grads(tv, ntv, x, y, state):
+            (loss, (state, _)), g = value_and_grad(tv, ntv, x, y, state, False)
+            return loss, g, state
+
+        @jax.jit
+        def evaluate(tv, ntv, x, y, state):
+            loss, (state, _) = loss_fn(tv, ntv, x, y, state, False)
+            return loss, state
+
+        @jax.jit
+        def forward(tv, ntv, x, state):
+            return net.stateless_call(tv, ntv, [x, *state])[0]
+
+        values = lambda variables: [v.value for v in variables]  # noqa: E731
+
+        def run_train(x, y, state):
+            loss, state, tv, ntv, ov = train(values(net.trainable_variables),
+                                             values(net.non_trainable_variables),
+                                             values(opt.variables), x, y, state)
+            for group, new in ((net.trainable_variables, tv), (net.non_trainable_variables, ntv),
+                               (opt.variables, ov)):
+                for variable, value in zip(group, new):
+                    variable.assign(value)
+            return loss, state
+
+        with_values = lambda fn: lambda *args: fn(  # noqa: E731
+            values(net.trainable_variables), values(net.non_trainable_variables), *args)
+        self._train = run_train
+        self._grads = with_values(grads)
+        self._eval = with_values(evaluate)
+        self._forward = with_values(forward)
+
+    def _compile_torch(self):
+        # Eager PyTorch, the way Keras' torch backend runs: autograd, then the optimizer
+        # under no_grad. Keras' torch LSTM runs a Python loop over time steps on the CPU.
+        net, opt = self.net, self.optimizer
+
+        def grads(x, y, state, training):
+            net.zero_grad()
+            logits, *state = net([x, *state], training=training)
+            loss = mean_cross_entropy(logits, y)
+            loss.backward()
+            return loss.detach(), [v.value.grad for v in net.trainable_variables], [
+                s.detach() for s in state]
+
+        def train(x, y, state):
+            loss, g, state = grads(x, y, state, True)
+            with torch.no_grad():
+                opt.apply(g, net.trainable_variables)
+            return loss, state
+
+        @torch.no_grad()
+        def evaluate(x, y, state):
+            logits, *state = net([x, *state])
+            return mean_cross_entropy(logits, y), state
+
+        self._train = train
+        self._grads = lambda x, y, s: grads(x, y, s, False)
+        self._eval = evaluate
+        self._forward = torch.no_grad()(lambda x, s: net([x, *s]))
+
+    # ---- state -----------------------------------------------------------------------
+    def zero_state(self, batch_size):
+        zeros = np.zeros((batch_size, self.config.rnn_size), np.float32)
+        return self.state_from_numpy(*([np.stack([zeros] * self.config.num_layers)] * 2))
+
+    def state_to_numpy(self, state):
+        L = self.config.num_layers
+        stack = lambda part: np.stack([to_numpy(s) for s in part])  # noqa: E731
+        return stack(state[:L]), stack(state[L:])
+
+    def state_from_numpy(self, h, c):
+        with keras.device(self.keras_device):
+            return tuple(ops.convert_to_tensor(np.asarray(s, np.float32)) for s in [*h, *c])
+
+    # ---- compute ---------------------------------------------------------------------
+    def _ids(self, a):
+        with keras.device(self.keras_device):
+            return ops.convert_to_tensor(np.asarray(a, np.int32))
+
+    def forward(self, x, state):
+        logits, *state = self._forward(self._ids(x), list(state))
+        return to_numpy(logits), tuple(state)
+
+    def step(self, ids, state):
+        # The same compiled forward with seq_len 1: traced (TF) or compiled (JAX) once for
+        # that shape, then one call per character; never `model.predict`.
+        logits, *state = self._forward(self._ids(ids)[:, None], list(state))
+        return to_numpy(logits)[:, 0], tuple(state)
+
+    def loss_and_grads(self, x, y, state):
+        loss, g, state = self._grads(self._ids(x), self._ids(y), list(state))
+        return float(loss), self._canonical(g), tuple(state)
+
+    def train_step(self, x, y, state):
+        loss, state = self._train(self._ids(x), self._ids(y), list(state))
+        return float(loss), tuple(state)  # float() waits for the device
+
+    def eval_step(self, x, y, state):
+        loss, state = self._eval(self._ids(x), self._ids(y), list(state))
+        return float(loss), tuple(state)
+
+    # ---- native checkpoints: the Keras weights file (layers AND the compiled-in
+    # ---- optimizer's m, v and iteration count), plus the dropout generators' seeds --
+    def save_native(self, directory: Path):
+        self.net.save_weights(directory / "keras_model.weights.h5")
+        seeds = {layer.name: to_numpy(layer.seed_generator.state).tolist()
+                 for layer in self.dropouts if hasattr(layer, "seed_generator")}
+        (directory / "dropout_seeds.json").write_text(json.dumps(seeds))
+
+    def load_native(self, directory: Path):
+        self.net.load_weights(directory / "keras_model.weights.h5")
+        seeds = json.loads((directory / "dropout_seeds.json").read_text())
+        for layer in self.dropouts:
+            if hasattr(layer, "seed_generator") and layer.name in seeds:
+                state = layer.seed_generator.state
+                state.assign(np.asarray(seeds[layer.name], state.dtype))
+
+
+MODEL = KerasCharRNN  # what common.registry loads
+
+if __name__ == "__main__":
+    main(MODEL)
