@@ -31,8 +31,10 @@ test-modern:
 test-legacy:
 	$(LEGACY)/bin/python -m pytest -q tests
 
+# The quick run's table and plot also go into README.md (between the results markers).
 bench: setup
 	$(VENV)/bin/python benchmarks/run_all.py --profile quick
+	$(VENV)/bin/python -m benchmarks.report benchmarks/results/quick --update-readme
 
 bench-full: setup
 	$(VENV)/bin/python benchmarks/run_all.py --profile full

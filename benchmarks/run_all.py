@@ -73,21 +73,19 @@ class Profile:
 
 
 # The quick profile must finish in under 15 minutes for all ten frameworks together on
-# a 2-core CPU. Measured there (2 threads, default spec, machine shared with other work,
-# so on the slow side): a training step takes 0.09 s (jax) to 0.5 s (numpy, chainer),
-# 1.6 s (pytensor) and 2.7 s (keras[torch]); everything else (start-up, first step,
-# one pass over the 27 validation batches, checkpoint, `generate --length 1024`) 8 s
-# (jax, chainer, mxnet) to 40 s (keras[jax], pytensor) and 124 s (keras[torch]).
-# At 40 steps that is about 9 minutes for the ten, plus up to ~2 minutes when
-# PyTensor's compilation cache is cold; the median step is still taken over 39 steps.
-QUICK_STEPS = 40
+# this 2-core CPU. Measured on a quiet machine (benchmarks/results/ of a 40-step run, 2
+# threads, default spec): a step takes 25 ms (pytorch) to about 210 ms (pytensor,
+# chainer), so one whole epoch of 245 steps is 7 s to 70 s per framework and about 270 s
+# for the ten; start-up, compilation, validation and `generate --length 1024` add about
+# 80 s. One full epoch therefore takes about 6 minutes in all, and seconds per epoch and
+# the epoch-1 losses are measured, not extrapolated.
+QUICK_STEPS = None
 
 PROFILES = {
-    "quick": Profile(1, QUICK_STEPS, 600,
-                     f"the first {QUICK_STEPS} training steps (batches of 64 x 64 characters) "
-                     "of epoch 1 on tinyshakespeare with the default model spec, then one "
-                     "pass over the validation text: a throughput and start-up benchmark; "
-                     "the losses are those of an untrained model"),
+    "quick": Profile(1, QUICK_STEPS, 900,
+                     "one epoch (245 steps of 64 x 64 characters) on tinyshakespeare with "
+                     "the default model spec from the same initial weights, then one pass "
+                     "over the validation text and 1,024 generated characters"),
     "full": Profile(32, None, 24 * 3600,
                     "32 epochs of the default model spec on tinyshakespeare, the original "
                     "suite's table"),
