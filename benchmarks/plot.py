@@ -163,6 +163,8 @@ def plot_throughput(rows: list[tuple[str, float | None, float | None]], output: 
             ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {value:,.0f}",
                     va="center", fontsize=7)
         ax.set_xlabel(label)
+        # Thousands as "150k": full numbers on the axis run into each other.
+        ax.xaxis.set_major_formatter(lambda v, _: f"{v / 1000:g}k" if v >= 1000 else f"{v:g}")
         ax.margins(x=0.25)
         ax.grid(axis="x", alpha=0.3)
     fig.suptitle(title)
