@@ -69,6 +69,11 @@ def ensure_environment(env: str, module: str) -> None:
     os.execv(str(python), [str(python), *sys.argv])
 
 
+# Frameworks whose native libraries print banners on stderr at import, below Python
+# (TensorFlow's oneDNN notice ignores TF_CPP_MIN_LOG_LEVEL): imported with fd 2 muted.
+QUIET_IMPORTS = ("tensorflow", "keras")
+
+
 def early_setup(env: str, module: str) -> None:
     """Pick the environment that has `module`, then apply --threads to the variables
     libraries read at load."""
@@ -76,6 +81,27 @@ def early_setup(env: str, module: str) -> None:
     for key, value in thread_env(threads_from_argv(sys.argv[1:])).items():
         os.environ[key] = value
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter
+    if module in QUIET_IMPORTS:
+        _quiet_import(module)
+
+
+def _quiet_import(module: str) -> None:
+    """Import `module` with file descriptor 2 pointed at /dev/null.
+
+    A failure is swallowed here: the framework file imports the module again right
+    after, and that import raises the error with stderr intact.
+    """
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        importlib.import_module(module)
+    except Exception:  # noqa: BLE001 - reported by the real import that follows
+        pass
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def require(module: str, env: str):
