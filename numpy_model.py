@@ -12,12 +12,11 @@ from common.bootstrap import early_setup
 
 early_setup("modern", "safetensors")  # before NumPy loads its BLAS thread pool
 
-import json
 from pathlib import Path
 
 import numpy as np
-import safetensors.numpy
 
+from common.checkpoint import load_arrays_and_adam, save_arrays_and_adam
 from common.cli import main
 from common.config import ModelConfig, OptimConfig
 from common.errors import CharRnnError
@@ -236,26 +235,13 @@ class NumpyCharRNN(CharRNN):
         return {name: a.copy() for name, a in self.params.items()}
 
     def save_native(self, directory: Path):
-        # The reference's native format: parameters and Adam moments in one safetensors file,
-        # the step count and the dropout generator's state as metadata.
-        arrays = dict(self.params)
-        arrays.update({f"adam.m.{n}": a for n, a in self.adam_m.items()})
-        arrays.update({f"adam.v.{n}": a for n, a in self.adam_v.items()})
-        meta = {"adam_t": str(self.adam_t), "rng": json.dumps(self.rng.bit_generator.state)}
-        safetensors.numpy.save_file(arrays, str(directory / "numpy_model.safetensors"),
-                                    metadata=meta)
+        save_arrays_and_adam(directory / "numpy_model.safetensors", self.params, self.adam_m,
+                             self.adam_v, self.adam_t, self.rng.bit_generator.state)
 
     def load_native(self, directory: Path):
-        path = directory / "numpy_model.safetensors"
-        with safetensors.safe_open(str(path), framework="np") as f:
-            meta = f.metadata()
-            arrays = {name: f.get_tensor(name) for name in f.keys()}
-        for name in self.params:
-            self.params[name] = arrays[name].copy()
-            self.adam_m[name] = arrays[f"adam.m.{name}"].copy()
-            self.adam_v[name] = arrays[f"adam.v.{name}"].copy()
-        self.adam_t = int(meta["adam_t"])
-        self.rng.bit_generator.state = json.loads(meta["rng"])
+        self.params, self.adam_m, self.adam_v, self.adam_t, rng_state = load_arrays_and_adam(
+            directory / "numpy_model.safetensors", self.params)
+        self.rng.bit_generator.state = rng_state
 
 
 def clip_by_global_norm(grads: Weights, clip_norm: float) -> Weights:

@@ -14,16 +14,15 @@ from common.bootstrap import early_setup
 
 early_setup("modern", "pytensor")  # before NumPy loads its BLAS thread pool
 
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 import pytensor
 import pytensor.tensor as pt
-import safetensors.numpy
 from pytensor.tensor.special import log_softmax
 
+from common.checkpoint import load_arrays_and_adam, save_arrays_and_adam
 from common.cli import main
 from common.config import ModelConfig, OptimConfig
 from common.errors import CharRnnError
@@ -242,28 +241,24 @@ class PytensorCharRNN(CharRNN):
         return {name: np.array(s.get_value(), np.float32) for name, s in self.p.items()}
 
     def save_native(self, directory: Path):
-        # Parameters, Adam moments and step, and the dropout generator's state: the shared
-        # variables of the train function, as arrays plus JSON metadata.
-        arrays = {name: s.get_value() for name, s in self.p.items()}
-        arrays.update({f"adam.m.{n}": s.get_value() for n, s in self.adam_m.items()})
-        arrays.update({f"adam.v.{n}": s.get_value() for n, s in self.adam_v.items()})
-        meta = {"adam_t": str(int(self.adam_t.get_value())),
-                "rng": json.dumps(self.rng.get_value().bit_generator.state)}
-        safetensors.numpy.save_file(arrays, str(directory / "pytensor_model.safetensors"),
-                                    metadata=meta)
+        # The shared variables of the train function, as arrays plus JSON metadata.
+        save_arrays_and_adam(
+            directory / "pytensor_model.safetensors",
+            {name: v.get_value() for name, v in self.p.items()},
+            {name: v.get_value() for name, v in self.adam_m.items()},
+            {name: v.get_value() for name, v in self.adam_v.items()},
+            int(self.adam_t.get_value()), self.rng.get_value().bit_generator.state)
 
     def load_native(self, directory: Path):
-        path = directory / "pytensor_model.safetensors"
-        with safetensors.safe_open(str(path), framework="np") as f:
-            meta = f.metadata()
-            arrays = {name: f.get_tensor(name) for name in f.keys()}
+        params, adam_m, adam_v, adam_t, rng_state = load_arrays_and_adam(
+            directory / "pytensor_model.safetensors", self.p)
         for name in self.p:
-            self.p[name].set_value(arrays[name].copy())
-            self.adam_m[name].set_value(arrays[f"adam.m.{name}"].copy())
-            self.adam_v[name].set_value(arrays[f"adam.v.{name}"].copy())
-        self.adam_t.set_value(np.int64(meta["adam_t"]))
+            self.p[name].set_value(params[name])
+            self.adam_m[name].set_value(adam_m[name])
+            self.adam_v[name].set_value(adam_v[name])
+        self.adam_t.set_value(np.int64(adam_t))
         rng = np.random.default_rng()
-        rng.bit_generator.state = json.loads(meta["rng"])
+        rng.bit_generator.state = rng_state
         self.rng.set_value(rng)
 
 

@@ -142,11 +142,16 @@ def plot_losses(curves: list[Curve], output: str | Path, x: str = "epoch",
                     Line2D([], [], color="black", ls="--", marker="s", ms=4)]
         labels += ["train (solid)", "validation (dashed)"]
         ax.legend(handles, labels, fontsize=7, ncol=2 if len(curves) > 4 else 1)
+    return _save(fig, output)
+
+
+def _save(fig, output: str | Path) -> Path:
+    """Lay out, write the PNG (creating its folder) and free the figure."""
     fig.tight_layout()
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(output)
-    plt.close(fig)
+    _pyplot().close(fig)
     return output
 
 
@@ -168,12 +173,7 @@ def plot_throughput(rows: list[tuple[str, float | None, float | None]], output: 
         ax.margins(x=0.25)
         ax.grid(axis="x", alpha=0.3)
     fig.suptitle(title)
-    fig.tight_layout()
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(output)
-    plt.close(fig)
-    return output
+    return _save(fig, output)
 
 
 def main(argv: list[str] | None = None) -> None:

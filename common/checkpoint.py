@@ -118,3 +118,26 @@ def find_portable(path: str | Path) -> Path:
     if path.is_dir():
         return path / PORTABLE_NAME
     return path
+
+
+def save_arrays_and_adam(path: Path, params: dict[str, np.ndarray], adam_m: dict, adam_v: dict,
+                         adam_t: int, rng_state: dict) -> None:
+    """A native checkpoint for frameworks whose state is plain arrays (NumPy, PyTensor):
+    parameters, Adam moments (`adam.m.<name>`, `adam.v.<name>`) in one safetensors file,
+    the step count and a NumPy generator's state as metadata."""
+    arrays = dict(params)
+    arrays.update({f"adam.m.{n}": a for n, a in adam_m.items()})
+    arrays.update({f"adam.v.{n}": a for n, a in adam_v.items()})
+    meta = {"adam_t": str(int(adam_t)), "rng": json.dumps(rng_state)}
+    safetensors.numpy.save_file(arrays, str(path), metadata=meta)
+
+
+def load_arrays_and_adam(path: Path, names) -> tuple[dict, dict, dict, int, dict]:
+    """(params, adam_m, adam_v, adam_t, rng_state) written by `save_arrays_and_adam`."""
+    with safetensors.safe_open(str(path), framework="np") as f:
+        meta = f.metadata()
+        arrays = {name: f.get_tensor(name) for name in f.keys()}
+    params = {n: arrays[n].copy() for n in names}
+    adam_m = {n: arrays[f"adam.m.{n}"].copy() for n in names}
+    adam_v = {n: arrays[f"adam.v.{n}"].copy() for n in names}
+    return params, adam_m, adam_v, int(meta["adam_t"]), json.loads(meta["rng"])
