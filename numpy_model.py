@@ -20,7 +20,7 @@ from common.checkpoint import load_arrays_and_adam, save_arrays_and_adam
 from common.cli import main
 from common.config import ModelConfig, OptimConfig
 from common.errors import CharRnnError
-from common.framework import CharRNN
+from common.framework import CharRNN, NumpyState
 from common.weights import Weights
 
 # ---------------------------------------------------------------------------------------
@@ -119,7 +119,7 @@ def softmax_cross_entropy(logits, y):
 # ---------------------------------------------------------------------------------------
 
 
-class NumpyCharRNN(CharRNN):
+class NumpyCharRNN(NumpyState, CharRNN):
     framework = "numpy"
 
     def __init__(self, config: ModelConfig, weights: Weights, optim: OptimConfig,
@@ -140,17 +140,6 @@ class NumpyCharRNN(CharRNN):
         if device == "gpu":
             raise CharRnnError("--device gpu: the NumPy reference runs on the CPU only")
         return "cpu"  # threads were applied to BLAS by early_setup
-
-    # ---- state -------------------------------------------------------------------
-    def zero_state(self, batch_size):
-        shape = (self.config.num_layers, batch_size, self.config.rnn_size)
-        return np.zeros(shape, np.float32), np.zeros(shape, np.float32)
-
-    def state_to_numpy(self, state):
-        return state[0].copy(), state[1].copy()
-
-    def state_from_numpy(self, h, c):
-        return np.asarray(h, np.float32).copy(), np.asarray(c, np.float32).copy()
 
     # ---- compute -----------------------------------------------------------------
     def _dropout(self, a, train):

@@ -26,7 +26,7 @@ from common.checkpoint import load_arrays_and_adam, save_arrays_and_adam
 from common.cli import main
 from common.config import ModelConfig, OptimConfig
 from common.errors import CharRnnError
-from common.framework import CharRNN
+from common.framework import CharRNN, NumpyState
 from common.weights import Weights
 
 # PyTensor 3's default backend, named so no PYTENSOR_FLAGS changes what is measured. The C
@@ -113,7 +113,7 @@ def losses_of(logits, y):
 # ---------------------------------------------------------------------------------------
 
 
-class PytensorCharRNN(CharRNN):
+class PytensorCharRNN(NumpyState, CharRNN):
     """Each of the train, forward (also used for evaluation), one-step and, for the
     conformance test, gradient functions compiles on its first use; batch size and
     sequence length are symbolic, so none compiles twice. `compile_s` records the
@@ -205,17 +205,6 @@ class PytensorCharRNN(CharRNN):
     def _build_step(self):
         ids, (_, _, h0, c0) = pt.ivector("ids"), self._inputs()
         return pytensor.function([ids, h0, c0], list(self.graph.step(ids, h0, c0)), mode=MODE)
-
-    # ---- state -----------------------------------------------------------------------
-    def zero_state(self, batch_size):
-        shape = (self.config.num_layers, batch_size, self.config.rnn_size)
-        return np.zeros(shape, np.float32), np.zeros(shape, np.float32)
-
-    def state_to_numpy(self, state):
-        return state[0].copy(), state[1].copy()
-
-    def state_from_numpy(self, h, c):
-        return np.array(h, np.float32), np.array(c, np.float32)
 
     # ---- compute ---------------------------------------------------------------------
     def forward(self, x, state):

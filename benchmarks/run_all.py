@@ -416,14 +416,8 @@ def run_framework(t: Target, repeat: int, s: Settings, init_path: Path, out: Pat
     record["epochs"], record["steps"] = epochs, steps
     train_err = (run_dir / "train.err").read_text(errors="replace")
     if train.timed_out or train.returncode != 0 or not epochs:
-        record["status"] = "timeout" if train.timed_out else "failed"
-        record["stage"] = "train"
-        why = last_line(train_err) or f"exit status {train.returncode}"
-        if train.timed_out:
-            why = f"timed out after {timeout_s:.0f} s (last stderr line: {why})"
-        elif train.returncode == 0:
-            why = f"no epoch record in {_rel(run_dir / 'train.jsonl')}"
-        record["error"] = why
+        _record_failure(record, "train", train, train_err, timeout_s,
+                        f"no epoch record in {_rel(run_dir / 'train.jsonl')}")
         return _finish(record)
 
     cmd = generate_command(t, s, run_dir)
@@ -433,20 +427,27 @@ def run_framework(t: Target, repeat: int, s: Settings, init_path: Path, out: Pat
     gen_err = (run_dir / "generate.err").read_text(errors="replace")
     timing = parse_generated_line(gen_err)
     if gen.timed_out or gen.returncode != 0 or timing is None:
-        record["status"] = "timeout" if gen.timed_out else "failed"
-        record["stage"] = "generate"
-        why = last_line(gen_err) or f"exit status {gen.returncode}"
-        if gen.timed_out:
-            why = f"timed out after {timeout_s:.0f} s (last stderr line: {why})"
-        elif gen.returncode == 0:
-            why = "no 'generated N characters' line on stderr"
-        record["error"] = why
+        _record_failure(record, "generate", gen, gen_err, timeout_s,
+                        "no 'generated N characters' line on stderr")
     else:
         timing["text"] = (run_dir / "generate.out").read_text(errors="replace")
         record["generation"] = timing
     if not keep_checkpoints:
         shutil.rmtree(run_dir / "checkpoint", ignore_errors=True)
     return _finish(record)
+
+
+def _record_failure(record: dict, stage: str, proc, stderr: str, timeout_s: float,
+                    why_if_exit_0: str) -> None:
+    """Mark `record` failed (or timed out) at `stage`, with the reason a user can act on."""
+    record["status"] = "timeout" if proc.timed_out else "failed"
+    record["stage"] = stage
+    why = last_line(stderr) or f"exit status {proc.returncode}"
+    if proc.timed_out:
+        why = f"timed out after {timeout_s:.0f} s (last stderr line: {why})"
+    elif proc.returncode == 0:
+        why = why_if_exit_0
+    record["error"] = why
 
 
 def _finish(record: dict) -> dict:

@@ -124,6 +124,21 @@ class CharRNN(abc.ABC):
         """Restore what `save_native` wrote (the model was built with matching config)."""
 
 
+class NumpyState:
+    """State methods for frameworks whose (h, c) are NumPy arrays on the host (the NumPy
+    reference, PyTensor): mix in before CharRNN."""
+
+    def zero_state(self, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        shape = (self.config.num_layers, batch_size, self.config.rnn_size)
+        return np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+
+    def state_to_numpy(self, state):
+        return state[0].copy(), state[1].copy()
+
+    def state_from_numpy(self, h, c):
+        return np.array(h, np.float32), np.array(c, np.float32)
+
+
 def cross_entropy(logits: np.ndarray, y: np.ndarray) -> float:
     """Mean softmax cross-entropy in nats; logits (..., vocab_size), y (...) int ids."""
     logits = logits.astype(np.float64)
