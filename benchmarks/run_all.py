@@ -192,11 +192,8 @@ class Settings:
 
 def train_config_from_args(extra: list[str]):
     """The TrainConfig that `train` will see for these extra flags (the one parser, common.cli)."""
-    from common.cli import build_parser
-    args = vars(build_parser("run_all").parse_args(["train", *extra]))
-    args.pop("command")
-    from common.config import TrainConfig
-    return TrainConfig(**args)
+    from common.cli import parse_args
+    return parse_args(["train", *extra], "run_all")[1]
 
 
 def steps_per_epoch_and_vocab(text_path: Path, cfg):
