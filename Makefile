@@ -5,7 +5,7 @@ VENV := .venv
 LEGACY := .venv-legacy
 export CHARRNN_DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: setup test test-modern test-legacy bench bench-full clean
+.PHONY: setup lint test test-modern test-legacy bench bench-full clean
 
 # The two environments install side by side (-j2): on a fresh machine that is most of
 # `make test`'s time.
@@ -26,13 +26,17 @@ $(LEGACY)/.installed: requirements/legacy.txt requirements/legacy-build.txt
 	$(LEGACY)/bin/pip install --quiet --disable-pip-version-check --no-build-isolation -r requirements/legacy.txt
 	touch $@
 
-test: setup test-modern test-legacy
+lint: setup
+	$(VENV)/bin/ruff check .
+
+# Lint first: a style error fails in seconds, before the 10-minute suite.
+test: setup lint test-modern test-legacy
 
 test-modern:
-	$(VENV)/bin/python -m pytest -q tests
+	$(VENV)/bin/python -m pytest
 
 test-legacy:
-	$(LEGACY)/bin/python -m pytest -q tests
+	$(LEGACY)/bin/python -m pytest
 
 # The quick run's table and plot also go into README.md (between the results markers).
 bench: setup

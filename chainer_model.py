@@ -22,7 +22,7 @@ script re-executes itself there. What differs from the other frameworks:
 
 from common.bootstrap import early_setup
 
-early_setup("legacy", "chainer")  # before NumPy loads its BLAS thread pool
+early_setup(__file__)  # before NumPy loads its BLAS thread pool
 
 from pathlib import Path
 

@@ -13,7 +13,7 @@ split) is one compiled call.
 
 from common.bootstrap import early_setup
 
-early_setup("modern", "flax")  # XLA reads XLA_FLAGS when its backend starts, not at import
+early_setup(__file__)  # XLA reads XLA_FLAGS when its backend starts, not at import
 
 import os
 from pathlib import Path

@@ -15,7 +15,7 @@ computes gradients its own way (GradientTape, jax.grad, autograd); everything el
 
 from common.bootstrap import early_setup
 
-early_setup("modern", "keras")  # before the backend loads its thread pools
+early_setup(__file__)  # before the backend loads its thread pools
 
 import json
 import os

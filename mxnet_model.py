@@ -22,7 +22,7 @@ script re-executes itself there. What differs from the other frameworks:
 
 from common.bootstrap import early_setup
 
-early_setup("legacy", "mxnet")  # MXNet reads OMP_NUM_THREADS etc. once, at import
+early_setup(__file__)  # MXNet reads OMP_NUM_THREADS etc. once, at import
 
 import dataclasses
 import os

@@ -10,7 +10,7 @@ throughout like every framework (SPEC section 4).
 
 from common.bootstrap import early_setup
 
-early_setup("modern", "safetensors")  # before NumPy loads its BLAS thread pool
+early_setup(__file__)  # before NumPy loads its BLAS thread pool
 
 from pathlib import Path
 

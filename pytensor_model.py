@@ -12,7 +12,7 @@ are symbolic: each function compiles once, on its first call.
 
 from common.bootstrap import early_setup
 
-early_setup("modern", "pytensor")  # before NumPy loads its BLAS thread pool
+early_setup(__file__)  # before NumPy loads its BLAS thread pool
 
 import time
 from pathlib import Path

@@ -9,7 +9,7 @@ trained, so the model is the canonical one (SPEC section 1).
 
 from common.bootstrap import early_setup
 
-early_setup("modern", "torch")  # before torch loads its OpenMP pool
+early_setup(__file__)  # before torch loads its OpenMP pool
 
 from pathlib import Path
 

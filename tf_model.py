@@ -11,7 +11,7 @@ because it puts epsilon elsewhere (it adds eps to sqrt(v) before the bias correc
 
 from common.bootstrap import early_setup
 
-early_setup("modern", "tensorflow")  # before TensorFlow reads TF_NUM_*_THREADS
+early_setup(__file__)  # before TensorFlow reads TF_NUM_*_THREADS
 
 from pathlib import Path
 

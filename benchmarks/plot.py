@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from common.logs import jsonl_path, read_jsonl  # noqa: E402
+from common.logs import jsonl_path, read_training_log  # noqa: E402
 
 
 @dataclass
@@ -41,42 +41,6 @@ class Curve:
             x = e["step"] / self.train_batches if self.train_batches else float(e["epoch"])
             points.append((x, e.get("train/loss"), e.get("val/loss"), elapsed))
         return points
-
-
-def read_training_log(path: str | Path) -> tuple[dict | None, list[dict], list[list[float]]]:
-    """(header, epoch records without samples, [[step, elapsed training s, loss], ...]).
-
-    Only the last run in the file counts (logs are appended to), continued through
-    any `--restore` of it. A step's elapsed time counts training only (no
-    validation or checkpointing): the wall-clock times of the step records, anchored
-    at each epoch's end by the epoch's duration_s.
-    """
-    path = jsonl_path(path)
-    if not path.exists():
-        return None, [], []
-    header, epochs, steps, pending = None, [], [], []
-    elapsed_before = 0.0
-    for rec in read_jsonl(path):
-        kind = rec.get("kind")
-        if kind == "header":
-            if rec.get("restored_from") is None:  # a new run starts: forget the earlier one
-                epochs, steps, pending, elapsed_before = [], [], [], 0.0
-            header = {k: v for k, v in rec.items() if k not in ("kind", "time")}
-        elif kind == "step":
-            pending.append(rec)
-        elif kind == "epoch":
-            epochs.append({k: v for k, v in rec.items() if k not in ("kind", "samples")})
-            if pending:
-                # Training of this epoch ended duration_s after it began; steps after the
-                # last logged one (if any) took about step_s_median each.
-                after = rec["step"] - pending[-1]["step"]
-                t_end = pending[-1]["time"] + after * (rec.get("step_s_median") or 0.0)
-                for p in pending:
-                    elapsed = elapsed_before + rec["duration_s"] - (t_end - p["time"])
-                    steps.append([p["step"], round(max(elapsed, 0.0), 4), p["train/loss"]])
-            elapsed_before += rec.get("duration_s") or 0.0
-            pending = []
-    return header, epochs, steps
 
 
 def curve_from_log(path: str | Path) -> Curve:

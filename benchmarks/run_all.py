@@ -52,7 +52,7 @@ if str(ROOT) not in sys.path:  # run as a script: make `common` and `benchmarks`
 
 from common import registry  # noqa: E402
 from common.bootstrap import VENVS, thread_env  # noqa: E402
-from benchmarks.plot import read_training_log  # noqa: E402
+from common.logs import read_training_log  # noqa: E402
 from common.logs import read_jsonl  # noqa: E402
 
 RECORDS_NAME = "records.jsonl"

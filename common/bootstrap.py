@@ -5,8 +5,11 @@ NumPy or the framework loads. OpenMP, MKL and MXNet read their thread
 variables once, at load time, so `--threads` has to be applied here.
 
     from common.bootstrap import early_setup
-    early_setup("legacy", "chainer")   # may re-execute under .venv-legacy
+    early_setup(__file__)   # chainer_model.py: may re-execute under .venv-legacy
     import chainer
+
+The environment and the library that tells whether it is present come from the
+framework's entry in `common.registry`.
 """
 
 from __future__ import annotations
@@ -16,40 +19,13 @@ import os
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-
-# Which virtual environment holds which frameworks (see README, "Two environments").
-VENVS = {"modern": ROOT / ".venv", "legacy": ROOT / ".venv-legacy"}
-
-
-def thread_env(threads: int | None) -> dict[str, str]:
-    """The OpenMP/MKL/BLAS/framework variables that pin thread pools to `threads`."""
-    if not threads:
-        return {}
-    n = str(threads)
-    return {"OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n, "OPENBLAS_NUM_THREADS": n,
-            "MXNET_CPU_WORKER_NTHREADS": n, "TF_NUM_INTRAOP_THREADS": n,
-            "TF_NUM_INTEROP_THREADS": "1"}
-
-
-def threads_from_argv(argv: list[str]) -> int | None:
-    """The value of --threads N / --threads=N in `argv`, if any and valid."""
-    for i, arg in enumerate(argv):
-        value = None
-        if arg == "--threads" and i + 1 < len(argv):
-            value = argv[i + 1]
-        elif arg.startswith("--threads="):
-            value = arg.split("=", 1)[1]
-        if value is not None:
-            try:
-                return int(value) if int(value) > 0 else None
-            except ValueError:
-                return None  # the parser reports it properly later
-    return None
+from common.paths import venv_python
+from common.registry import entry_of_module
+from common.threads import thread_env, threads_from_argv
 
 
 def ensure_environment(env: str, module: str) -> None:
-    """Re-execute this script under `.venv`/`.venv-legacy` when `module` is missing here.
+    """Re-execute this script under environment `env` when `module` is missing here.
 
     So `python chainer_model.py train` works from the modern environment (or any
     Python): the same command shape for every framework. Does nothing when the
@@ -58,12 +34,12 @@ def ensure_environment(env: str, module: str) -> None:
     """
     if importlib.util.find_spec(module) is not None:
         return
-    python = VENVS[env] / "bin" / "python"
+    python = venv_python(env)
     if not python.exists() or os.environ.get("CHARRNN_REEXEC") == "1":
         return
     # Both venvs' bin/python link to the same base interpreter, so compare environments
     # (sys.prefix), not executables.
-    if Path(sys.prefix).resolve() == VENVS[env].resolve():
+    if Path(sys.prefix).resolve() == python.parent.parent.resolve():
         return
     os.environ["CHARRNN_REEXEC"] = "1"  # never loop
     os.execv(str(python), [str(python), *sys.argv])
@@ -74,9 +50,11 @@ def ensure_environment(env: str, module: str) -> None:
 QUIET_IMPORTS = ("tensorflow", "keras")
 
 
-def early_setup(env: str, module: str) -> None:
-    """Pick the environment that has `module`, then apply --threads to the variables
-    libraries read at load."""
+def early_setup(script: str) -> None:
+    """For framework file `script` (pass `__file__`): pick the environment that has its
+    library, then apply --threads to the variables libraries read at load."""
+    entry = entry_of_module(Path(script).stem)
+    env, module = entry.env, entry.requires
     ensure_environment(env, module)
     for key, value in thread_env(threads_from_argv(sys.argv[1:])).items():
         os.environ[key] = value
@@ -103,11 +81,3 @@ def _quiet_import(module: str) -> None:
         os.close(saved)
         os.close(devnull)
 
-
-def require(module: str, env: str):
-    """Import `module`, or exit with one line saying how to get it."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        sys.exit(f"error: cannot import {module} ({exc}); run `make setup` "
-                 f"to create {VENVS[env].name}, or use {VENVS[env].name}/bin/python")

@@ -67,7 +67,9 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, config_cls) -> None:
         positive = meta.pop("positive", False)
         non_negative = meta.pop("non_negative", False)
         kind = _base_type(f.type)
-        kwargs = {"default": f.default, "help": f"{help_text} (default: {f.default})"}
+        if "default" not in help_text:
+            help_text = f"{help_text} (default: {f.default})"
+        kwargs = {"default": f.default, "help": help_text}
         if kind in (int, float):
             kwargs["type"] = _number(kind, positive, non_negative, kind.__name__)
             kwargs["metavar"] = "N" if kind is int else "X"

@@ -21,15 +21,22 @@ def flag(default, help, **argparse_kwargs):
 
 
 @dataclass(frozen=True)
-class ModelConfig:
-    """Sizes of Embedding -> num_layers x LSTM -> Dense (SPEC section 1)."""
+class ModelFlags:
+    """The model sizes a user sets on the command line (SPEC section 1)."""
+
+    embedding_size: int = flag(32, "character embedding size", positive=True)
+    rnn_size: int = flag(128, "LSTM hidden and cell size (H)", positive=True)
+    num_layers: int = flag(2, "number of stacked LSTM layers", positive=True)
+    drop_rate: float = flag(0.0, "inverted dropout after the embedding and each LSTM layer")
+
+
+@dataclass(frozen=True)
+class ModelConfig(ModelFlags):
+    """Sizes of Embedding -> num_layers x LSTM -> Dense: the flags plus what the text and
+    the checkpoint decide."""
 
     vocab_size: int = 98  # number of character ids, id 0 = unknown
-    embedding_size: int = 32  # width of the character embedding
-    rnn_size: int = 128  # LSTM hidden and cell size (H)
-    num_layers: int = 2  # stacked LSTM layers
-    drop_rate: float = 0.0  # inverted dropout after the embedding and each LSTM
-    cell: str = "lstm"  # recurrent cell type; only "lstm" is specified
+    cell: str = "lstm"  # recurrent cell type; only "lstm" is implemented
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         """Canonical (PyTorch-layout) shapes of every parameter, SPEC section 5."""
@@ -79,19 +86,36 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
-class OptimConfig:
+class OptimFlags:
+    """The optimiser settings a user sets on the command line (SPEC section 4)."""
+
+    learning_rate: float = flag(0.001, "Adam learning rate", positive=True)
+    clip_norm: float = flag(5.0, "maximum global L2 norm of the gradients", positive=True)
+
+
+@dataclass(frozen=True)
+class OptimConfig(OptimFlags):
     """Adam with global-norm clipping (SPEC section 4)."""
 
-    learning_rate: float = 0.001
-    clip_norm: float = 5.0
     beta1: float = 0.9
     beta2: float = 0.999
     eps: float = 1e-8
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """Flags of `train`. Defaults are the original suite's."""
+class DeviceFlags:
+    """Where a command runs; every command has these."""
+
+    device: str = flag("auto", "auto (the first GPU if the framework sees one, else the "
+                       "CPU), cpu or gpu", choices=("auto", "cpu", "gpu"))
+    threads: int | None = flag(None, "CPU threads for the framework (default: its own)",
+                               positive=True)
+
+
+@dataclass(frozen=True)
+class TrainConfig(DeviceFlags, OptimFlags, ModelFlags):
+    """Flags of `train`: the model and optimiser flags, plus these. Defaults are the
+    original suite's."""
 
     checkpoint_path: str | None = flag(
         None, "checkpoint directory (default: checkpoints/<framework>_model)")
@@ -101,12 +125,6 @@ class TrainConfig:
         None, "resume from a checkpoint directory (default: --checkpoint-path)",
         nargs="?", const="")
     seq_len: int = flag(64, "characters per sequence (truncated BPTT length)", positive=True)
-    embedding_size: int = flag(32, "character embedding size", positive=True)
-    rnn_size: int = flag(128, "LSTM hidden size", positive=True)
-    num_layers: int = flag(2, "number of LSTM layers", positive=True)
-    drop_rate: float = flag(0.0, "dropout rate after embedding and each LSTM layer")
-    learning_rate: float = flag(0.001, "Adam learning rate", positive=True)
-    clip_norm: float = flag(5.0, "maximum global L2 norm of the gradients", positive=True)
     batch_size: int = flag(64, "number of parallel text streams", positive=True)
     num_epochs: int = flag(32, "number of epochs", positive=True)
     log_path: str | None = flag(
@@ -117,9 +135,6 @@ class TrainConfig:
     vocab: str = flag("auto", "vocabulary: auto, printable or corpus",
                       choices=("auto", "printable", "corpus"))
     init_from: str | None = flag(None, "start from this portable .safetensors file")
-    device: str = flag("auto", "auto, cpu or gpu", choices=("auto", "cpu", "gpu"))
-    threads: int | None = flag(None, "CPU threads for the framework (default: framework's own)",
-                               positive=True)
     max_steps: int | None = flag(None, "stop after this many training steps in total",
                                  positive=True)
     log_every: int | None = flag(None, "also log a line every N steps", positive=True)
@@ -127,16 +142,19 @@ class TrainConfig:
                               "(0 turns samples off)", non_negative=True)
 
     def model_config(self, vocab_size: int) -> ModelConfig:
-        return ModelConfig(vocab_size=vocab_size, embedding_size=self.embedding_size,
-                           rnn_size=self.rnn_size, num_layers=self.num_layers,
-                           drop_rate=self.drop_rate)
+        return ModelConfig(vocab_size=vocab_size, **_values(self, ModelFlags))
 
     def optim_config(self) -> OptimConfig:
-        return OptimConfig(learning_rate=self.learning_rate, clip_norm=self.clip_norm)
+        return OptimConfig(**_values(self, OptimFlags))
+
+
+def _values(config, flags_cls) -> dict:
+    """The fields of `flags_cls` as `config` sets them."""
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(flags_cls)}
 
 
 @dataclass(frozen=True)
-class GenerateConfig:
+class GenerateConfig(DeviceFlags):
     """Flags of `generate` and `repl`."""
 
     checkpoint_path: str | None = flag(
@@ -154,19 +172,15 @@ class GenerateConfig:
     random_seed: int | None = flag(None, "seed for exactly reproducible samples")
     output: str | None = flag(None, "also write the generated text to this file")
     cold_start: bool = flag(False, "start from the all-zero state instead of the warmed-up "
-                            "state at a paragraph break (README, Implementation notes)",
+                            "state at a paragraph break (docs/SPEC.md section 6)",
                             action="store_true")
-    device: str = flag("auto", "auto, cpu or gpu", choices=("auto", "cpu", "gpu"))
-    threads: int | None = flag(None, "CPU threads for the framework", positive=True)
 
 
 @dataclass(frozen=True)
-class ExportConfig:
+class ExportConfig(DeviceFlags):
     """Flags of `export`."""
 
     checkpoint_path: str | None = flag(
         None, "checkpoint directory (default: checkpoints/<framework>_model)")
     output: str | None = flag(None, "portable .safetensors file to write "
                               "(default: <checkpoint>/../<framework>_model.safetensors)")
-    device: str = flag("auto", "auto, cpu or gpu", choices=("auto", "cpu", "gpu"))
-    threads: int | None = flag(None, "CPU threads for the framework", positive=True)

@@ -16,15 +16,50 @@ A framework file defines one subclass and ends with
 from __future__ import annotations
 
 import abc
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
 from common.config import ModelConfig, OptimConfig
+from common.errors import CharRnnError
 from common.weights import Weights
 
 State = Any  # a framework's own (h, c) representation, opaque to common/
+
+
+@dataclass(frozen=True)
+class Device:
+    """Where a model runs, as `CharRNN.setup_device` resolved `--device`."""
+
+    kind: str = "cpu"  # "cpu" or "gpu"
+    index: int = 0  # which GPU, for kind "gpu"
+    description: str = "cpu"  # for logs: "gpu:0 (NVIDIA H100 80GB HBM3)"
+
+    @property
+    def is_gpu(self) -> bool:
+        return self.kind == "gpu"
+
+    def __str__(self) -> str:
+        return self.description
+
+
+CPU = Device()
+
+
+def choose_device(requested: str, gpu_names: list[str], no_gpu: str) -> Device:
+    """The one meaning of `--device`, for every framework.
+
+    "cpu" is the CPU; "gpu" is the first GPU the framework sees, and without one a
+    CharRnnError saying `no_gpu` (why, and what to install); "auto" is the first GPU
+    when there is one, else the CPU. `gpu_names` are the framework's visible GPUs.
+    """
+    if requested == "gpu" and not gpu_names:
+        raise CharRnnError(f"--device gpu: {no_gpu}")
+    if requested in ("gpu", "auto") and gpu_names:
+        return Device("gpu", 0, f"gpu:0 ({gpu_names[0]})")
+    return CPU
 
 
 class CharRNN(abc.ABC):
@@ -38,7 +73,7 @@ class CharRNN(abc.ABC):
     framework: ClassVar[str]  # registry name, e.g. "pytorch"
 
     def __init__(self, config: ModelConfig, weights: Weights, optim: OptimConfig,
-                 device: str = "cpu", seed: int = 0):
+                 device: Device = CPU, seed: int = 0):
         """Build from canonical `weights`; `seed` seeds the framework's dropout RNG."""
         self.config, self.optim, self.device, self.seed = config, optim, device, seed
 
@@ -54,11 +89,10 @@ class CharRNN(abc.ABC):
 
     @classmethod
     @abc.abstractmethod
-    def setup_device(cls, device: str, threads: int | None) -> str:
-        """Apply thread settings and resolve "auto"/"cpu"/"gpu" to a device.
+    def setup_device(cls, device: str, threads: int | None) -> Device:
+        """Apply thread settings and resolve "auto"/"cpu"/"gpu" with `choose_device`.
 
-        Returns a short description ("cpu", "cuda:0 (NVIDIA H100)"); raises
-        CharRnnError when "gpu" is asked for and none is usable.
+        Raises CharRnnError when "gpu" is asked for and none is usable.
         """
 
     # ---- state ----------------------------------------------------------------------

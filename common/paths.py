@@ -1,4 +1,8 @@
-"""Default file locations, one per framework, anchored at the project root."""
+"""Where things are: the project root, the two environments, and default file locations.
+
+The one place that knows the layout of the checkout; standard library only, so the
+bootstrap can use it before NumPy or a framework loads.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,18 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PRETRAINED_PATH = ROOT / "pretrained" / "tinyshakespeare.safetensors"
+DATA_DIR = ROOT / "data"  # where a downloaded corpus is kept (ignored by git)
+
+# The virtual environment behind each environment name of the registry. Two are
+# unavoidable: Chainer and MXNet need NumPy 1.x, TensorFlow 2.21 needs NumPy >= 1.26.
+# A framework registered as "any" (NumPy) runs in either; the modern one is its home.
+VENVS = {"modern": ROOT / ".venv", "legacy": ROOT / ".venv-legacy"}
+HOME_ENV = {"modern": "modern", "legacy": "legacy", "any": "modern"}
+
+
+def venv_python(env: str) -> Path:
+    """The interpreter of environment `env` ("modern", "legacy", or "any": the modern one)."""
+    return VENVS[HOME_ENV[env]] / "bin" / "python"
 
 
 def default_checkpoint_path(framework: str) -> Path:

@@ -5,7 +5,8 @@
 
 A name maps to its script, the environment that has its libraries, and any
 environment variables it needs set before import (Keras picks its backend
-from KERAS_BACKEND, the Keras way).
+from KERAS_BACKEND, the Keras way). Standard library only: `common.bootstrap`
+reads it before a framework file imports anything heavy.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ import importlib.util
 import os
 import sys
 from dataclasses import dataclass, field
+import re
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from common.paths import ROOT, venv_python
 
 
 @dataclass(frozen=True)
@@ -32,10 +34,14 @@ class Entry:
     def script(self) -> Path:
         return ROOT / f"{self.module}.py"
 
+    @property
+    def slug(self) -> str:
+        """A directory name: "keras[jax]" -> "keras-jax"."""
+        return re.sub(r"[^\w.-]+", "-", self.name).strip("-")
+
     def python(self) -> Path:
-        """The interpreter of this framework's environment."""
-        venv = {"modern": ".venv", "legacy": ".venv-legacy"}.get(self.env)
-        return ROOT / venv / "bin" / "python" if venv else Path(sys.executable)
+        """The interpreter of this framework's environment ("any": this one)."""
+        return Path(sys.executable) if self.env == "any" else venv_python(self.env)
 
     def process_env(self) -> dict[str, str]:
         """os.environ plus this entry's variables, for a subprocess."""
@@ -48,7 +54,7 @@ def _keras(backend: str) -> Entry:
 
 
 FRAMEWORKS: dict[str, Entry] = {e.name: e for e in [
-    Entry("numpy", "numpy_model", "any", "numpy"),
+    Entry("numpy", "numpy_model", "any", "safetensors"),  # common/ needs it too
     Entry("pytorch", "pytorch_model", "modern", "torch"),
     Entry("tensorflow", "tf_model", "modern", "tensorflow"),
     _keras("tensorflow"),
@@ -68,8 +74,6 @@ class Unavailable(Exception):
 def unavailable_reason(name: str) -> str | None:
     """Why `name` cannot be imported in this process, or None if it can."""
     entry = FRAMEWORKS[name]
-    if not entry.script.exists():
-        return f"{entry.script.name} is not written yet"
     if importlib.util.find_spec(entry.requires) is None:
         return f"{entry.requires} is not installed in this environment ({entry.env} has it)"
     for key, value in entry.env_vars.items():
@@ -95,13 +99,19 @@ def load(name: str):
     entry = FRAMEWORKS[name]
     for key, value in entry.env_vars.items():
         os.environ[key] = value
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
     try:
         module = importlib.import_module(entry.module)
     except ImportError as exc:
         raise Unavailable(f"{entry.module} failed to import: {exc}") from exc
     return module.MODEL
+
+
+def entry_of_module(module: str) -> Entry:
+    """The (first) entry whose script is `module`; the Keras rows share one."""
+    for entry in FRAMEWORKS.values():
+        if entry.module == module:
+            return entry
+    raise KeyError(f"{module} is not a registered framework module")
 
 
 def names(env: str | None = None) -> list[str]:

@@ -18,8 +18,7 @@ import numpy as np
 
 from common.errors import CharRnnError
 from common.fileio import atomic_write_bytes
-
-ROOT = Path(__file__).resolve().parent.parent
+from common.paths import DATA_DIR
 
 # The corpus of the original suite, downloaded once and checked byte for byte.
 TINYSHAKESPEARE_URL = ("https://raw.githubusercontent.com/karpathy/char-rnn/master/"
@@ -41,12 +40,12 @@ def default_corpus_path() -> Path:
     candidates = []
     if os.environ.get(DATA_DIR_ENV):
         candidates.append(Path(os.environ[DATA_DIR_ENV]) / TINYSHAKESPEARE_NAME)
-    candidates.append(ROOT / "data" / TINYSHAKESPEARE_NAME)
+    candidates.append(DATA_DIR / TINYSHAKESPEARE_NAME)
     for path in candidates:
         if path.is_file():
             _check_sha256(path.read_bytes(), str(path))
             return path
-    return download_corpus(ROOT / "data" / TINYSHAKESPEARE_NAME)
+    return download_corpus(DATA_DIR / TINYSHAKESPEARE_NAME)
 
 
 def download_corpus(path: Path) -> Path:

@@ -111,7 +111,7 @@ def train(model_cls: type[CharRNN], cfg: TrainConfig) -> Progress:
         "val_batches": len(val_batches) if val_batches else 0,
         "chars_per_batch": train_batches.chars_per_batch,
         "flops_per_char": model_config.flops_per_char(), "versions": model_cls.versions(),
-        "device": device, "threads": cfg.threads, "python": platform.python_version(),
+        "device": str(device), "threads": cfg.threads, "python": platform.python_version(),
         "platform": platform.platform(), "pid": os.getpid(),
         "restored_from": str(checkpoint.directory) if checkpoint else None,
         "start_epoch": progress.epoch, "start_step": progress.step,

@@ -19,7 +19,6 @@ import sys
 import traceback
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from common.cli import main  # noqa: E402
 

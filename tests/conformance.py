@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from common.config import ModelConfig, OptimConfig  # noqa: E402
 from common.weights import init_weights  # noqa: E402

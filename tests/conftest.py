@@ -13,10 +13,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from common import registry  # noqa: E402
+from common import registry
+from common.paths import ROOT
 
 CURRENT_ENV = "legacy" if Path(sys.prefix).name == ".venv-legacy" else "modern"
 

@@ -23,6 +23,7 @@ pd = pytest.importorskip("pandas")
 pytest.importorskip("matplotlib")
 
 from benchmarks import plot, report, run_all  # noqa: E402
+from common import logs  # noqa: E402
 from benchmarks.mfu import mfu  # noqa: E402
 from tests.conftest import ROOT, TEXT  # noqa: E402
 
@@ -301,8 +302,8 @@ def test_read_training_log_keeps_the_last_run_and_times_steps(tmp_path):
     lines = (DATA / "chainer_model.jsonl").read_text()
     log = tmp_path / "twice.jsonl"
     log.write_text(lines + lines)  # a second run appended to the same log
-    header, epochs, steps = plot.read_training_log(log)
-    _, once_epochs, once_steps = plot.read_training_log(DATA / "chainer_model.jsonl")
+    header, epochs, steps = logs.read_training_log(log)
+    _, once_epochs, once_steps = logs.read_training_log(DATA / "chainer_model.jsonl")
     assert epochs == once_epochs and steps == once_steps
     assert [e["epoch"] for e in epochs] == [1, 2, 3]
     elapsed = [s[1] for s in steps]
