@@ -74,7 +74,7 @@ def _quiet_import(module: str) -> None:
     os.dup2(devnull, 2)
     try:
         importlib.import_module(module)
-    except Exception:  # noqa: BLE001 - reported by the real import that follows
+    except Exception:  # reported by the real import that follows
         pass
     finally:
         os.dup2(saved, 2)

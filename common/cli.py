@@ -53,7 +53,7 @@ def _number(kind, positive: bool, non_negative: bool, name: str):
 def _base_type(annotation):
     """int for `int`, `int | None`, 'int | None' (annotations are strings here)."""
     if isinstance(annotation, str):
-        annotation = eval(annotation, {"__builtins__": __builtins__})  # noqa: S307 - our own
+        annotation = eval(annotation, {"__builtins__": __builtins__})  # our own annotations
     if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
         annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
     return annotation

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, TextIO
+from typing import TextIO
 
 import numpy as np
 
@@ -23,7 +24,6 @@ from common.paths import PRETRAINED_PATH, default_checkpoint_path
 from common.sampling import check_sampling, next_char_probs, sample
 from common.text import Vocab, default_corpus_path, read_text
 from common.weights import Portable, load_portable
-
 
 # The warm-up that gives generation a realistic starting state (see Generator.warm_state).
 WARMUP_MIN_CHARS, WARMUP_MAX_CHARS, WARMUP_SEED = 50, 500, 0

@@ -14,9 +14,9 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import re
 import sys
 from dataclasses import dataclass, field
-import re
 from pathlib import Path
 
 from common.paths import ROOT, venv_python

@@ -99,17 +99,17 @@ class Vocab:
         self.index = {c: i + 1 for i, c in enumerate(self.chars)}
 
     @classmethod
-    def printable(cls) -> "Vocab":
+    def printable(cls) -> Vocab:
         """98 ids: unknown plus the 97 printable characters."""
         return cls(PRINTABLE_CHARS)
 
     @classmethod
-    def from_text(cls, text: str) -> "Vocab":
+    def from_text(cls, text: str) -> Vocab:
         """Unknown plus the sorted distinct characters of `text`."""
         return cls(sorted(set(text)))
 
     @classmethod
-    def choose(cls, text: str, mode: str = "auto") -> "Vocab":
+    def choose(cls, text: str, mode: str = "auto") -> Vocab:
         """SPEC section 2: printable when the text fits in it (auto), else the corpus's."""
         if mode == "printable":
             return cls.printable()
@@ -129,7 +129,7 @@ class Vocab:
         return [""] + self.chars
 
     @classmethod
-    def from_list(cls, items: list[str]) -> "Vocab":
+    def from_list(cls, items: list[str]) -> Vocab:
         if not items or items[0] != "":
             raise CharRnnError("vocabulary list must start with the unknown entry \"\"")
         return cls(items[1:])

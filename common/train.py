@@ -20,16 +20,15 @@ from pathlib import Path
 import numpy as np
 
 from common.batching import Batches, make_streams
-from common.checkpoint import (Checkpoint, Progress, load_checkpoint, restore_native,
-                               save_checkpoint)
-from common.config import TrainConfig
+from common.checkpoint import Checkpoint, Progress, load_checkpoint, restore_native, save_checkpoint
+from common.config import ModelConfig, TrainConfig
 from common.errors import CharRnnError
 from common.framework import CharRNN
 from common.generate import Generator
 from common.logs import RunLogger, bits, format_duration
 from common.paths import default_checkpoint_path, default_log_path
 from common.text import Vocab, default_corpus_path, read_text
-from common.weights import init_weights, load_portable
+from common.weights import Weights, init_weights, load_portable
 
 SAMPLE_TEMPERATURES = (0.2, 0.5, 1.0)  # textgenrnn-style samples after each epoch
 
@@ -57,43 +56,54 @@ def _progress_bar(total: int, initial: int, desc: str):
     return tqdm(total=total, initial=initial, desc=desc, unit="batch", leave=False)
 
 
-def _prepare(model_cls: type[CharRNN], cfg: TrainConfig):
+@dataclasses.dataclass
+class Prepared:
+    """Everything a run starts from, whether fresh, --init-from or --restore."""
+
+    checkpoint: Checkpoint | None  # the checkpoint resumed from, if any
+    checkpoint_path: Path  # where this run saves
+    text_path: Path
+    text: str
+    vocab: Vocab
+    model_config: ModelConfig
+    weights: Weights
+
+
+def prepare(framework: str, cfg: TrainConfig) -> Prepared:
     """Text, vocabulary, initial weights and progress, from flags or a checkpoint."""
     checkpoint: Checkpoint | None = None
-    checkpoint_path = Path(cfg.checkpoint_path or default_checkpoint_path(model_cls.framework))
+    checkpoint_path = Path(cfg.checkpoint_path or default_checkpoint_path(framework))
     if cfg.restore is not None:
-        checkpoint = load_checkpoint(cfg.restore or checkpoint_path, model_cls.framework)
+        checkpoint = load_checkpoint(cfg.restore or checkpoint_path, framework)
     text_path = cfg.text_path
     if text_path is None and checkpoint is not None:
         text_path = checkpoint.train_config.get("text_path")
     text_path = Path(text_path) if text_path else default_corpus_path()
     text = read_text(text_path)
-    if checkpoint is not None:
-        portable = checkpoint.portable
-        model_config = dataclasses.replace(portable.config, drop_rate=cfg.drop_rate)
-        vocab, weights = portable.vocab, portable.weights
-    elif cfg.init_from:
-        portable = load_portable(cfg.init_from)
+    portable = (checkpoint.portable if checkpoint is not None
+                else load_portable(cfg.init_from) if cfg.init_from else None)
+    if portable is not None:
         model_config = dataclasses.replace(portable.config, drop_rate=cfg.drop_rate)
         vocab, weights = portable.vocab, portable.weights
     else:
         vocab = Vocab.choose(text, cfg.vocab)
         model_config = cfg.model_config(vocab.size)
         weights = init_weights(model_config, cfg.random_seed)
-    return checkpoint, checkpoint_path, text_path, text, vocab, model_config, weights
+    return Prepared(checkpoint, checkpoint_path, text_path, text, vocab, model_config, weights)
 
 
 def train(model_cls: type[CharRNN], cfg: TrainConfig) -> Progress:
     """Train per SPEC; returns the final progress. Raises CharRnnError on bad input."""
-    checkpoint, checkpoint_path, text_path, text, vocab, model_config, weights = (
-        _prepare(model_cls, cfg))
+    run = prepare(model_cls.framework, cfg)
+    checkpoint, text_path, text, vocab, model_config = (run.checkpoint, run.text_path, run.text,
+                                                        run.vocab, run.model_config)
     unknown = vocab.unknown_chars(text)
     ids = vocab.encode(text)
     train_batches, val_batches = make_streams(ids, cfg.batch_size, cfg.seq_len,
                                               cfg.val_fraction, str(text_path))
 
     device = model_cls.setup_device(cfg.device, cfg.threads)
-    model = model_cls(model_config, weights, cfg.optim_config(), device=device,
+    model = model_cls(model_config, run.weights, cfg.optim_config(), device=device,
                       seed=cfg.random_seed)
     progress = Progress()
     state = model.zero_state(cfg.batch_size)
@@ -128,8 +138,8 @@ def train(model_cls: type[CharRNN], cfg: TrainConfig) -> Progress:
         log.info(f"restored {checkpoint.directory} at epoch {progress.epoch + 1}, "
                  f"batch {progress.batch}, step {progress.step}")
 
-    loop = _Loop(model, train_batches, val_batches, cfg, progress, state, log, checkpoint_path,
-                 vocab)
+    loop = _Loop(model, train_batches, val_batches, cfg, progress, state, log,
+                 run.checkpoint_path, vocab)
     try:
         while progress.epoch < cfg.num_epochs:
             if cfg.max_steps is not None and progress.step >= cfg.max_steps:
@@ -166,19 +176,34 @@ class _Loop:
         self.log.info(f"checkpoint saved to {self.checkpoint_path} ({reason})")
 
     def run_epoch(self) -> None:
-        """Train from (progress.epoch, progress.batch) to the end of the epoch or max_steps."""
-        model, batches, cfg, progress, log = (self.model, self.train_batches, self.cfg,
-                                              self.progress, self.log)
-        epoch = progress.epoch
+        """Train from (progress.epoch, progress.batch) to the end of the epoch or max_steps,
+        then validate, log, checkpoint and sample."""
+        epoch = self.progress.epoch
+        start = time.perf_counter()
+        step_times = self._train_steps(epoch)
+        duration_s = time.perf_counter() - start
+        record = self._evaluate_epoch(epoch, step_times, duration_s)
+        if record["complete"]:
+            self.progress.epoch += 1
+            self.progress.batch = 0
+            self.progress.epoch_losses = []
+        self.save("end of epoch" if record["complete"] else "max steps")
+        # A new Generator each epoch: its warm-up state belongs to these weights.
+        record["samples"] = _log_samples(Generator(self.model, self.vocab), self.cfg, epoch,
+                                         self.log)
+        self.log.record("epoch", **record)
+
+    def _train_steps(self, epoch: int) -> list[float]:
+        """The training steps of one epoch from progress.batch on; their durations in s."""
+        batches, cfg, progress = self.train_batches, self.cfg, self.progress
         step_times: list[float] = []
         bar = _progress_bar(len(batches), progress.batch, f"epoch {epoch + 1}/{cfg.num_epochs}")
-        start = time.perf_counter()
         for j in range(progress.batch, len(batches)):
             if cfg.max_steps is not None and progress.step >= cfg.max_steps:
                 break
             x, y = batches.batch(epoch, j)
             t0 = time.perf_counter()
-            loss, state = model.train_step(x, y, self.state)  # a float: the device is synced
+            loss, state = self.model.train_step(x, y, self.state)  # a float: device synced
             step_times.append(time.perf_counter() - t0)
             if not math.isfinite(loss):
                 raise CharRnnError(
@@ -192,23 +217,27 @@ class _Loop:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.3f}")
             if cfg.log_every and progress.step % cfg.log_every == 0:
-                log.info(f"epoch {epoch + 1}, step {progress.step}: loss {loss:.4f} "
-                         f"({bits(loss):.3f} bpc)")
-                log.record("step", epoch=epoch + 1, step=progress.step, **{"train/loss": loss})
-        duration_s = time.perf_counter() - start
+                self.log.info(f"epoch {epoch + 1}, step {progress.step}: loss {loss:.4f} "
+                              f"({bits(loss):.3f} bpc)")
+                self.log.record("step", epoch=epoch + 1, step=progress.step,
+                                **{"train/loss": loss})
         if bar is not None:
             bar.close()
-        trained = len(step_times)
+        return step_times
+
+    def _evaluate_epoch(self, epoch: int, step_times: list[float], duration_s: float) -> dict:
+        """Validate, and log the epoch's line; returns its record (without samples)."""
+        progress, batches = self.progress, self.train_batches
         complete = progress.batch >= len(batches)
         train_loss = float(np.mean(progress.epoch_losses)) if progress.epoch_losses else None
-
         val_start = time.perf_counter()
-        val_loss = evaluate(model, self.val_batches)
+        val_loss = evaluate(self.model, self.val_batches)
         val_duration_s = time.perf_counter() - val_start
         progress.train_loss, progress.val_loss = train_loss, val_loss
-        chars = trained * batches.chars_per_batch
+        chars = len(step_times) * batches.chars_per_batch
         record = {
-            "epoch": epoch + 1, "step": progress.step, "complete": complete, "batches": trained,
+            "epoch": epoch + 1, "step": progress.step, "complete": complete,
+            "batches": len(step_times),
             "train/loss": train_loss, "train/bpc": bits(train_loss),
             "val/loss": val_loss, "val/bpc": bits(val_loss),
             "duration_s": duration_s, "chars_per_s": chars / duration_s if duration_s else None,
@@ -217,18 +246,12 @@ class _Loop:
             "step_s_median": (float(np.median(step_times[1:] or step_times))
                               if step_times else None),
         }
-        log.info(f"epoch {epoch + 1}/{cfg.num_epochs}{'' if complete else ' (partial)'}: "
-                 f"duration {format_duration(duration_s)}, train loss {_fmt(train_loss)} "
-                 f"({_fmt(bits(train_loss))} bpc), val loss {_fmt(val_loss)} "
-                 f"({_fmt(bits(val_loss))} bpc), {record['chars_per_s'] or 0:,.0f} chars/s")
-        if complete:
-            progress.epoch += 1
-            progress.batch = 0
-            progress.epoch_losses = []
-        self.save("end of epoch" if complete else "max steps")
-        # A new Generator each epoch: its warm-up state belongs to these weights.
-        record["samples"] = _log_samples(Generator(model, self.vocab), cfg, epoch, log)
-        log.record("epoch", **record)
+        self.log.info(
+            f"epoch {epoch + 1}/{self.cfg.num_epochs}{'' if complete else ' (partial)'}: "
+            f"duration {format_duration(duration_s)}, train loss {_fmt(train_loss)} "
+            f"({_fmt(bits(train_loss))} bpc), val loss {_fmt(val_loss)} "
+            f"({_fmt(bits(val_loss))} bpc), {record['chars_per_s'] or 0:,.0f} chars/s")
+        return record
 
 
 def _log_samples(generator: Generator, cfg: TrainConfig, epoch: int, log: RunLogger) -> dict:

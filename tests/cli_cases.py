@@ -19,8 +19,7 @@ import sys
 import traceback
 from pathlib import Path
 
-
-from common.cli import main  # noqa: E402
+from common.cli import main
 
 
 class _Stdin(io.StringIO):
@@ -40,7 +39,7 @@ def run_case(model_cls, argv: list[str], stdin: str = "") -> dict:
         code = exc.code if isinstance(exc.code, int) else 1
         if isinstance(exc.code, str):
             err.write(exc.code + "\n")
-    except BaseException:  # noqa: BLE001 - any escape is a test failure, reported whole
+    except BaseException:  # any escape is a test failure, reported whole
         code, exception = 1, traceback.format_exc()
     finally:
         sys.stdin = old_stdin

@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 
-
-from common.config import ModelConfig, OptimConfig  # noqa: E402
-from common.weights import init_weights  # noqa: E402
+from common.config import ModelConfig, OptimConfig
+from common.weights import init_weights
 
 # Tiny sizes keep the test fast; two layers and E != H exercise every shape.
 CONFIG = ModelConfig(vocab_size=23, embedding_size=8, rnn_size=16, num_layers=2)

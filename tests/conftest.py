@@ -45,7 +45,8 @@ def require(name: str):
         pytest.skip(str(exc))
 
 
-def run_worker(name: str, module: str, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+def run_worker(name: str, module: str, *args: str,
+               timeout: int = 900) -> subprocess.CompletedProcess:
     """`python -m <module> <name> args` in the framework's own environment and variables."""
     entry = registry.FRAMEWORKS[name]
     python = entry.python()

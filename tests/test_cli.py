@@ -40,7 +40,8 @@ def run(name: str, cases: list[dict], tmp_path) -> list[dict]:
 
 
 def ok(result: dict) -> dict:
-    assert result["code"] == 0, f"{result['argv']}: exit {result['code']}\n{result['stderr'][-3000:]}"
+    assert result["code"] == 0, (f"{result['argv']}: exit {result['code']}\n"
+                                 f"{result['stderr'][-3000:]}")
     return result
 
 
@@ -68,7 +69,8 @@ def test_train_restore_generate_repl_export(name, corpus, tmp_path):
                   "--random-seed", "1"]},
         {"argv": ["repl", "--checkpoint-path", ck, "--length", "20"],
          "stdin": "All:\n:temperature 0\n:bogus 1\nFirst\n"},
-        {"argv": ["export", "--checkpoint-path", ck, "--output", str(tmp_path / "out.safetensors")]},
+        {"argv": ["export", "--checkpoint-path", ck,
+                  "--output", str(tmp_path / "out.safetensors")]},
         {"argv": ["generate", "--checkpoint-path", str(other), "--seed", "All", "--length", "30",
                   "--num-samples", "2", "--output", str(tmp_path / "gen.txt")]},
     ], tmp_path)
@@ -84,7 +86,8 @@ def test_train_restore_generate_repl_export(name, corpus, tmp_path):
     resumed = load_portable(tmp_path / "ck" / "model.safetensors")
     direct = load_portable(tmp_path / "straight" / "model.safetensors")
     for key in direct.weights:
-        np.testing.assert_allclose(resumed.weights[key], direct.weights[key], atol=1e-5, err_msg=key)
+        np.testing.assert_allclose(resumed.weights[key], direct.weights[key], atol=1e-5,
+                                   err_msg=key)
     assert resumed.metadata["step"] == direct.metadata["step"] == str(3 * batches_per_epoch)
     generated = results[3]["stdout"]
     assert generated.startswith("First") and len(generated) == len("First") + 50 + 1
@@ -172,7 +175,8 @@ def test_real_process_error_is_one_line(script, tmp_path):
                            str(tmp_path / "missing.txt")], capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [f"error: {tmp_path / 'missing.txt'}: file not found"]
+    missing = tmp_path / "missing.txt"
+    assert proc.stderr.strip().splitlines() == [f"error: {missing}: file not found"]
 
 
 def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(corpus, tmp_path):
