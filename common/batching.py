@@ -1,4 +1,4 @@
-"""Batching (SPEC section 3), identical for every framework.
+"""Batching (docs/SPEC.md section 3), identical for every framework.
 
 A stream of ids is cut into `batch_size` contiguous rows ("threads") so that
 row i of batch j+1 continues row i of batch j, and the LSTM state can be

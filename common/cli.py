@@ -1,4 +1,4 @@
-"""The one command line of every framework (SPEC section 6), generated from `common.config`.
+"""The one command line of every framework (docs/SPEC.md section 6), generated from `common.config`.
 
     python <framework>_model.py train|generate|repl|export [flags]
 

@@ -22,7 +22,7 @@ def flag(default, help, **argparse_kwargs):
 
 @dataclass(frozen=True)
 class ModelFlags:
-    """The model sizes a user sets on the command line (SPEC section 1)."""
+    """The model sizes a user sets on the command line (docs/SPEC.md section 1)."""
 
     embedding_size: int = flag(32, "character embedding size", positive=True)
     rnn_size: int = flag(128, "LSTM hidden and cell size (H)", positive=True)
@@ -39,7 +39,7 @@ class ModelConfig(ModelFlags):
     cell: str = "lstm"  # recurrent cell type; only "lstm" is implemented
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
-        """Canonical (PyTorch-layout) shapes of every parameter, SPEC section 5."""
+        """Canonical (PyTorch-layout) shapes of every parameter, docs/SPEC.md section 5."""
         shapes = {"embedding": (self.vocab_size, self.embedding_size)}
         for k in range(self.num_layers):
             input_size = self.embedding_size if k == 0 else self.rnn_size
@@ -87,7 +87,7 @@ class ModelConfig(ModelFlags):
 
 @dataclass(frozen=True)
 class OptimFlags:
-    """The optimiser settings a user sets on the command line (SPEC section 4)."""
+    """The optimiser settings a user sets on the command line (docs/SPEC.md section 4)."""
 
     learning_rate: float = flag(0.001, "Adam learning rate", positive=True)
     clip_norm: float = flag(5.0, "maximum global L2 norm of the gradients", positive=True)
@@ -95,7 +95,7 @@ class OptimFlags:
 
 @dataclass(frozen=True)
 class OptimConfig(OptimFlags):
-    """Adam with global-norm clipping (SPEC section 4)."""
+    """Adam with global-norm clipping (docs/SPEC.md section 4)."""
 
     beta1: float = 0.9
     beta2: float = 0.999

@@ -65,7 +65,7 @@ def choose_device(requested: str, gpu_names: list[str], no_gpu: str) -> Device:
 class CharRNN(abc.ABC):
     """One framework's Embedding -> LSTM x num_layers -> Dense, with Adam and clipping.
 
-    Construction builds the model from canonical weights (SPEC section 5) and a
+    Construction builds the model from canonical weights (docs/SPEC.md section 5) and a
     fresh Adam state. Every method that takes a `state` returns the new state,
     already cut from the gradient graph (truncated BPTT).
     """

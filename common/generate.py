@@ -48,7 +48,7 @@ class Generator:
     def warm_state(self) -> tuple[np.ndarray, np.ndarray]:
         """(h, c) of one row, each (num_layers, 1, rnn_size): the state at a paragraph break.
 
-        Training carries the state across every batch (SPEC section 3), so a trained
+        Training carries the state across every batch (docs/SPEC.md section 3), so a trained
         model has seen the all-zero state only at its very first batch, and from it
         the first characters are close to noise (the pretrained model continues
         "KING" with "TVKVKK..."). So, once per model: start from zeros, feed "\n",

@@ -1,4 +1,4 @@
-"""The two log files of every run (SPEC section 7).
+"""The two log files of every run (docs/SPEC.md section 7).
 
 `<name>.log` is for people (and mirrors to stderr); `<name>.jsonl` beside it has
 one JSON object per line for the benchmark and plotting code: a header with

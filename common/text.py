@@ -1,4 +1,4 @@
-"""Text and vocabulary (SPEC section 2): strict UTF-8, the printable and corpus vocabularies.
+"""Text and vocabulary (docs/SPEC.md section 2): strict UTF-8, printable and corpus vocabularies.
 
     >>> vocab = Vocab.printable()
     >>> vocab.size, vocab.decode(vocab.encode("KING"))
@@ -110,7 +110,7 @@ class Vocab:
 
     @classmethod
     def choose(cls, text: str, mode: str = "auto") -> Vocab:
-        """SPEC section 2: printable when the text fits in it (auto), else the corpus's."""
+        """docs/SPEC.md section 2: printable when the text fits in it (auto), else the corpus's."""
         if mode == "printable":
             return cls.printable()
         if mode == "corpus":

@@ -1,4 +1,4 @@
-"""The training loop, written once for every framework (SPEC sections 3, 4 and 7).
+"""The training loop, written once for every framework (docs/SPEC.md sections 3, 4 and 7).
 
     from common.train import train
     train(TorchCharRNN, TrainConfig(num_epochs=1))

@@ -1,4 +1,4 @@
-"""Initial weights and the portable `.safetensors` format (SPEC sections 4 and 5).
+"""Initial weights and the portable `.safetensors` format (docs/SPEC.md sections 4 and 5).
 
 Every framework starts from `init_weights` and reads and writes the same
 canonical layout (PyTorch's: gate order i, f, g, o; kernels (4H, in)), so a
@@ -47,7 +47,7 @@ def orthogonal_rows(rng: np.random.Generator, rows: int, cols: int) -> np.ndarra
 
 
 def init_weights(config: ModelConfig, seed: int) -> Weights:
-    """The canonical initial weights, one routine for every framework (SPEC section 4).
+    """The canonical initial weights, one routine for every framework (docs/SPEC.md section 4).
 
     Drawn in float64 in a fixed order from one seeded generator, then cast to
     float32, so the same seed gives the same bits on any machine with NumPy.
