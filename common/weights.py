@@ -54,7 +54,9 @@ def init_weights(config: ModelConfig, seed: int) -> Weights:
     """
     rng = np.random.default_rng(seed)
     H, V, E = config.rnn_size, config.vocab_size, config.embedding_size
-    w = {"embedding": rng.uniform(-0.05, 0.05, size=(V, E))}
+    # N(0, 1), PyTorch's nn.Embedding default: Keras' U(-0.05, 0.05) gives inputs so small
+    # that the first LSTM layer idles for epochs (val loss 1.928 against 1.759 after 10).
+    w = {"embedding": rng.standard_normal((V, E))}
     for k in range(config.num_layers):
         input_size = E if k == 0 else H
         # Glorot on the Keras-layout (in, 4H) kernel, stored transposed as (4H, in).
