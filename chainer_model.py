@@ -12,9 +12,9 @@ script re-executes itself there. What differs from the other frameworks:
   W2 as the cell input `a` for F.lstm, cuDNN reads linLayerID 2 as the new
   memory gate) compute i, f, a, o: the canonical i, f, g, o order, so the
   canonical (4H, in) kernel is just cut into four (H, in) blocks.
-- The second bias set (b4..b7) is held at zero and never trained (SPEC section 1):
-  the LSTM is given its arrays, not the Parameters, so it is a constant outside
-  the graph, and its update rule is disabled.
+- The second bias set (b4..b7) is held at zero and never trained (docs/SPEC.md
+  section 1): the LSTM is given its arrays, not the Parameters, so it is a constant
+  outside the graph, and its update rule is disabled.
 - Chainer's Adam computes lr * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps),
   which is PyTorch's formula only with a step-dependent eps; `TorchAdam` below
   is the PyTorch formula itself.
@@ -35,8 +35,7 @@ from chainer.backends import cuda
 
 from common.cli import main
 from common.config import ModelConfig, OptimConfig
-from common.errors import CharRnnError
-from common.framework import CharRNN
+from common.framework import CPU, CharRNN, Device, choose_device
 from common.weights import Weights
 
 # Type checks run on every function call; on these small tensors they cost more
@@ -54,9 +53,9 @@ class Net(chainer.Chain):
         self.config = config
         with self.init_scope():
             self.embedding = L.EmbedID(config.vocab_size, config.embedding_size)
-            # NStepLSTM's own dropout acts on the inputs of layers 2..L, i.e. after
-            # every LSTM layer but the last; forward() adds it after the embedding
-            # and after the last layer, so there is dropout after each (SPEC section 1).
+            # NStepLSTM's own dropout acts on the inputs of layers 2..L, i.e. after every
+            # LSTM layer but the last; forward() adds it after the embedding and after
+            # the last layer, so there is dropout after each (docs/SPEC.md section 1).
             self.lstm = L.NStepLSTM(config.num_layers, config.embedding_size,
                                     config.rnn_size, config.drop_rate)
             self.dense = L.Linear(config.rnn_size, config.vocab_size)
@@ -82,7 +81,7 @@ class Net(chainer.Chain):
 
 
 class TorchAdam(chainer.optimizer.GradientMethod):
-    """Adam with PyTorch's bias correction and eps placement (SPEC section 4)."""
+    """Adam with PyTorch's bias correction and eps placement (docs/SPEC.md section 4)."""
 
     def __init__(self, lr, beta1, beta2, eps):
         super().__init__()
@@ -121,13 +120,31 @@ class TorchAdamRule(chainer.optimizer.UpdateRule):
 # ---------------------------------------------------------------------------------------
 
 
+def _gpu_names() -> list[str]:
+    """The CUDA GPUs CuPy sees; none without CuPy or a driver."""
+    if not cuda.available:
+        return []
+    runtime = cuda.cupy.cuda.runtime
+    try:
+        count = runtime.getDeviceCount()
+    except runtime.CUDARuntimeError:  # CuPy installed, but no driver or no GPU
+        return []
+    names = [runtime.getDeviceProperties(i)["name"] for i in range(count)]
+    return [n.decode() if isinstance(n, bytes) else n for n in names]
+
+
+def _stack(arrays) -> np.ndarray:
+    """Per-gate device arrays (H, ...) -> one float32 NumPy copy (4H, ...) on the host."""
+    return np.concatenate([cuda.to_cpu(a) for a in arrays]).astype(np.float32, copy=False)
+
+
 class ChainerCharRNN(CharRNN):
     framework = "chainer"
 
     def __init__(self, config: ModelConfig, weights: Weights, optim: OptimConfig,
-                 device: str = "cpu", seed: int = 0):
+                 device: Device = CPU, seed: int = 0):
         super().__init__(config, weights, optim, device, seed)
-        self.chainer_device = chainer.get_device("@cupy:0" if device.startswith("cuda")
+        self.chainer_device = chainer.get_device(f"@cupy:{device.index}" if device.is_gpu
                                                  else "@numpy")
         self.chainer_device.use()
         # F.dropout draws from the global NumPy (CuPy) generator; seeded here,
@@ -142,9 +159,9 @@ class ChainerCharRNN(CharRNN):
         self.optimizer.setup(self.net)
         # Sums the squares of every gradient into one norm: global, not per tensor.
         self.optimizer.add_hook(optimizer_hooks.GradientClipping(optim.clip_norm))
-        for layer in self.net.lstm:
-            for j in range(4, 8):
-                getattr(layer, f"b{j}").update_rule.enabled = False  # held at zero
+        for _, zeroed in self._native().values():
+            for param in zeroed:
+                param.update_rule.enabled = False  # the second bias is held at zero
         self._step_cache = None  # (optimizer.t, per-layer kernels) for step()
 
     @classmethod
@@ -157,47 +174,44 @@ class ChainerCharRNN(CharRNN):
     @classmethod
     def setup_device(cls, device, threads):
         # Threads: the CPU path is NumPy's BLAS, pinned by early_setup's variables.
-        if device == "gpu":
-            if not cuda.available:
-                raise CharRnnError("--device gpu: Chainer has no CuPy with a usable CUDA GPU "
-                                   "here (install cupy-cudaXXx in .venv-legacy)")
-            name = cuda.cupy.cuda.runtime.getDeviceProperties(0)["name"]
-            return f"cuda:0 ({name.decode() if isinstance(name, bytes) else name})"
-        return "cpu"  # "auto" means the CPU: a GPU is used only when asked for
+        return choose_device(device, _gpu_names(),
+                             "Chainer has no CuPy with a usable CUDA GPU here "
+                             "(install cupy-cudaXXx in .venv-legacy)")
 
     # ---- weights: canonical <-> NStepLSTM (same gate order; one (H, in) block per gate) --
-    def _load_canonical(self, w: Weights):
-        H = self.config.rnn_size
-        net = self.net
-        net.embedding.W.array[...] = w["embedding"]
-        net.dense.W.array[...] = w["dense.w"]
-        net.dense.b.array[...] = w["dense.b"]
-        for k, layer in enumerate(net.lstm):
-            for gate in range(4):
-                rows = slice(gate * H, (gate + 1) * H)
-                getattr(layer, f"w{gate}").array[...] = w[f"lstm.{k}.w_ih"][rows]
-                getattr(layer, f"w{gate + 4}").array[...] = w[f"lstm.{k}.w_hh"][rows]
-                getattr(layer, f"b{gate}").array[...] = w[f"lstm.{k}.bias"][rows]
-                getattr(layer, f"b{gate + 4}").array[...] = 0.0
+    def _native(self) -> dict[str, tuple[list, list]]:
+        """Canonical name -> (trained Parameters, held-at-zero Parameters).
 
-    def _canonical(self, arrays) -> Weights:
-        """Canonical names -> NumPy copies of `arrays(param)` (the data or the grad)."""
+        Each list, concatenated along axis 0, has the canonical shape: NStepLSTM's
+        four per-gate (H, in) blocks in the order i, f, a, o are the canonical
+        (4H, in) kernel, since a is g. Only "lstm.k.bias" has a second list, b4..b7.
+        """
         net = self.net
-        out = {"embedding": arrays(net.embedding.W), "dense.w": arrays(net.dense.W),
-               "dense.b": arrays(net.dense.b)}
+        native = {"embedding": ([net.embedding.W], []), "dense.w": ([net.dense.W], []),
+                  "dense.b": ([net.dense.b], [])}
         for k, layer in enumerate(net.lstm):
-            get = lambda j: arrays(getattr(layer, j))  # noqa: E731
-            out[f"lstm.{k}.w_ih"] = np.concatenate([get(f"w{g}") for g in range(4)])
-            out[f"lstm.{k}.w_hh"] = np.concatenate([get(f"w{g}") for g in range(4, 8)])
-            out[f"lstm.{k}.bias"] = np.concatenate([get(f"b{g}") for g in range(4)])
-        return {name: np.array(a, np.float32) for name, a in out.items()}
+            ws = [getattr(layer, f"w{j}") for j in range(8)]
+            bs = [getattr(layer, f"b{j}") for j in range(8)]
+            native[f"lstm.{k}.w_ih"] = (ws[:4], [])
+            native[f"lstm.{k}.w_hh"] = (ws[4:], [])
+            native[f"lstm.{k}.bias"] = (bs[:4], bs[4:])
+        return native
+
+    def _load_canonical(self, w: Weights):
+        # The canonical array into the trained Parameters, zeros into the second bias.
+        for name, (trained, zeroed) in self._native().items():
+            for param, block in zip(trained, np.split(w[name], len(trained))):
+                param.array[...] = block
+            for param in zeroed:
+                param.array[...] = 0.0
 
     def get_weights(self):
-        weights = self._canonical(lambda p: cuda.to_cpu(p.array))
-        # The sum of the two biases; the second is zero, but the sum is the definition.
-        for k, layer in enumerate(self.net.lstm):
-            weights[f"lstm.{k}.bias"] += np.concatenate(
-                [cuda.to_cpu(getattr(layer, f"b{g}").array) for g in range(4, 8)])
+        # The sum of the two biases: the second is zero, but the sum is the definition.
+        weights = {}
+        for name, (trained, zeroed) in self._native().items():
+            weights[name] = _stack([p.array for p in trained])
+            if zeroed:
+                weights[name] += _stack([p.array for p in zeroed])
         return weights
 
     # ---- state: (h, c) device arrays (L, B, H), never Variables, so no graph is kept ----
@@ -263,7 +277,9 @@ class ChainerCharRNN(CharRNN):
             self.net.cleargrads()
             loss, state = self._loss(x, y, state)
             loss.backward()
-        grads = self._canonical(lambda p: cuda.to_cpu(p.grad))
+        # The trained Parameters' gradients; the second bias is a constant, without one.
+        grads = {name: _stack([p.grad for p in trained])
+                 for name, (trained, _) in self._native().items()}
         self.net.cleargrads()
         return float(loss.array), grads, state
 

@@ -9,7 +9,7 @@ script re-executes itself there. What differs from the other frameworks:
 
 - The LSTM's gate order is i, f, c, o with (4H, in) kernels: the canonical layout
   as it is. It keeps two biases per layer; `h2h_bias` is held at zero with
-  grad_req "null", so it is neither trained nor counted (SPEC section 1).
+  grad_req "null", so it is neither trained nor counted (docs/SPEC.md section 1).
 - One fused single-layer LSTM per layer, because the oneDNN CPU kernel ignores the
   fused operator's between-layer dropout; generation runs LSTMCells that share
   the same Parameters, since the fused operator's per-call set-up dominates at T = 1.
@@ -36,8 +36,7 @@ from mxnet.gluon import nn, rnn
 
 from common.cli import main
 from common.config import ModelConfig, OptimConfig
-from common.errors import CharRnnError
-from common.framework import CharRNN
+from common.framework import CPU, CharRNN, Device, choose_device
 from common.weights import Weights
 
 # ---------------------------------------------------------------------------------------
@@ -109,8 +108,8 @@ class StepNet(gluon.HybridBlock):
 
 @mx.optimizer.register
 class TorchAdam(mx.optimizer.Optimizer):
-    """Adam with PyTorch's bias correction and eps placement (SPEC section 4), in the
-    NumPy reference's order of operations. Registered, so Trainer can save it."""
+    """Adam with PyTorch's bias correction and eps placement (docs/SPEC.md section 4),
+    in the NumPy reference's order of operations. Registered, so Trainer can save it."""
 
     def __init__(self, learning_rate=0.001, beta1=0.9, beta2=0.999, epsilon=1e-8, **kwargs):
         super().__init__(learning_rate=learning_rate, **kwargs)
@@ -149,15 +148,13 @@ class MxnetCharRNN(CharRNN):
     framework = "mxnet"
 
     def __init__(self, config: ModelConfig, weights: Weights, optim: OptimConfig,
-                 device: str = "cpu", seed: int = 0):
+                 device: Device = CPU, seed: int = 0):
         super().__init__(config, weights, optim, device, seed)
         mx.random.seed(seed)  # dropout masks
-        self.ctx = mx.gpu(0) if device.startswith("cuda") else mx.cpu()
+        self.ctx = mx.gpu(device.index) if device.is_gpu else mx.cpu()
         self.net = Net(config)
         self.net.initialize(mx.init.Zero(), ctx=self.ctx)
         self._load_canonical(weights)
-        for k in range(config.num_layers):
-            self._lstm_param(k, "l0_h2h_bias").grad_req = "null"  # held at zero
         # static_alloc/static_shape: one cached graph per input shape, memory planned once.
         self.net.hybridize(static_alloc=True, static_shape=True)
         self.step_net = StepNet(self.net, config)
@@ -182,40 +179,40 @@ class MxnetCharRNN(CharRNN):
             print(f"warning: --threads {threads} came too late: MXNet was already "
                   f"loaded with OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}",
                   file=sys.stderr)
-        gpus = mx.context.num_gpus() if device == "gpu" else 0
-        if device == "gpu" and gpus == 0:
-            raise CharRnnError("--device gpu: this MXNet sees no CUDA GPU (it needs a "
-                               "CUDA build such as mxnet-cu112 and a GPU)")
-        if device == "gpu":
-            return "cuda:0 (mxnet gpu(0))"
-        return "cpu"  # "auto" means the CPU: a GPU is used only when asked for
+        # MXNet names no GPU models; num_gpus() is 0 at no cost in a CPU build.
+        gpu_names = [f"mxnet gpu({i})" for i in range(mx.context.num_gpus())]
+        return choose_device(device, gpu_names, "this MXNet sees no CUDA GPU (it needs a "
+                             "CUDA build such as mxnet-cu112 and a GPU)")
 
     # ---- weights: canonical <-> gluon.rnn.LSTM (same gate order i, f, c, o; same layout) --
-    def _lstm_param(self, k, name):
-        return getattr(self.net.lstms[k], name)  # l0_i2h_weight, l0_h2h_bias, ...
-
-    def _pairs(self):
-        """(canonical name, Gluon Parameter); "lstm.k.bias" pairs with the trained i2h_bias."""
+    def _native(self) -> dict[str, tuple[gluon.Parameter, gluon.Parameter | None]]:
+        """Canonical name -> (trained Parameter, held-at-zero Parameter or None): only
+        "lstm.k.bias" has the second, the layer's h2h_bias beside its i2h_bias."""
         net = self.net
-        pairs = [("embedding", net.embedding.weight), ("dense.w", net.dense.weight),
-                 ("dense.b", net.dense.bias)]
-        for k in range(self.config.num_layers):
-            pairs += [(f"lstm.{k}.w_ih", self._lstm_param(k, "l0_i2h_weight")),
-                      (f"lstm.{k}.w_hh", self._lstm_param(k, "l0_h2h_weight")),
-                      (f"lstm.{k}.bias", self._lstm_param(k, "l0_i2h_bias"))]
-        return pairs
+        native = {"embedding": (net.embedding.weight, None), "dense.w": (net.dense.weight, None),
+                  "dense.b": (net.dense.bias, None)}
+        for k, layer in enumerate(net.lstms):
+            native[f"lstm.{k}.w_ih"] = (layer.l0_i2h_weight, None)
+            native[f"lstm.{k}.w_hh"] = (layer.l0_h2h_weight, None)
+            native[f"lstm.{k}.bias"] = (layer.l0_i2h_bias, layer.l0_h2h_bias)
+        return native
 
     def _load_canonical(self, w: Weights):
-        for name, param in self._pairs():
-            param.set_data(nd.array(w[name], ctx=self.ctx, dtype=np.float32))
-        for k in range(self.config.num_layers):
-            bias = self._lstm_param(k, "l0_h2h_bias")
-            bias.set_data(nd.zeros(bias.shape, ctx=self.ctx))
+        # The canonical array into the trained Parameter, zeros into the second bias,
+        # which grad_req "null" keeps out of the graph, the Trainer and the count.
+        for name, (trained, zeroed) in self._native().items():
+            trained.set_data(nd.array(w[name], ctx=self.ctx, dtype=np.float32))
+            if zeroed is not None:
+                zeroed.set_data(nd.zeros(zeroed.shape, ctx=self.ctx))
+                zeroed.grad_req = "null"
 
     def get_weights(self):
-        weights = {name: param.data().asnumpy().copy() for name, param in self._pairs()}
-        for k in range(self.config.num_layers):  # the sum of the two biases
-            weights[f"lstm.{k}.bias"] += self._lstm_param(k, "l0_h2h_bias").data().asnumpy()
+        # The sum of the two biases: the second is zero, but the sum is the definition.
+        weights = {}
+        for name, (trained, zeroed) in self._native().items():
+            weights[name] = trained.data().asnumpy().copy()
+            if zeroed is not None:
+                weights[name] += zeroed.data().asnumpy()
         return weights
 
     # ---- state: (h, c) NDArrays (L, B, H), detached from any graph ------------------
@@ -260,7 +257,9 @@ class MxnetCharRNN(CharRNN):
                                  prefix=self.net.prefix, params=self.net.collect_params())
             self._eval_net.hybridize(static_alloc=True, static_shape=True)
         loss, state = self._loss(self._eval_net or self.net, x, y, state)
-        grads = {name: param.grad().asnumpy().copy() for name, param in self._pairs()}
+        # The trained Parameters' gradients; the second bias has grad_req "null".
+        grads = {name: trained.grad().asnumpy().copy()
+                 for name, (trained, _) in self._native().items()}
         return float(loss.asscalar()), grads, state
 
     def train_step(self, x, y, state):
