@@ -172,7 +172,7 @@ class GenerateConfig(DeviceFlags):
     random_seed: int | None = flag(None, "seed for exactly reproducible samples")
     output: str | None = flag(None, "also write the generated text to this file")
     cold_start: bool = flag(False, "start from the all-zero state instead of the warmed-up "
-                            "state at a paragraph break (docs/SPEC.md section 6)",
+                            "state at a paragraph break (docs/SPEC.md section 10)",
                             action="store_true")
 
 
