@@ -5,7 +5,7 @@ VENV := .venv
 LEGACY := .venv-legacy
 export CHARRNN_DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: setup lint test test-modern test-legacy bench bench-full clean
+.PHONY: setup lint test test-modern test-legacy bench bench-full reference-results clean
 
 # The two environments install side by side (-j2): on a fresh machine that is most of
 # `make test`'s time.
@@ -38,13 +38,20 @@ test-modern:
 test-legacy:
 	$(LEGACY)/bin/python -m pytest
 
-# The quick run's table and plot also go into README.md (between the results markers).
+# A run of your own: records, report and plots go to benchmarks/results/<profile>/ (ignored
+# by git), and the table is printed. No tracked file changes.
 bench: setup
-	$(VENV)/bin/python benchmarks/run_all.py --profile quick
-	$(VENV)/bin/python -m benchmarks.report benchmarks/results/quick --update-readme
+	$(VENV)/bin/python -m benchmarks.run_all --profile quick
 
 bench-full: setup
-	$(VENV)/bin/python benchmarks/run_all.py --profile full
+	$(VENV)/bin/python -m benchmarks.run_all --profile full
+
+# The reference results the README shows, committed: a quick run, published to
+# benchmarks/reference/<machine>/quick/ (<machine>: CPU model and core count, e.g.
+# amd-epyc-2core) with its report and plots, and the README's results block rewritten.
+reference-results: setup
+	$(VENV)/bin/python -m benchmarks.run_all --profile quick --no-report
+	$(VENV)/bin/python -m benchmarks.report benchmarks/results/quick --reference
 
 clean:
 	rm -rf $(VENV) $(LEGACY) .pytest_cache checkpoints

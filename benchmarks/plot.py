@@ -10,15 +10,10 @@ modern environment) is imported only to draw, so the runner can use the log read
 from __future__ import annotations
 
 import argparse
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from common.logs import jsonl_path, read_training_log  # noqa: E402
+from common.logs import jsonl_path, read_training_log
 
 
 @dataclass

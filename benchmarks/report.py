@@ -1,38 +1,42 @@
 """The benchmark report, from the records `run_all` wrote, and nothing else.
 
     python -m benchmarks.report benchmarks/results/quick
-    python -m benchmarks.report benchmarks/results/full --compare-original --update-readme
+    python -m benchmarks.report benchmarks/results/full --compare-original
+    python -m benchmarks.report benchmarks/results/quick --reference   # make reference-results
 
-Reads RESULTS_DIR/records.jsonl with pandas and writes beside it:
+Reads RESULTS_DIR/records.jsonl with pandas, prints the table in markdown and
+writes beside the records:
 
-    results.csv, results.json   one row per framework (medians over repeats)
-    report.md                   the table, the machine, what was trained, failures, samples
-    loss_per_epoch.png          train and validation loss against epochs
-    loss_vs_time.png            the same against training seconds
-    throughput.png              training and generation characters per second
+    results.csv          one row per framework (medians over repeats)
+    report.md            the table, the machine, what was trained, failures, samples
+    loss_per_epoch.png   train and validation loss against epochs
+    loss_vs_time.png     the same against training seconds
+    throughput.png       training and generation characters per second
 
---compare-original sets the original suite's numbers beside this run's;
---update-readme rewrites the block between the results markers of README.md.
+--compare-original sets the original suite's numbers beside this run's.
+--reference publishes the run as this machine's reference results: its records.jsonl
+is copied to benchmarks/reference/<machine>/<profile>/ (<machine> is the CPU model
+and core count, e.g. amd-epyc-2core: benchmarks.records.machine_slug), the report is
+written there, and the block between the results markers of README.md is rewritten
+to show it. Those files, and nothing else of a run, are committed.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
+import shutil
 import sys
 from pathlib import Path
 
 import pandas as pd
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks.mfu import mfu, train_flops_per_step  # noqa: E402
-from benchmarks.plot import Curve, plot_losses, plot_throughput  # noqa: E402
-from common.fileio import atomic_write_text  # noqa: E402
-from common.logs import bits, format_duration  # noqa: E402
+from benchmarks.mfu import mfu, train_flops_per_step
+from benchmarks.plot import Curve, plot_losses, plot_throughput
+from benchmarks.records import RECORDS_NAME, REFERENCE_ROOT, machine_slug
+from common.fileio import atomic_write_text
+from common.logs import bits, format_duration, read_jsonl
+from common.paths import ROOT
 
 README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
 SAMPLE_CHARS = 500  # of each framework's generated text shown in report.md
@@ -78,16 +82,10 @@ TABLE = [
 def load_records(results_dir: str | Path) -> tuple[list[dict], pd.DataFrame]:
     """(run records, framework records) of records.jsonl; the last record of each
     (framework, repeat) wins (a resumed run may have skipped it first)."""
-    path = Path(results_dir) / "records.jsonl"
+    path = Path(results_dir) / RECORDS_NAME
     if not path.exists():
-        raise SystemExit(f"error: {path}: no records (run benchmarks/run_all.py first)")
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    records = []
-    for line in lines:
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:  # a line cut by a crash: the rest still counts
-            continue
+        raise SystemExit(f"error: {path}: no records (run python -m benchmarks.run_all first)")
+    records = read_jsonl(path)  # a line cut by a crash is left out; the rest still counts
     df = pd.json_normalize(records, max_level=0) if records else pd.DataFrame()
     if df.empty or "kind" not in df:
         raise SystemExit(f"error: {path}: no records")
@@ -274,7 +272,7 @@ def _machine_lines(run: dict, table: pd.DataFrame) -> list[str]:
             sorted({str(d) for d in table.get("device", pd.Series(dtype=object)).dropna()}) or
             [str(s.get("device"))]),
         f"- OS: {m.get('os')}; runner Python {m.get('runner_python')}",
-        f"- float32 matmul peak: " + (f"{peak_flops / 1e9:.1f} GFLOP/s (NumPy {peak.get('numpy')}"
+        "- float32 matmul peak: " + (f"{peak_flops / 1e9:.1f} GFLOP/s (NumPy {peak.get('numpy')}"
                                       f", {peak.get('blas')}, {peak.get('size')}² matrices, best "
                                       f"of {peak.get('repeats')})" if peak_flops else
                                       f"not measured ({peak.get('error')})"),
@@ -343,7 +341,7 @@ def render_report(runs: list[dict], table: pd.DataFrame, frameworks: pd.DataFram
         lines += ["## Beside the original suite", "", compare_original(table), ""]
     samples = _samples(frameworks)
     if samples:
-        lines += [f"## Generated text", "",
+        lines += ["## Generated text", "",
                   f"The first {SAMPLE_CHARS} characters of each framework's generated text "
                   "(a 64-character seed from the corpus, then the model's continuation):", "",
                   *samples]
@@ -408,10 +406,6 @@ def build(results_dir: str | Path, compare: bool = False) -> tuple[pd.DataFrame,
     if table.empty:
         raise SystemExit(f"error: {results_dir}: no framework records yet")
     atomic_write_text(results_dir / "results.csv", table.to_csv(index=False))
-    atomic_write_text(results_dir / "results.json", json.dumps(
-        {"run": runs[-1] if runs else None,
-         "frameworks": json.loads(table.to_json(orient="records"))}, indent=2,
-        ensure_ascii=False) + "\n")
     profile = (runs[-1].get("settings", {}).get("profile") if runs else None) or "?"
     loss_curves = curves(frameworks)
     plot_losses(loss_curves, results_dir / "loss_per_epoch.png", x="epoch",
@@ -427,6 +421,21 @@ def build(results_dir: str | Path, compare: bool = False) -> tuple[pd.DataFrame,
     return table, text, runs
 
 
+def publish_reference(results_dir: Path) -> Path:
+    """Copy the records of `results_dir` to benchmarks/reference/<machine>/<profile>/ (the
+    machine and profile of its run record); that directory."""
+    runs, _ = load_records(results_dir)
+    if not runs:
+        raise SystemExit(f"error: {results_dir / RECORDS_NAME}: no run record, so no machine "
+                         "to file the reference under")
+    run = runs[0]
+    dest = REFERENCE_ROOT / machine_slug(run.get("machine", {})) / run["settings"]["profile"]
+    if dest.resolve() != results_dir.resolve():
+        dest.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(results_dir / RECORDS_NAME, dest / RECORDS_NAME)
+    return dest
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.report",
                                      description=__doc__.splitlines()[0])
@@ -434,22 +443,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--compare-original", action="store_true",
                         help="print the original suite's duration and loss beside this run's "
                         "(and add them to report.md)")
-    parser.add_argument("--update-readme", action="store_true",
-                        help="rewrite the results block of --readme")
-    parser.add_argument("--readme", type=Path, default=ROOT / "README.md", help=argparse.SUPPRESS)
+    parser.add_argument("--reference", action="store_true",
+                        help="publish as this machine's committed reference results: copy the "
+                        "records to benchmarks/reference/<machine>/<profile>/, report there and "
+                        "rewrite the results block of README.md")
     args = parser.parse_args(argv)
-    table, _, runs = build(args.results_dir, compare=args.compare_original)
+    results_dir = publish_reference(args.results_dir) if args.reference else args.results_dir
+    table, _, runs = build(results_dir, compare=args.compare_original)
     print(results_table(table))
     for line in problems(table):
         print(line)
     if args.compare_original:
         print()
         print(compare_original(table))
-    print(f"\nreport: {args.results_dir / 'report.md'}")
-    if args.update_readme:
-        block = readme_block(table, runs[-1] if runs else {}, args.results_dir, args.readme)
-        if update_readme(args.readme, block):
-            print(f"updated the results block of {args.readme}")
+    print(f"\nreport: {results_dir / 'report.md'}")
+    if args.reference:
+        readme = ROOT / "README.md"
+        if update_readme(readme, readme_block(table, runs[-1], results_dir, readme)):
+            print(f"updated the results block of {readme.name}")
 
 
 if __name__ == "__main__":

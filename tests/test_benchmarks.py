@@ -1,6 +1,6 @@
 """The benchmark runner end to end, its --resume and Ctrl-C, and the report and plots on
 saved records (tests/data/bench/records.jsonl: a real tiny run of numpy, pytorch and
-chainer, two repeats each, a script that exits 1, and one that does not exist).
+chainer, two repeats each, a script that exits 1, and one whose environment is missing).
 
 The runner and the report need pandas and matplotlib, which only the modern
 environment has; under the legacy one this module is skipped.
@@ -19,32 +19,63 @@ from pathlib import Path
 
 import pytest
 
+from common import logs, registry
+from common.paths import ROOT, venv_python
+from tests.conftest import TEXT
+
 pd = pytest.importorskip("pandas")
 pytest.importorskip("matplotlib")
 
-from benchmarks import plot, report, run_all  # noqa: E402
-from common import logs  # noqa: E402
+from benchmarks import child, plot, records, report, run_all  # noqa: E402
 from benchmarks.mfu import mfu  # noqa: E402
-from tests.conftest import ROOT, TEXT  # noqa: E402
 
 DATA = Path(__file__).resolve().parent / "data"
 TINY_MODEL = "--seq-len 16 --batch-size 4 --rnn-size 16 --embedding-size 8"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
+# `python -m benchmarks.run_all` with extra frameworks registered first: scripts outside
+# the registry and the checkout (one that fails, one that hangs), given as a JSON
+# {name: path} in argv[1]. They run in the "any" environment (the modern venv).
+WITH_SCRIPTS = """
+import dataclasses, json, sys
+from pathlib import Path
+from benchmarks import run_all
+from common import registry
+
+@dataclasses.dataclass(frozen=True)
+class Script(registry.Entry):
+    path: str = ""
+
+    @property
+    def script(self):
+        return Path(self.path)
+
+for name, path in json.loads(sys.argv[1]).items():
+    registry.FRAMEWORKS[name] = Script(name, Path(path).stem, "any", "sys", path=path)
+sys.exit(run_all.main(sys.argv[2:]))
+"""
+
 
 def legacy_chainer() -> bool:
-    return ((ROOT / ".venv-legacy" / "bin" / "python").exists()
-            and (ROOT / "chainer_model.py").exists())
+    return venv_python("legacy").exists() and registry.FRAMEWORKS["chainer"].script.exists()
+
+
+def run_all_command(scripts: dict[str, Path] | None = None) -> list[str]:
+    """The command a user types, or (with `scripts`) the same main with those registered."""
+    if not scripts:
+        return [sys.executable, "-m", "benchmarks.run_all"]
+    return [sys.executable, "-c", WITH_SCRIPTS, json.dumps({k: str(v) for k, v in
+                                                            scripts.items()})]
 
 
 def runner(out: Path, corpus: Path, frameworks: str, *extra: str,
-           **kwargs) -> subprocess.CompletedProcess:
-    """`python benchmarks/run_all.py` with tiny flags: the command a user types."""
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "run_all.py"), "--frameworks", frameworks,
-           "--text-path", str(corpus), "--extra-train-args", TINY_MODEL, "--num-epochs", "2",
-           "--max-steps", "0", "--gen-length", "100", "--matmul-size", "256", "--threads", "1",
-           "--out", str(out), *extra]
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, **kwargs)
+           scripts: dict[str, Path] | None = None) -> subprocess.CompletedProcess:
+    """run_all with tiny flags."""
+    cmd = [*run_all_command(scripts), "--frameworks", frameworks, "--text-path", str(corpus),
+           "--extra-train-args", TINY_MODEL, "--num-epochs", "2", "--max-steps", "0",
+           "--gen-length", "100", "--matmul-size", "256", "--threads", "1", "--out", str(out),
+           *extra]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
 def framework_records(out: Path) -> list[dict]:
@@ -62,7 +93,7 @@ def bench(tmp_path_factory):
     broken.write_text('import sys\nsys.exit("error: deliberately broken")\n')
     names = "numpy,chainer" if legacy_chainer() else "numpy"
     out = tmp / "results"
-    proc = runner(out, corpus, names, "--add-script", f"broken={broken}")
+    proc = runner(out, corpus, names + ",broken", scripts={"broken": broken})
     return out, corpus, broken, names, proc
 
 
@@ -101,19 +132,35 @@ def test_runner_records_every_framework_and_a_failure_is_not_fatal(bench):
     run = json.loads((out / "records.jsonl").read_text().splitlines()[0])
     assert run["kind"] == "run" and run["settings"]["profile"] == "custom"
     assert run["machine"]["cores"] >= 1 and run["git"]["commit"]
-    # run_all ends with the report
-    for name in ("report.md", "results.csv", "results.json", "loss_per_epoch.png",
-                 "loss_vs_time.png", "throughput.png"):
+    # run_all ends with the report, its table on stdout
+    for name in ("report.md", "results.csv", "loss_per_epoch.png", "loss_vs_time.png",
+                 "throughput.png"):
         assert (out / name).exists(), name
     assert "deliberately broken" in (out / "report.md").read_text()
+    assert "| framework | version |" in proc.stdout and "| numpy |" in proc.stdout
+
+
+def test_records_name_no_directory_of_the_machine(bench):
+    """Records get committed (the reference results): paths inside the checkout are
+    relative, paths outside it (here all of the temporary directory) are file names."""
+    out, corpus, broken, _, _ = bench
+    text = (out / "records.jsonl").read_text()
+    assert str(out) not in text and str(corpus.parent) not in text and str(ROOT) not in text
+    assert "hostname" not in text
+    run = json.loads(text.splitlines()[0])
+    assert run["settings"]["text_path"] == "corpus.txt"
+    numpy = next(r for r in framework_records(out) if r["framework"] == "numpy")
+    assert numpy["script"] == "numpy_model.py" and numpy["python"] == ".venv/bin/python"
+    assert numpy["train_command"].startswith(".venv/bin/python numpy_model.py train "
+                                             "--text-path corpus.txt --init-from init.safetensors")
 
 
 def test_resume_does_not_redo_finished_frameworks(bench):
     out, corpus, broken, names, _ = bench
     before = framework_records(out)
     logs = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("train.jsonl")}
-    proc = runner(out, corpus, names, "--add-script", f"broken={broken}", "--resume",
-                  "--no-report")
+    proc = runner(out, corpus, names + ",broken", "--resume", "--no-report",
+                  scripts={"broken": broken})
     assert proc.returncode == 0, proc.stderr
     assert "numpy: already recorded" in proc.stderr
     assert "broken: already recorded" in proc.stderr  # failed counts as finished
@@ -135,8 +182,8 @@ def test_ctrl_c_stops_the_child_and_keeps_what_finished(tmp_path, sig):
     slow.write_text(f"import os, time\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\n"
                     "time.sleep(120)\n")
     out = tmp_path / "results"
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "run_all.py"), "--frameworks", "numpy",
-           "--add-script", f"slow={slow}", "--text-path", str(corpus), "--extra-train-args",
+    cmd = [*run_all_command({"slow": slow}), "--frameworks", "numpy,slow",
+           "--text-path", str(corpus), "--extra-train-args",
            TINY_MODEL, "--num-epochs", "1", "--max-steps", "3", "--gen-length", "10",
            "--matmul-size", "128", "--threads", "1", "--out", str(out), "--no-report"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -158,21 +205,54 @@ def test_ctrl_c_stops_the_child_and_keeps_what_finished(tmp_path, sig):
         os.kill(int(pid_file.read_text()), 0)
 
 
-def test_missing_script_is_skipped_not_failed(tmp_path):
-    target = run_all.script_target(f"later={tmp_path / 'later_model.py'}")
-    assert target.skip_reason() == "later_model.py is not written yet"
-    record = run_all.skipped_record(target, target.skip_reason())
-    assert record["status"] == "skipped"
-    assert run_all.done_runs([record]) == set()  # --resume tries it again
+def test_missing_environment_is_skipped_not_failed():
+    entry = registry.Entry("later", "numpy_model", "any", "no_such_module_for_later")
+    reason = child.skip_reason(entry)
+    assert reason == "no_such_module_for_later is not installed in .venv"
+    record = records.skipped_record(entry.name, entry.env, entry.script,
+                                    child.interpreter(entry.env), reason)
+    assert record["status"] == "skipped" and record["script"] == "numpy_model.py"
+    assert records.done_runs([record]) == set()  # --resume tries it again
+
+
+def test_dry_run_prints_each_framework_s_commands(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TEXT, encoding="utf-8")
+    cmd = [*run_all_command(), "--frameworks", "numpy,keras[jax]", "--text-path", str(corpus),
+           "--extra-train-args", TINY_MODEL, "--max-steps", "5", "--out", str(tmp_path / "out"),
+           "--dry-run"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert not (tmp_path / "out").exists()
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "# numpy" and lines[3] == "# keras[jax]"
+    assert "numpy_model.py train " in lines[1] and "--max-steps 5" in lines[1]
+    assert "keras_model.py generate " in lines[5] and "runs/keras-jax/0/checkpoint" in lines[5]
+
+
+def test_unknown_framework_is_one_line():
+    with pytest.raises(SystemExit, match="unknown nope; known: numpy"):
+        run_all.select_entries("numpy,nope")
+    assert [e.name for e in run_all.select_entries(None)] == list(registry.FRAMEWORKS)
+
+
+def test_portable_paths_and_machine_slug():
+    assert records.portable(ROOT / "benchmarks" / "results") == "benchmarks/results"
+    assert records.portable("/somewhere/else/tinyshakespeare.txt") == "tinyshakespeare.txt"
+    assert records.portable("--threads") == "--threads"
+    assert records.machine_slug({"cpu": "AMD EPYC", "cores": 2}) == "amd-epyc-2core"
+    assert records.machine_slug({"cpu": "Intel(R) Xeon(R) CPU E5-2686 v4 @ 2.30GHz",
+                                 "cores": 16}) == "intel-xeon-e5-2686-v4-16core"
+    assert records.machine_slug({"cpu": None, "cores": None}) == "unknown-0core"
 
 
 def test_parse_generated_line():
     err = ("using checkpoints/x\n"
            "generated 1024 characters in 0.512 s (2000.0 chars/s; first step 0.031 s)\n")
-    assert run_all.parse_generated_line(err) == {
+    assert child.parse_generated_line(err) == {
         "chars": 1024, "duration_s": 0.512, "chars_per_s": 2000.0, "first_step_s": 0.031}
-    assert run_all.parse_generated_line("Traceback ...\nValueError: x\n") is None
-    assert run_all.last_line("a\nerror: bad input\n\n") == "error: bad input"
+    assert child.parse_generated_line("Traceback ...\nValueError: x\n") is None
+    assert child.last_line("a\nerror: bad input\n\n") == "error: bad input"
 
 
 def test_log_every_divides_the_epoch():
@@ -186,7 +266,7 @@ def test_quick_profile_is_the_default():
     args = run_all.build_parser().parse_args([])
     assert args.profile == "quick"
     quick = run_all.PROFILES["quick"]
-    assert quick.num_epochs == 1 and quick.max_steps == run_all.QUICK_STEPS
+    assert quick.num_epochs == 1 and quick.max_steps is None  # one whole epoch
     assert run_all.PROFILES["full"].num_epochs == 32 and run_all.PROFILES["full"].max_steps is None
 
 
@@ -228,9 +308,7 @@ def test_summarise_computes_each_measurement():
 
 
 def test_report_on_saved_records(saved, capsys):
-    readme = saved / "README.md"
-    readme.write_text("# project\n\n<!-- results:start -->\nold\n<!-- results:end -->\n\nafter\n")
-    report.main([str(saved), "--compare-original", "--update-readme", "--readme", str(readme)])
+    report.main([str(saved), "--compare-original"])
     printed = capsys.readouterr().out
 
     table = pd.read_csv(saved / "results.csv")
@@ -257,24 +335,65 @@ def test_report_on_saved_records(saved, capsys):
     assert "## Beside the original suite" in md and "1:37:48" in md  # pytorch's 5868 s
     assert "1:37:48" in printed and "| numpy |" in printed
 
-    data = json.loads((saved / "results.json").read_text())
-    assert [f["framework"] for f in data["frameworks"]][:3] == ["numpy", "pytorch", "chainer"]
     for name in ("loss_per_epoch.png", "loss_vs_time.png", "throughput.png"):
         assert (saved / name).read_bytes()[:8] == PNG_MAGIC
+
+
+def test_reference_publishes_the_records_and_updates_the_readme(saved, tmp_path, monkeypatch):
+    root = tmp_path / "checkout"
+    root.mkdir()
+    readme = root / "README.md"
+    readme.write_text("# project\n\n<!-- results:start -->\nold\n<!-- results:end -->\n\nafter\n")
+    monkeypatch.setattr(report, "ROOT", root)
+    monkeypatch.setattr(report, "REFERENCE_ROOT", root / "benchmarks" / "reference")
+    report.main([str(saved), "--reference"])
+
+    # The committed set: the records, the report and the plots; nothing else of a run.
+    published = root / "benchmarks" / "reference" / "amd-epyc-2core" / "custom"
+    assert sorted(p.name for p in published.iterdir()) == [
+        "loss_per_epoch.png", "loss_vs_time.png", "records.jsonl", "report.md", "results.csv",
+        "throughput.png"]
+    assert (published / "records.jsonl").read_text() == (saved / "records.jsonl").read_text()
 
     text = readme.read_text()
     assert text.startswith("# project\n\n<!-- results:start -->\nProfile `custom`")
     assert "old" not in text and text.endswith("<!-- results:end -->\n\nafter\n")
-    assert "](saved/report.md)" not in text and "](report.md)" in text
+    link = "benchmarks/reference/amd-epyc-2core/custom"
+    assert f"]({link}/report.md)" in text and f"]({link}/throughput.png)" in text
     assert "| numpy | 2.4.6 |" in text
+
+    # Again from the published directory itself: the same files, the README rewritten.
+    report.main([str(published), "--reference"])
+    assert len(list(published.iterdir())) == 6 and readme.read_text() == text
 
 
 def test_update_readme_skips_without_markers(saved, capsys):
     readme = saved / "README.md"
     readme.write_text("# no markers\n")
-    report.main([str(saved), "--update-readme", "--readme", str(readme)])
+    table, _, runs = report.build(saved)
+    assert not report.update_readme(readme, report.readme_block(table, runs[-1], saved, readme))
     assert readme.read_text() == "# no markers\n"
     assert "markers" in capsys.readouterr().err
+
+
+def test_committed_reference_renders_and_names_no_machine_directory(tmp_path):
+    """The reference results the README shows: only the committed set, portable records,
+    and the report still renders from them."""
+    dirs = [p.parent for p in (ROOT / "benchmarks" / "reference").glob("*/*/records.jsonl")]
+    assert dirs, "no reference results committed"
+    for ref in dirs:
+        assert sorted(p.name for p in ref.iterdir()) == [
+            "loss_per_epoch.png", "loss_vs_time.png", "records.jsonl", "report.md",
+            "results.csv", "throughput.png"]
+        text = (ref / "records.jsonl").read_text()
+        assert "hostname" not in text and '"/' not in text and str(ROOT) not in text
+        run = json.loads(text.splitlines()[0])
+        assert ref.parent.name == records.machine_slug(run["machine"])
+        copy = tmp_path / ref.parent.name
+        copy.mkdir()
+        shutil.copy(ref / "records.jsonl", copy)
+        table, _, _ = report.build(copy)
+        assert (table["status"] == "ok").any()
 
 
 def test_report_without_records_is_one_line(tmp_path):

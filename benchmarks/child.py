@@ -1,0 +1,269 @@
+"""One framework of a benchmark run: train, then generate, each in a fresh child process.
+
+A child runs under its framework's environment (common.registry), with the thread
+variables set before anything is imported, in its own session so that the
+terminal's Ctrl-C reaches only the runner, which then stops it. Its output goes to
+files under RESULTS/runs/<framework>/<repeat>/ (train.log, train.jsonl, train.err,
+generate.out, generate.err); what the report needs from them goes into the record.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from benchmarks import records
+from common.logs import read_training_log
+from common.paths import ROOT, venv_python
+from common.registry import Entry
+from common.threads import thread_env
+
+if TYPE_CHECKING:
+    from benchmarks.run_all import Settings
+
+# What the report keeps of a training log's header.
+HEADER_KEYS = ("versions", "device", "threads", "python", "platform", "num_params",
+               "train_batches", "val_batches", "chars_per_batch", "flops_per_char",
+               "model_config", "vocab_size", "text_chars")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What every framework of a run shares."""
+
+    settings: Settings
+    out: Path  # the results directory
+    timeout_s: float | None  # training, and again generation, per framework
+    keep_checkpoints: bool
+    peak_flops: float | None = None  # the measured float32 matmul peak, for MFU
+
+    @property
+    def init_path(self) -> Path:
+        return self.out / "init.safetensors"
+
+    @property
+    def records_path(self) -> Path:
+        return self.out / records.RECORDS_NAME
+
+    def run_dir(self, entry: Entry, repeat: int) -> Path:
+        return self.out / "runs" / entry.slug / str(repeat)
+
+
+# ---------------------------------------------------------------------------------------
+# Interpreters and commands
+# ---------------------------------------------------------------------------------------
+
+
+def interpreter(env: str) -> Path:
+    """The Python the benchmark runs environment `env` with: its virtual environment's;
+    for "any" (NumPy) the modern one, or this interpreter where that is missing."""
+    python = venv_python(env)
+    return python if env != "any" or python.exists() else Path(sys.executable)
+
+
+def skip_reason(entry: Entry) -> str | None:
+    """Why `entry` cannot run on this machine (its environment is missing), or None."""
+    python = interpreter(entry.env)
+    if not python.exists():
+        return f"{records.portable(python)} does not exist (run make setup)"
+    probe = subprocess.run(
+        [str(python), "-c", "import importlib.util, sys; "
+         f"sys.exit(importlib.util.find_spec({entry.requires!r}) is None)"],
+        capture_output=True, timeout=60)
+    if probe.returncode != 0:
+        return f"{entry.requires} is not installed in {records.portable(python.parent.parent)}"
+    return None
+
+
+def train_command(entry: Entry, plan: Plan, run_dir: Path) -> list[str]:
+    s = plan.settings
+    cmd = [str(interpreter(entry.env)), str(entry.script), "train", "--text-path", s.text_path,
+           "--init-from", str(plan.init_path), "--num-epochs", str(s.num_epochs),
+           "--threads", str(s.threads), "--checkpoint-path", str(run_dir / "checkpoint"),
+           "--log-path", str(run_dir / "train.log"), "--sample-length", "0",
+           "--random-seed", str(s.random_seed), "--device", s.device,
+           "--log-every", str(s.log_every)]
+    if s.max_steps is not None:
+        cmd += ["--max-steps", str(s.max_steps)]
+    return cmd + list(s.extra_train_args)
+
+
+def generate_command(entry: Entry, plan: Plan, run_dir: Path) -> list[str]:
+    s = plan.settings
+    return [str(interpreter(entry.env)), str(entry.script), "generate", "--checkpoint-path",
+            str(run_dir / "checkpoint"), "--text-path", s.text_path, "--length",
+            str(s.gen_length), "--random-seed", str(s.random_seed), "--threads", str(s.threads),
+            "--device", s.device]
+
+
+def portable_command(cmd: list[str]) -> str:
+    """`cmd` as one shell line with the machine's directories left out (records.portable)."""
+    return shlex.join(records.portable(word) for word in cmd)
+
+
+# ---------------------------------------------------------------------------------------
+# Running a child
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Finished:
+    returncode: int | None  # None when killed for the timeout
+    wall_s: float
+    max_rss_mb: float | None  # peak resident memory (MiB), from wait4's rusage
+    timed_out: bool = False
+
+
+def run_child(cmd: list[str], env: dict[str, str], stdout_path: Path, stderr_path: Path,
+              timeout_s: float | None) -> Finished:
+    """Run `cmd` in its own session, output to files; reap it with os.wait4 for its rusage.
+
+    Its own session keeps the terminal's Ctrl-C away from it: the runner decides, and
+    stops it (and anything it started) before returning or re-raising.
+    """
+    with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=err, start_new_session=True)
+        deadline = start + timeout_s if timeout_s else None
+        timed_out = False
+        try:
+            while True:
+                pid, status, rusage = os.wait4(proc.pid, os.WNOHANG)
+                if pid:
+                    break
+                if deadline is not None and time.perf_counter() > deadline:
+                    timed_out = True
+                    status, rusage = _stop(proc)
+                    break
+                time.sleep(0.05)
+        except BaseException:  # Ctrl-C: stop the child, then let the caller clean up
+            _stop(proc)
+            raise
+        wall_s = time.perf_counter() - start
+    code = os.waitstatus_to_exitcode(status)
+    proc.returncode = code  # reaped by wait4; tell Popen so it does not wait again
+    # ru_maxrss is in KiB on Linux (bytes on macOS).
+    scale = 1 / 1024 if sys.platform != "darwin" else 1 / 1024 ** 2
+    return Finished(None if timed_out else code, wall_s, rusage.ru_maxrss * scale, timed_out)
+
+
+def _stop(proc: subprocess.Popen, grace_s: float = 5.0):
+    """SIGTERM the child's process group, SIGKILL it after `grace_s`; reap it."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        end = time.perf_counter() + grace_s
+        while time.perf_counter() < end:
+            pid, status, rusage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                proc.returncode = os.waitstatus_to_exitcode(status)
+                return status, rusage
+            time.sleep(0.05)
+    _, status, rusage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return status, rusage
+
+
+def last_line(text: str) -> str:
+    """The last non-empty line (the error a failed child printed last), shortened."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    line = lines[-1] if lines else ""
+    return line if len(line) <= 300 else line[:297] + "..."
+
+
+GENERATED_RE = re.compile(r"generated (\d+) characters in ([\d.]+) s \(([\d.]+) chars/s; "
+                          r"first step ([\d.]+) s\)")
+
+
+def parse_generated_line(stderr: str) -> dict | None:
+    """The timing line of `generate` (common.generate.run_generate), as numbers."""
+    matches = GENERATED_RE.findall(stderr)
+    if not matches:
+        return None
+    chars, duration, rate, first = matches[-1]
+    return {"chars": int(chars), "duration_s": float(duration), "chars_per_s": float(rate),
+            "first_step_s": float(first)}
+
+
+def measure_peak_flops(threads: int, size: int) -> dict:
+    """benchmarks.mfu in a fresh process, its thread variables set before NumPy loads."""
+    env = {**os.environ, **thread_env(threads)}
+    out = subprocess.run([str(interpreter("any")), "-m", "benchmarks.mfu", "--threads",
+                          str(threads), "--size", str(size)], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=600)
+    if out.returncode != 0:
+        return {"peak_flops": None, "error": last_line(out.stderr)}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------------------------------
+# One framework
+# ---------------------------------------------------------------------------------------
+
+
+def run_framework(entry: Entry, repeat: int, plan: Plan) -> dict:
+    """Train, then generate; the record of what happened (never raises for a child's failure)."""
+    run_dir = plan.run_dir(entry, repeat)
+    if run_dir.exists():
+        shutil.rmtree(run_dir)  # a fresh run: logs append, so old ones must go
+    run_dir.mkdir(parents=True)
+    env = {**entry.process_env(), **thread_env(plan.settings.threads)}
+    record = records.framework_record(
+        entry.name, repeat, entry.env, entry.script, interpreter(entry.env),
+        peak_flops=plan.peak_flops, started=records.now(), loadavg_start=records.loadavg())
+    if _train(entry, plan, run_dir, env, record):
+        _generate(entry, plan, run_dir, env, record)
+    if not plan.keep_checkpoints:
+        shutil.rmtree(run_dir / "checkpoint", ignore_errors=True)
+    return records.finish(record)
+
+
+def _train(entry: Entry, plan: Plan, run_dir: Path, env: dict, record: dict) -> bool:
+    """Train into `run_dir`; the losses, timings and header go into `record`. Whether it
+    trained (a failure is recorded)."""
+    cmd = train_command(entry, plan, run_dir)
+    record["train_command"] = portable_command(cmd)
+    train = run_child(cmd, env, run_dir / "train.out", run_dir / "train.err", plan.timeout_s)
+    record["train_process"] = dataclasses.asdict(train)
+    header, epochs, steps = read_training_log(run_dir / "train.jsonl")
+    record["header"] = {k: header.get(k) for k in HEADER_KEYS} if header else None
+    record["epochs"], record["steps"] = epochs, steps
+    if train.timed_out or train.returncode != 0 or not epochs:
+        records.record_failure(record, "train", train, _last_err(run_dir / "train.err"),
+                               plan.timeout_s, "no epoch record in its train.jsonl")
+        return False
+    return True
+
+
+def _generate(entry: Entry, plan: Plan, run_dir: Path, env: dict, record: dict) -> None:
+    """Generate from the checkpoint just trained; the timing and text go into `record`."""
+    cmd = generate_command(entry, plan, run_dir)
+    record["generate_command"] = portable_command(cmd)
+    gen = run_child(cmd, env, run_dir / "generate.out", run_dir / "generate.err",
+                    plan.timeout_s)
+    record["generate_process"] = dataclasses.asdict(gen)
+    timing = parse_generated_line((run_dir / "generate.err").read_text(errors="replace"))
+    if gen.timed_out or gen.returncode != 0 or timing is None:
+        records.record_failure(record, "generate", gen, _last_err(run_dir / "generate.err"),
+                               plan.timeout_s, "no 'generated N characters' line on stderr")
+        return
+    timing["text"] = (run_dir / "generate.out").read_text(errors="replace")
+    record["generation"] = timing
+
+
+def _last_err(path: Path) -> str:
+    return last_line(path.read_text(errors="replace"))

@@ -1,0 +1,187 @@
+"""What a benchmark run records: one JSON line per run and per framework, and nothing else.
+
+    >>> machine_slug({"cpu": "Intel(R) Xeon(R) Platinum 8375C CPU @ 2.90GHz", "cores": 8})
+    'intel-xeon-platinum-8375c-8core'
+
+`records.jsonl` holds a "run" record (settings, machine, measured matmul peak), then
+one "framework" record per framework and repeat, appended as each finishes; the
+report reads only this file. Records are meant to be committed (the reference
+results), so they name no directory of the machine: a path inside the checkout is
+written relative to it, a path outside it (the corpus in $CHARRNN_DATA_DIR, a
+temporary directory) by its file name only, and the hostname is not recorded.
+Standard library only.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import re
+import subprocess
+from pathlib import Path
+
+from common.logs import read_jsonl
+from common.paths import ROOT
+
+RECORDS_NAME = "records.jsonl"
+# A user's runs: ignored by git, one directory per profile.
+RESULTS_ROOT = ROOT / "benchmarks" / "results"
+# The committed reference results the README shows: <machine slug>/<profile>/, written
+# only by `make reference-results` (python -m benchmarks.report DIR --reference).
+REFERENCE_ROOT = ROOT / "benchmarks" / "reference"
+
+
+# ---------------------------------------------------------------------------------------
+# Portable values
+# ---------------------------------------------------------------------------------------
+
+
+def portable(path) -> str:
+    """`path` relative to the checkout when inside it, else its file name (see above).
+
+    Anything that is not an absolute path (a flag, a number) comes back unchanged, so
+    this can map every word of a command.
+    """
+    p = Path(path)
+    if not p.is_absolute():
+        return str(path)
+    try:
+        return p.relative_to(ROOT).as_posix()
+    except ValueError:
+        return p.name
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
+def loadavg() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+# ---------------------------------------------------------------------------------------
+# The machine
+# ---------------------------------------------------------------------------------------
+
+
+def _proc_field(path: str, key: str) -> str | None:
+    """The value of the first `key:` line of a /proc file, if there is one."""
+    try:
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(key):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+def machine_info() -> dict:
+    """CPU, core counts, memory and OS (no hostname: records are committed)."""
+    mem_kb = _proc_field("/proc/meminfo", "MemTotal")
+    return {"cpu": _proc_field("/proc/cpuinfo", "model name") or platform.processor() or None,
+            "cores": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
+            "memory_gb": round(int(mem_kb.split()[0]) / 1024 ** 2, 1) if mem_kb else None,
+            "os": platform.platform(), "machine": platform.machine(),
+            "runner_python": platform.python_version()}
+
+
+def machine_slug(machine: dict) -> str:
+    """The reference directory of a machine: CPU model and core count, as one lowercase word
+    ("AMD EPYC", 2 cores -> "amd-epyc-2core"); trademarks, "CPU" and the clock are left out."""
+    cpu = re.sub(r"\((R|TM)\)|\bCPU\b|\bProcessor\b|@.*", " ", machine.get("cpu") or "unknown",
+                 flags=re.IGNORECASE)
+    words = re.sub(r"[^a-z0-9]+", "-", cpu.lower()).strip("-")
+    return f"{words}-{machine.get('cores') or 0}core"
+
+
+def git_info() -> dict:
+    def git(*args):
+        try:
+            out = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True,
+                                 timeout=30)
+            return out.stdout.strip() if out.returncode == 0 else None
+        except (OSError, subprocess.SubprocessError):
+            return None
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": git("rev-parse", "HEAD"),
+            "dirty": bool(status) if status is not None else None}
+
+
+# ---------------------------------------------------------------------------------------
+# Building records
+# ---------------------------------------------------------------------------------------
+
+
+def run_record(**fields) -> dict:
+    """The "run" record: `fields` (settings, peak, ...) plus the machine, git and load."""
+    return {"kind": "run", "started": now(), **fields, "machine": machine_info(),
+            "git": git_info(), "loadavg": loadavg()}
+
+
+def framework_record(name: str, repeat: int, env: str, script, python, **fields) -> dict:
+    """A framework record as it starts: status "ok" until something fails."""
+    return {"kind": "framework", "framework": name, "repeat": repeat, "status": "ok",
+            "stage": None, "error": None, "env": env, "script": portable(script),
+            "python": portable(python), **fields}
+
+
+def skipped_record(name: str, env: str, script, python, reason: str) -> dict:
+    record = framework_record(name, 0, env, script, python, finished=now())
+    record.update(status="skipped", error=reason)
+    return record
+
+
+def record_failure(record: dict, stage: str, proc, stderr_line: str, timeout_s: float | None,
+                   why_if_exit_0: str) -> None:
+    """Mark `record` failed (or timed out) at `stage`, with the reason a user can act on.
+
+    `proc` is the child's `Finished`; `stderr_line` the last line it printed.
+    """
+    record["status"] = "timeout" if proc.timed_out else "failed"
+    record["stage"] = stage
+    why = stderr_line or f"exit status {proc.returncode}"
+    if proc.timed_out:
+        why = f"timed out after {timeout_s:.0f} s (last stderr line: {why})"
+    elif proc.returncode == 0:
+        why = why_if_exit_0
+    record["error"] = why
+
+
+def finish(record: dict) -> dict:
+    record["finished"] = now()
+    record["loadavg_end"] = loadavg()
+    return record
+
+
+# ---------------------------------------------------------------------------------------
+# The file
+# ---------------------------------------------------------------------------------------
+
+
+def append_record(path: Path, record: dict) -> None:
+    """One JSON line, flushed to disk before the next framework starts."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_records(path: Path) -> list[dict]:
+    """The records of `path`; none when it does not exist yet."""
+    return read_jsonl(path) if path.exists() else []
+
+
+def done_runs(records: list[dict]) -> set[tuple[str, int]]:
+    """(framework, repeat) pairs already finished: ok, failed or timed out (not skipped)."""
+    return {(r["framework"], r.get("repeat", 0)) for r in records
+            if r.get("kind") == "framework" and r.get("status") in ("ok", "failed", "timeout")}
+
+
+def previous_settings(records: list[dict]) -> dict | None:
+    runs = [r for r in records if r.get("kind") == "run"]
+    return runs[0].get("settings") if runs else None
