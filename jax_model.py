@@ -15,7 +15,6 @@ from common.bootstrap import early_setup
 
 early_setup(__file__)  # XLA reads XLA_FLAGS when its backend starts, not at import
 
-import os
 from pathlib import Path
 
 import flax
@@ -25,12 +24,14 @@ import numpy as np
 import optax
 import safetensors.numpy
 from flax import nnx
+from jax._src import xla_bridge  # no public "has the backend started" query
 
 from common.cli import main
 from common.config import ModelConfig, OptimConfig
 from common.errors import CharRnnError
-from common.framework import CharRNN
-from common.weights import Weights
+from common.framework import CPU, CharRNN, Device, choose_device
+from common.threads import limit_xla_threads
+from common.weights import Weights, in_out_layout
 
 # ---------------------------------------------------------------------------------------
 # Network. Shapes: B batch_size, T seq_len, E embedding_size, H rnn_size, V vocab_size.
@@ -91,27 +92,39 @@ class Net(nnx.Module):
         return self.dense(out), (jnp.stack(hs), jnp.stack(cs))
 
 
+def flax_paths(num_layers: int) -> dict[str, tuple]:
+    """Canonical name -> its path in the pure-dict form of Net's nnx.State."""
+    paths = {"embedding": ("embedding", "embedding"), "dense.w": ("dense", "kernel"),
+             "dense.b": ("dense", "bias")}
+    for k in range(num_layers):
+        cell = ("lstm", k, "cell")
+        paths |= {f"lstm.{k}.w_ih": (*cell, "dense_i", "kernel"),  # (in, 4H)
+                  f"lstm.{k}.w_hh": (*cell, "dense_h", "kernel"),  # (H, 4H)
+                  f"lstm.{k}.bias": (*cell, "dense_h", "bias")}
+    return paths
+
+
 def to_flax(w: Weights, num_layers: int) -> dict:
-    """Canonical weights -> the pure-dict form of Net's nnx.State (kernels transposed)."""
-    lstm = {k: {"cell": {"dense_i": {"kernel": w[f"lstm.{k}.w_ih"].T},  # (in, 4H)
-                         "dense_h": {"kernel": w[f"lstm.{k}.w_hh"].T,  # (H, 4H)
-                                     "bias": w[f"lstm.{k}.bias"]}}}
-            for k in range(num_layers)}
-    return {"embedding": {"embedding": w["embedding"]}, "lstm": lstm,
-            "dense": {"kernel": w["dense.w"].T, "bias": w["dense.b"]}}
+    """Canonical weights -> the pure-dict form of Net's nnx.State."""
+    tree: dict = {}
+    for name, path in flax_paths(num_layers).items():
+        node = tree
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = in_out_layout(name, w[name])
+    return tree
 
 
 def from_flax(tree: nnx.State, num_layers: int) -> Weights:
     """Inverse of `to_flax`, for weights and gradients alike, as float32 NumPy copies."""
-    p = jax.tree.map(lambda a: np.array(a, np.float32), nnx.to_pure_dict(tree))
-    w = {"embedding": p["embedding"]["embedding"], "dense.w": p["dense"]["kernel"].T,
-         "dense.b": p["dense"]["bias"]}
-    for k in range(num_layers):
-        cell = p["lstm"][k]["cell"]
-        w[f"lstm.{k}.w_ih"] = cell["dense_i"]["kernel"].T
-        w[f"lstm.{k}.w_hh"] = cell["dense_h"]["kernel"].T
-        w[f"lstm.{k}.bias"] = cell["dense_h"]["bias"]
-    return {name: np.ascontiguousarray(a) for name, a in w.items()}
+    p = nnx.to_pure_dict(tree)
+    w = {}
+    for name, path in flax_paths(num_layers).items():
+        node = p
+        for key in path:
+            node = node[key]
+        w[name] = np.ascontiguousarray(in_out_layout(name, np.array(node, np.float32)))
+    return w
 
 
 def flat_names(tree) -> dict[str, object]:
@@ -142,10 +155,9 @@ class JaxCharRNN(CharRNN):
     framework = "jax"
 
     def __init__(self, config: ModelConfig, weights: Weights, optim: OptimConfig,
-                 device: str = "cpu", seed: int = 0):
+                 device: Device = CPU, seed: int = 0):
         super().__init__(config, weights, optim, device, seed)
-        platform = "gpu" if device.startswith("gpu") else "cpu"
-        self.jax_device = jax.devices(platform)[0]
+        self.jax_device = jax.devices(device.kind)[device.index]  # kind "cpu" or "gpu"
         # eval_shape: the graph and shapes only, no throw-away random initialisation.
         abstract = nnx.eval_shape(lambda: Net(config, nnx.Rngs(0)))
         graphdef, params = nnx.split(abstract)  # Params only: Net holds no other state
@@ -190,18 +202,14 @@ class JaxCharRNN(CharRNN):
 
     @classmethod
     def setup_device(cls, device, threads):
-        if threads:
-            _limit_threads(threads)
+        # First: jax.devices() starts the backend, and then its thread pools are fixed.
+        limit_xla_threads(threads, xla_bridge.backends_are_initialized())
         try:
-            gpus = jax.devices("gpu")
-        except RuntimeError:
-            gpus = []
-        if device == "gpu" and not gpus:
-            raise CharRnnError("--device gpu: JAX sees no GPU on this machine (this jaxlib "
-                               "is CPU-only unless installed as jax[cuda12])")
-        if device in ("gpu", "auto") and gpus:
-            return f"gpu:0 ({gpus[0].device_kind})"
-        return "cpu"
+            gpu_names = [d.device_kind for d in jax.devices("gpu")]
+        except RuntimeError:  # no GPU platform in this jaxlib
+            gpu_names = []
+        return choose_device(device, gpu_names, "JAX sees no GPU (this jaxlib is CPU-only "
+                                                "unless installed as jax[cuda12])")
 
     # ---- weights ---------------------------------------------------------------------
     def get_weights(self):
@@ -272,24 +280,6 @@ class JaxCharRNN(CharRNN):
         self.params = restore(self.params, "params")
         self.opt_state = restore(self.opt_state, "opt")
         self.key = self._put(jax.random.wrap_key_data(arrays["rng_key"]))
-
-
-def _limit_threads(threads: int) -> None:
-    """Pin XLA's CPU thread pools to `threads` cores; only possible before its backend starts.
-
-    This XLA has no thread-count flag (`intra_op_parallelism_threads` is refused as an
-    unknown flag, which aborts the process). It sizes its pools from the CPU affinity
-    mask, so restrict that; with one thread also turn Eigen's threading off.
-    """
-    from jax._src import xla_bridge  # no public "has the backend started" query
-    if xla_bridge.backends_are_initialized():
-        return  # too late: the pools exist (e.g. a second model in the same process)
-    if threads == 1 and "xla_cpu_multi_thread_eigen" not in os.environ.get("XLA_FLAGS", ""):
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                                   + " --xla_cpu_multi_thread_eigen=false").strip()
-    cpus = sorted(os.sched_getaffinity(0))
-    if threads < len(cpus):
-        os.sched_setaffinity(0, cpus[:threads])  # threads started later inherit it
 
 
 MODEL = JaxCharRNN  # what common.registry loads

@@ -18,7 +18,6 @@ from common.bootstrap import early_setup
 early_setup(__file__)  # before the backend loads its thread pools
 
 import json
-import os
 from pathlib import Path
 
 import keras
@@ -27,15 +26,16 @@ from keras import layers, ops
 
 from common.cli import main
 from common.config import ModelConfig, OptimConfig
-from common.errors import CharRnnError
-from common.framework import CharRNN
-from common.weights import Weights
+from common.framework import CPU, CharRNN, Device, choose_device
+from common.threads import limit_xla_threads, set_tf_threads
+from common.weights import Weights, in_out_layout
 
 BACKEND = keras.backend.backend()  # "tensorflow", "jax" or "torch"
 if BACKEND == "tensorflow":
     import tensorflow as tf
 elif BACKEND == "jax":
     import jax
+    from jax._src import xla_bridge  # no public "has the backend started" query
 elif BACKEND == "torch":
     import torch
 
@@ -61,6 +61,16 @@ def build_net(config: ModelConfig, seed: int) -> keras.Model:
         c_out.append(c)
     logits = layers.Dense(config.vocab_size, name="dense")(out)
     return keras.Model([x, *h_in, *c_in], [logits, *h_out, *c_out], name="char_rnn")
+
+
+def native_places(num_layers: int) -> dict[str, tuple[str, int]]:
+    """Canonical name -> (layer name, index in its trainable weights) in `build_net`'s model.
+    Same gate order i, f, g(c), o; the layouts differ as `native_layout` says."""
+    places = {"embedding": ("embedding", 0), "dense.w": ("dense", 0), "dense.b": ("dense", 1)}
+    for k in range(num_layers):
+        places |= {f"lstm.{k}.{part}": (f"lstm_{k}", i)  # kernel, recurrent kernel, bias
+                   for i, part in enumerate(("w_ih", "w_hh", "bias"))}
+    return places
 
 
 def to_numpy(a) -> np.ndarray:
@@ -104,12 +114,12 @@ class KerasCharRNN(CharRNN):
     framework = "keras"
 
     def __init__(self, config: ModelConfig, weights: Weights, optim: OptimConfig,
-                 device: str = "cpu", seed: int = 0):
+                 device: Device = CPU, seed: int = 0):
         super().__init__(config, weights, optim, device, seed)
         # No ":0" for torch: its variables are moved with .to("cpu:0"), which returns a plain
         # tensor instead of the Parameter, and integer seed variables then fail to build.
-        self.keras_device = ("gpu" if device.startswith("gpu") else "cpu") + (
-            "" if BACKEND == "torch" else ":0")
+        self.keras_device = (device.kind if BACKEND == "torch"
+                             else f"{device.kind}:{device.index}")
         with keras.device(self.keras_device):
             self.net = build_net(config, seed)
             self.optimizer = TorchAdam(learning_rate=optim.learning_rate, beta_1=optim.beta1,
@@ -121,33 +131,21 @@ class KerasCharRNN(CharRNN):
         self.dropouts = [layer for layer in self.net.layers if isinstance(layer, layers.Dropout)]
         getattr(self, f"_compile_{BACKEND}")()
 
-    # ---- weights: canonical <-> Keras (same gate order i, f, g(c), o; kernels transposed) --
-    def _layers(self):
-        L = self.config.num_layers
-        lstms = [self.net.get_layer(f"lstm_{k}") for k in range(L)]
-        return self.net.get_layer("embedding"), lstms, self.net.get_layer("dense")
-
+    # ---- weights: canonical <-> Keras, through `native_places` and `native_layout` ------
     def _load_canonical(self, w: Weights):
-        embedding, lstms, dense = self._layers()
-        embedding.set_weights([w["embedding"]])
-        for k, lstm in enumerate(lstms):
-            lstm.set_weights([w[f"lstm.{k}.w_ih"].T, w[f"lstm.{k}.w_hh"].T, w[f"lstm.{k}.bias"]])
-        dense.set_weights([w["dense.w"].T, w["dense.b"]])
-        # `_canonical` relies on this order of the model's trainable variables.
-        order = [embedding.embeddings, *(v for lstm in lstms for v in (
-            lstm.cell.kernel, lstm.cell.recurrent_kernel, lstm.cell.bias)), dense.kernel, dense.bias]
-        assert [id(v) for v in order] == [id(v) for v in self.net.trainable_variables]
+        variables = {}
+        for name, (layer, i) in native_places(self.config.num_layers).items():
+            variables[name] = self.net.get_layer(layer).trainable_weights[i]
+            variables[name].assign(in_out_layout(name, w[name]))
+        # Canonical names in `net.trainable_variables` order, the order of the gradients;
+        # a KeyError here means the map above missed a variable.
+        by_id = {id(v): name for name, v in variables.items()}
+        self.names = [by_id[id(v)] for v in self.net.trainable_variables]
 
     def _canonical(self, arrays) -> Weights:
-        """Arrays in `net.trainable_variables` order (embedding, each LSTM's kernel,
-        recurrent kernel, bias, dense kernel, bias) -> canonical names and layout."""
-        names = ["embedding"]
-        for k in range(self.config.num_layers):
-            names += [f"lstm.{k}.w_ih", f"lstm.{k}.w_hh", f"lstm.{k}.bias"]
-        names += ["dense.w", "dense.b"]
-        arrays = [to_numpy(a).astype(np.float32) for a in arrays]
-        return {n: (a.T if a.ndim == 2 and n != "embedding" else a).copy()
-                for n, a in zip(names, arrays)}
+        """Arrays in `net.trainable_variables` order -> canonical names and layout."""
+        return {name: in_out_layout(name, to_numpy(a).astype(np.float32)).copy()
+                for name, a in zip(self.names, arrays)}
 
     def get_weights(self):
         return self._canonical(self.net.trainable_variables)
@@ -162,26 +160,18 @@ class KerasCharRNN(CharRNN):
     @classmethod
     def setup_device(cls, device, threads):
         if BACKEND == "tensorflow":
-            if threads:
-                try:
-                    tf.config.threading.set_intra_op_parallelism_threads(threads)
-                    tf.config.threading.set_inter_op_parallelism_threads(1)
-                except RuntimeError:
-                    pass  # runtime already started; early_setup set TF_NUM_*_THREADS alike
-            has_gpu = bool(tf.config.list_physical_devices("GPU"))
+            set_tf_threads(tf, threads)
+            gpu_names = [tf.config.experimental.get_device_details(gpu).get("device_name", "GPU")
+                         for gpu in tf.config.list_physical_devices("GPU")]
         elif BACKEND == "jax":
-            if threads and threads < len(os.sched_getaffinity(0)):
-                # XLA has no thread-count flag; its pools size themselves from the CPU mask.
-                os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:threads])
-            has_gpu = any(d.platform == "gpu" for d in jax.devices())
+            limit_xla_threads(threads, xla_bridge.backends_are_initialized())  # before devices()
+            gpu_names = [d.device_kind for d in jax.devices() if d.platform == "gpu"]
         else:
             if threads:
                 torch.set_num_threads(threads)
-            has_gpu = torch.cuda.is_available()
-        if device == "gpu" and not has_gpu:
-            raise CharRnnError(f"--device gpu: Keras' {BACKEND} backend sees no GPU "
-                               "on this machine")
-        return f"gpu:0 (keras {BACKEND})" if device in ("gpu", "auto") and has_gpu else "cpu"
+            gpu_names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        return choose_device(device, gpu_names, f"Keras' {BACKEND} backend sees no GPU (a "
+                                                f"CPU-only {BACKEND} build, or no GPU driver)")
 
     # ---- compiled functions, one small branch per backend. x, y (B, T) int32;
     # ---- state = (h_0..h_L-1, c_0..c_L-1), each (B, H) backend tensors. ------------
@@ -246,7 +236,8 @@ class KerasCharRNN(CharRNN):
         def forward(tv, ntv, x, state):
             return net.stateless_call(tv, ntv, [x, *state])[0]
 
-        values = lambda variables: [v.value for v in variables]  # noqa: E731
+        def values(variables):
+            return [v.value for v in variables]
 
         def run_train(x, y, state):
             loss, state, tv, ntv, ov = train(values(net.trainable_variables),
@@ -258,8 +249,12 @@ class KerasCharRNN(CharRNN):
                     variable.assign(value)
             return loss, state
 
-        with_values = lambda fn: lambda *args: fn(  # noqa: E731
-            values(net.trainable_variables), values(net.non_trainable_variables), *args)
+        def with_values(fn):
+            def call(*args):
+                return fn(values(net.trainable_variables), values(net.non_trainable_variables),
+                          *args)
+            return call
+
         self._train = run_train
         self._grads = with_values(grads)
         self._eval = with_values(evaluate)
@@ -301,8 +296,8 @@ class KerasCharRNN(CharRNN):
 
     def state_to_numpy(self, state):
         L = self.config.num_layers
-        stack = lambda part: np.stack([to_numpy(s) for s in part])  # noqa: E731
-        return stack(state[:L]), stack(state[L:])
+        h, c = state[:L], state[L:]
+        return np.stack([to_numpy(s) for s in h]), np.stack([to_numpy(s) for s in c])
 
     def state_from_numpy(self, h, c):
         with keras.device(self.keras_device):

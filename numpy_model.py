@@ -19,8 +19,7 @@ import numpy as np
 from common.checkpoint import load_arrays_and_adam, save_arrays_and_adam
 from common.cli import main
 from common.config import ModelConfig, OptimConfig
-from common.errors import CharRnnError
-from common.framework import CharRNN, NumpyState
+from common.framework import CPU, CharRNN, Device, NumpyState, choose_device
 from common.weights import Weights
 
 # ---------------------------------------------------------------------------------------
@@ -123,7 +122,7 @@ class NumpyCharRNN(NumpyState, CharRNN):
     framework = "numpy"
 
     def __init__(self, config: ModelConfig, weights: Weights, optim: OptimConfig,
-                 device: str = "cpu", seed: int = 0):
+                 device: Device = CPU, seed: int = 0):
         super().__init__(config, weights, optim, device, seed)
         self.params = {name: a.astype(np.float32).copy() for name, a in weights.items()}
         self.adam_m = {name: np.zeros_like(a) for name, a in self.params.items()}
@@ -137,9 +136,9 @@ class NumpyCharRNN(NumpyState, CharRNN):
 
     @classmethod
     def setup_device(cls, device, threads):
-        if device == "gpu":
-            raise CharRnnError("--device gpu: the NumPy reference runs on the CPU only")
-        return "cpu"  # threads were applied to BLAS by early_setup
+        # Threads were applied to BLAS by early_setup, before NumPy loaded.
+        return choose_device(device, [], "the NumPy reference runs on the CPU only "
+                                         "(use --device cpu, or a framework with a GPU build)")
 
     # ---- compute -----------------------------------------------------------------
     def _dropout(self, a, train):

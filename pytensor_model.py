@@ -25,8 +25,7 @@ from pytensor.tensor.special import log_softmax
 from common.checkpoint import load_arrays_and_adam, save_arrays_and_adam
 from common.cli import main
 from common.config import ModelConfig, OptimConfig
-from common.errors import CharRnnError
-from common.framework import CharRNN, NumpyState
+from common.framework import CPU, CharRNN, Device, NumpyState, choose_device
 from common.weights import Weights
 
 # PyTensor 3's default backend, named so no PYTENSOR_FLAGS changes what is measured. The C
@@ -123,13 +122,13 @@ class PytensorCharRNN(NumpyState, CharRNN):
     framework = "pytensor"
 
     def __init__(self, config: ModelConfig, weights: Weights, optim: OptimConfig,
-                 device: str = "cpu", seed: int = 0):
+                 device: Device = CPU, seed: int = 0):
         super().__init__(config, weights, optim, device, seed)
-        f32 = lambda a: np.asarray(a, np.float32).copy()  # noqa: E731
-        self.p = {name: pytensor.shared(f32(a), name=name) for name, a in weights.items()}
-        self.adam_m = {n: pytensor.shared(np.zeros_like(f32(a)), name=f"m.{n}")
+        weights = {name: np.array(a, np.float32) for name, a in weights.items()}  # copies
+        self.p = {name: pytensor.shared(a, name=name) for name, a in weights.items()}
+        self.adam_m = {n: pytensor.shared(np.zeros_like(a), name=f"m.{n}")
                        for n, a in weights.items()}
-        self.adam_v = {n: pytensor.shared(np.zeros_like(f32(a)), name=f"v.{n}")
+        self.adam_v = {n: pytensor.shared(np.zeros_like(a), name=f"v.{n}")
                        for n, a in weights.items()}
         self.adam_t = pytensor.shared(np.int64(0), name="adam_t")
         self.rng = pytensor.shared(np.random.default_rng(seed), name="dropout_rng")
@@ -143,10 +142,10 @@ class PytensorCharRNN(NumpyState, CharRNN):
 
     @classmethod
     def setup_device(cls, device, threads):
-        if device == "gpu":
-            raise CharRnnError("--device gpu: PyTensor has no maintained GPU backend "
-                               "(use --device cpu, or the jax framework)")
-        return "cpu"  # threads were applied to BLAS/OpenMP by early_setup
+        # Threads were applied to BLAS and OpenMP by early_setup, before NumPy loaded.
+        return choose_device(device, [], "PyTensor here runs on the CPU only: it has no "
+                                         "maintained GPU backend (use --device cpu, or the "
+                                         "jax framework)")
 
     # ---- compiled functions ----------------------------------------------------------
     def _function(self, name: str):

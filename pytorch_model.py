@@ -20,8 +20,7 @@ from torch import nn
 
 from common.cli import main
 from common.config import ModelConfig, OptimConfig
-from common.errors import CharRnnError
-from common.framework import CharRNN
+from common.framework import CPU, CharRNN, Device, choose_device
 from common.weights import Weights
 
 # ---------------------------------------------------------------------------------------
@@ -45,6 +44,23 @@ class Net(nn.Module):
         return self.dense(self.drop(out)), state
 
 
+def native_names(num_layers: int) -> dict[str, str]:
+    """Canonical name -> the `Net` parameter holding it: same layout, same gate order
+    i, f, g, o. The canonical bias is bias_ih; its twin bias_hh is `zero_biases`."""
+    names = {"embedding": "embedding.weight", "dense.w": "dense.weight",
+             "dense.b": "dense.bias"}
+    for k in range(num_layers):
+        names |= {f"lstm.{k}.w_ih": f"lstm.weight_ih_l{k}",
+                  f"lstm.{k}.w_hh": f"lstm.weight_hh_l{k}", f"lstm.{k}.bias": f"lstm.bias_ih_l{k}"}
+    return names
+
+
+def zero_biases(num_layers: int) -> dict[str, str]:
+    """Canonical bias name -> nn.LSTM's second bias of that layer, held at zero and not
+    trained; exported, the canonical bias is the sum of the two."""
+    return {f"lstm.{k}.bias": f"lstm.bias_hh_l{k}" for k in range(num_layers)}
+
+
 # ---------------------------------------------------------------------------------------
 # The model
 # ---------------------------------------------------------------------------------------
@@ -54,14 +70,17 @@ class TorchCharRNN(CharRNN):
     framework = "pytorch"
 
     def __init__(self, config: ModelConfig, weights: Weights, optim: OptimConfig,
-                 device: str = "cpu", seed: int = 0):
+                 device: Device = CPU, seed: int = 0):
         super().__init__(config, weights, optim, device, seed)
         torch.manual_seed(seed)  # dropout masks
-        self.torch_device = torch.device(device.split(" ")[0])
+        self.torch_device = torch.device(f"cuda:{device.index}" if device.is_gpu else "cpu")
         self.net = Net(config).to(self.torch_device)
+        self.names = native_names(config.num_layers)
+        self.zero_biases = zero_biases(config.num_layers)
         self._load_canonical(weights)
-        for k in range(config.num_layers):
-            getattr(self.net.lstm, f"bias_hh_l{k}").requires_grad_(False)  # held at zero
+        named = dict(self.net.named_parameters())
+        for native in self.zero_biases.values():
+            named[native].requires_grad_(False)
         self.params = [p for p in self.net.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(self.params, lr=optim.learning_rate,
                                           betas=(optim.beta1, optim.beta2), eps=optim.eps)
@@ -74,35 +93,24 @@ class TorchCharRNN(CharRNN):
     def setup_device(cls, device, threads):
         if threads:
             torch.set_num_threads(threads)
-        if device == "gpu" and not torch.cuda.is_available():
-            raise CharRnnError("--device gpu: PyTorch sees no CUDA GPU on this machine")
-        if device in ("gpu", "auto") and torch.cuda.is_available():
-            return f"cuda:0 ({torch.cuda.get_device_name(0)})"
-        return "cpu"
+        gpu_names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        return choose_device(device, gpu_names, f"PyTorch {torch.__version__} sees no CUDA GPU "
+                                                "(a CPU-only build of torch, or no NVIDIA driver)")
 
-    # ---- weights: canonical <-> nn.LSTM (same gate order i, f, g, o; same layout) ----
+    # ---- weights: canonical <-> nn.LSTM, through `native_names` and `zero_biases` ------
     def _load_canonical(self, w: Weights):
-        lstm = self.net.lstm
-        tensors = {"embedding.weight": w["embedding"], "dense.weight": w["dense.w"],
-                   "dense.bias": w["dense.b"]}
-        for k in range(self.config.num_layers):
-            tensors[f"lstm.weight_ih_l{k}"] = w[f"lstm.{k}.w_ih"]
-            tensors[f"lstm.weight_hh_l{k}"] = w[f"lstm.{k}.w_hh"]
-            tensors[f"lstm.bias_ih_l{k}"] = w[f"lstm.{k}.bias"]
-            tensors[f"lstm.bias_hh_l{k}"] = np.zeros_like(w[f"lstm.{k}.bias"])
+        tensors = {native: w[name] for name, native in self.names.items()}
+        tensors |= {native: np.zeros_like(w[name]) for name, native in self.zero_biases.items()}
         state = {name: torch.from_numpy(np.array(a, np.float32)) for name, a in tensors.items()}
         self.net.load_state_dict(state)
-        lstm.flatten_parameters()
+        self.net.lstm.flatten_parameters()
 
     def get_weights(self):
         sd = {name: t.detach().cpu().numpy() for name, t in self.net.state_dict().items()}
-        w = {"embedding": sd["embedding.weight"], "dense.w": sd["dense.weight"],
-             "dense.b": sd["dense.bias"]}
-        for k in range(self.config.num_layers):
-            w[f"lstm.{k}.w_ih"] = sd[f"lstm.weight_ih_l{k}"]
-            w[f"lstm.{k}.w_hh"] = sd[f"lstm.weight_hh_l{k}"]
-            w[f"lstm.{k}.bias"] = sd[f"lstm.bias_ih_l{k}"] + sd[f"lstm.bias_hh_l{k}"]
-        return {name: a.copy() for name, a in w.items()}
+        w = {name: sd[native].copy() for name, native in self.names.items()}
+        for name, native in self.zero_biases.items():
+            w[name] += sd[native]
+        return w
 
     # ---- state -----------------------------------------------------------------------
     def zero_state(self, batch_size):
@@ -145,13 +153,9 @@ class TorchCharRNN(CharRNN):
         loss, state = self._loss(x, y, state)
         loss.backward()
         named = dict(self.net.named_parameters())
-        grads = {"embedding": named["embedding.weight"], "dense.w": named["dense.weight"],
-                 "dense.b": named["dense.bias"]}
-        for k in range(self.config.num_layers):
-            grads[f"lstm.{k}.w_ih"] = named[f"lstm.weight_ih_l{k}"]
-            grads[f"lstm.{k}.w_hh"] = named[f"lstm.weight_hh_l{k}"]
-            grads[f"lstm.{k}.bias"] = named[f"lstm.bias_ih_l{k}"]
-        grads = {name: p.grad.detach().cpu().numpy().copy() for name, p in grads.items()}
+        # The canonical bias's gradient is bias_ih's: the zero twin is not trained.
+        grads = {name: named[native].grad.detach().cpu().numpy().copy()
+                 for name, native in self.names.items()}
         self.optimizer.zero_grad(set_to_none=True)
         return loss.item(), grads, state
 

@@ -20,9 +20,9 @@ import tensorflow as tf
 
 from common.cli import main
 from common.config import ModelConfig, OptimConfig
-from common.errors import CharRnnError
-from common.framework import CharRNN
-from common.weights import Weights
+from common.framework import CPU, CharRNN, Device, choose_device
+from common.threads import set_tf_threads
+from common.weights import Weights, in_out_layout
 
 # jit_compile=True (XLA) measured slower on 2 CPU cores with the defaults spec, back to back:
 # a train step took 100-195 ms with XLA against 48-83 ms as a plain graph (XLA's CPU while
@@ -61,22 +61,24 @@ class Net(tf.Module):
     def __init__(self, config: ModelConfig, weights: Weights):
         super().__init__(name="char_rnn")
         self.config = config
-        self.embedding = tf.Variable(weights["embedding"], name="embedding")  # (V, E)
-        self.w_ih = [tf.Variable(weights[f"lstm.{k}.w_ih"].T, name=f"w_ih_{k}")  # (in, 4H)
-                     for k in range(config.num_layers)]
-        self.w_hh = [tf.Variable(weights[f"lstm.{k}.w_hh"].T, name=f"w_hh_{k}")  # (H, 4H)
-                     for k in range(config.num_layers)]
-        self.bias = [tf.Variable(weights[f"lstm.{k}.bias"], name=f"bias_{k}")  # (4H,)
-                     for k in range(config.num_layers)]
-        self.dense_w = tf.Variable(weights["dense.w"].T, name="dense_w")  # (H, V)
-        self.dense_b = tf.Variable(weights["dense.b"], name="dense_b")  # (V,)
-        # A fixed order shared by the gradients, Adam's moments and the canonical names.
-        self.params = [self.embedding, *self.w_ih, *self.w_hh, *self.bias,
-                       self.dense_w, self.dense_b]
         L = config.num_layers
+        # Canonical names in a fixed order shared by the variables, the gradients and
+        # Adam's moments (`params`).
         self.names = ["embedding", *(f"lstm.{k}.w_ih" for k in range(L)),
                       *(f"lstm.{k}.w_hh" for k in range(L)),
                       *(f"lstm.{k}.bias" for k in range(L)), "dense.w", "dense.b"]
+
+        def variable(name, label):
+            return tf.Variable(in_out_layout(name, weights[name]), name=label)
+
+        self.embedding = variable("embedding", "embedding")  # (V, E)
+        self.w_ih = [variable(f"lstm.{k}.w_ih", f"w_ih_{k}") for k in range(L)]  # (in, 4H)
+        self.w_hh = [variable(f"lstm.{k}.w_hh", f"w_hh_{k}") for k in range(L)]  # (H, 4H)
+        self.bias = [variable(f"lstm.{k}.bias", f"bias_{k}") for k in range(L)]  # (4H,)
+        self.dense_w = variable("dense.w", "dense_w")  # (H, V)
+        self.dense_b = variable("dense.b", "dense_b")  # (V,)
+        self.params = [self.embedding, *self.w_ih, *self.w_hh, *self.bias,
+                       self.dense_w, self.dense_b]
 
     def _dropout(self, a, seed, k):
         """Inverted dropout; `seed` (2,) int64 differs per step, k per site."""
@@ -147,9 +149,9 @@ class TFCharRNN(CharRNN):
     framework = "tensorflow"
 
     def __init__(self, config: ModelConfig, weights: Weights, optim: OptimConfig,
-                 device: str = "cpu", seed: int = 0):
+                 device: Device = CPU, seed: int = 0):
         super().__init__(config, weights, optim, device, seed)
-        self.tf_device = "/GPU:0" if device.startswith("gpu") else "/CPU:0"
+        self.tf_device = f"/GPU:{device.index}" if device.is_gpu else "/CPU:0"
         L, H = config.num_layers, config.rnn_size
         with tf.device(self.tf_device):
             self.net = Net(config, {n: np.asarray(a, np.float32) for n, a in weights.items()})
@@ -159,8 +161,10 @@ class TFCharRNN(CharRNN):
         # compiles once per concrete shape, and caches it).
         ids2, ids1 = tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None], tf.int32)
         state = tf.TensorSpec([L, None, H], tf.float32)
-        compile_ = lambda fn, *spec: tf.function(fn, input_signature=spec,  # noqa: E731
-                                                 jit_compile=JIT_COMPILE)
+
+        def compile_(fn, *spec):
+            return tf.function(fn, input_signature=spec, jit_compile=JIT_COMPILE)
+
         self._train = compile_(self._train_fn, ids2, ids2, state, state)
         self._grads = compile_(self._grads_fn, ids2, ids2, state, state)
         self._eval = compile_(self._eval_fn, ids2, ids2, state, state)
@@ -173,20 +177,12 @@ class TFCharRNN(CharRNN):
 
     @classmethod
     def setup_device(cls, device, threads):
-        if threads:
-            try:
-                tf.config.threading.set_intra_op_parallelism_threads(threads)
-                tf.config.threading.set_inter_op_parallelism_threads(1)
-            except RuntimeError:
-                pass  # runtime already started; early_setup set TF_NUM_*_THREADS alike
-        gpus = tf.config.list_physical_devices("GPU")
-        if device == "gpu" and not gpus:
-            raise CharRnnError("--device gpu: TensorFlow sees no GPU on this machine "
-                               "(tensorflow-cpu, or no CUDA driver)")
-        if device in ("gpu", "auto") and gpus:
-            name = tf.config.experimental.get_device_details(gpus[0]).get("device_name", "GPU")
-            return f"gpu:0 ({name})"
-        return "cpu"
+        set_tf_threads(tf, threads)
+        gpu_names = [tf.config.experimental.get_device_details(gpu).get("device_name", "GPU")
+                     for gpu in tf.config.list_physical_devices("GPU")]
+        return choose_device(device, gpu_names, "TensorFlow sees no GPU (a CPU-only "
+                                                "tensorflow, or no CUDA driver; install "
+                                                "tensorflow[and-cuda])")
 
     # ---- compiled functions: x, y (B, T) int32; h, c (L, B, H) ---------------------------
     def _grads_fn(self, x, y, h, c, seed=None):
@@ -237,10 +233,8 @@ class TFCharRNN(CharRNN):
     def loss_and_grads(self, x, y, state):
         loss, grads, h, c = self._run(self._grads, np.asarray(x, np.int32),
                                       np.asarray(y, np.int32), *state)
-        canonical = {}
-        for name, g in zip(self.net.names, grads):
-            g = g.numpy()
-            canonical[name] = g.T.copy() if g.ndim == 2 and name != "embedding" else g
+        canonical = {name: in_out_layout(name, g.numpy()).copy()
+                     for name, g in zip(self.net.names, grads)}
         return float(loss), canonical, (h, c)
 
     def train_step(self, x, y, state):
@@ -255,11 +249,8 @@ class TFCharRNN(CharRNN):
 
     # ---- weights and checkpoints ----------------------------------------------------
     def get_weights(self):
-        w = {}
-        for name, p in zip(self.net.names, self.net.params):
-            a = p.numpy()
-            w[name] = a.T.copy() if a.ndim == 2 and name != "embedding" else a.copy()
-        return w
+        return {name: in_out_layout(name, p.numpy()).copy()
+                for name, p in zip(self.net.names, self.net.params)}
 
     def _checkpoint(self):
         return tf.train.Checkpoint(net=self.net, adam=self.adam)

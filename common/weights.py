@@ -32,6 +32,14 @@ REQUIRED_METADATA = ("format", "config", "vocab")
 Weights = dict[str, np.ndarray]  # canonical name -> float32 array
 
 
+
+def in_out_layout(name: str, a: np.ndarray) -> np.ndarray:
+    """Canonical <-> the (in, out) layout of TensorFlow, Keras and Flax, either way (a
+    transpose is its own inverse): they hold the matrices w_ih, w_hh and dense.w as
+    (in, out), the canonical (out, in) transposed; embedding and biases are the same."""
+    return a.T if name.endswith((".w_ih", ".w_hh", "dense.w")) else a
+
+
 def glorot_uniform(rng: np.random.Generator, fan_in: int, fan_out: int,
                    shape: tuple[int, ...]) -> np.ndarray:
     limit = np.sqrt(6.0 / (fan_in + fan_out))
