@@ -3,7 +3,6 @@
 PYTHON ?= python3
 VENV := .venv
 LEGACY := .venv-legacy
-export CHARRNN_DATA_DIR ?= $(abspath ../shared/data)
 
 .PHONY: setup lint test test-modern test-legacy bench bench-full reference-results clean
 

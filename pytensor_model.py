@@ -14,7 +14,6 @@ from common.bootstrap import early_setup
 
 early_setup(__file__)  # before NumPy loads its BLAS thread pool
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -115,8 +114,8 @@ def losses_of(logits, y):
 class PytensorCharRNN(NumpyState, CharRNN):
     """Each of the train, forward (also used for evaluation), one-step and, for the
     conformance test, gradient functions compiles on its first use; batch size and
-    sequence length are symbolic, so none compiles twice. `compile_s` records the
-    seconds each took (the training loop's `first_step_s` includes the train one).
+    sequence length are symbolic, so none compiles twice (the training loop's
+    `first_step_s` includes the train one's compilation).
     """
 
     framework = "pytensor"
@@ -134,7 +133,6 @@ class PytensorCharRNN(NumpyState, CharRNN):
         self.rng = pytensor.shared(np.random.default_rng(seed), name="dropout_rng")
         self.graph = Graph(config, self.p, self.rng)
         self._compiled: dict[str, object] = {}
-        self.compile_s: dict[str, float] = {}
 
     @classmethod
     def versions(cls):
@@ -150,9 +148,7 @@ class PytensorCharRNN(NumpyState, CharRNN):
     # ---- compiled functions ----------------------------------------------------------
     def _function(self, name: str):
         if name not in self._compiled:
-            start = time.perf_counter()
             self._compiled[name] = getattr(self, f"_build_{name}")()
-            self.compile_s[name] = time.perf_counter() - start
         return self._compiled[name]
 
     @staticmethod
