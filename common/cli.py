@@ -94,8 +94,15 @@ def parse_args(argv, prog: str):
     return command, COMMANDS[command][0](**args)
 
 
-def main(model_cls, argv: list[str] | None = None) -> None:
-    """Entry point of every `<framework>_model.py`."""
+def main(model_cls, argv: list[str] | None = None, variants: dict | None = None) -> None:
+    """Entry point of every `<framework>_model.py`; `variants` are its other
+    implementations, run when CHARRNN_VARIANT names one (common.registry)."""
+    from common.registry import pick_variant
+    try:
+        model_cls = pick_variant(model_cls, variants)
+    except KeyError as exc:
+        print(f"error: {exc.args[0]}", file=sys.stderr)
+        sys.exit(2)
     prog = Path(sys.argv[0]).name if argv is None else f"{model_cls.framework}_model.py"
     command, cfg = parse_args(sys.argv[1:] if argv is None else argv, prog)
     try:

@@ -6,6 +6,7 @@ bootstrap can use it before NumPy or a framework loads.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,13 +25,18 @@ def venv_python(env: str) -> Path:
     return VENVS[HOME_ENV[env]] / "bin" / "python"
 
 
+def slug(name: str) -> str:
+    """A file or directory name for a framework name: "chainer[nstep]" -> "chainer-nstep"."""
+    return re.sub(r"[^\w.-]+", "-", name).strip("-")
+
+
 def default_checkpoint_path(framework: str) -> Path:
-    return ROOT / "checkpoints" / f"{framework}_model"
+    return ROOT / "checkpoints" / f"{slug(framework)}_model"
 
 
 def default_log_path(framework: str) -> Path:
-    return ROOT / "logs" / f"{framework}_model.log"
+    return ROOT / "logs" / f"{slug(framework)}_model.log"
 
 
 def default_export_path(checkpoint_path: Path, framework: str) -> Path:
-    return Path(checkpoint_path).parent / f"{framework}_model.safetensors"
+    return Path(checkpoint_path).parent / f"{slug(framework)}_model.safetensors"

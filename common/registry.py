@@ -5,8 +5,11 @@
 
 A name maps to its script, the environment that has its libraries, and any
 environment variables it needs set before import (Keras picks its backend
-from KERAS_BACKEND, the Keras way). Standard library only: `common.bootstrap`
-reads it before a framework file imports anything heavy.
+from KERAS_BACKEND, the Keras way). A variant row ("chainer[nstep]") is a second
+implementation in the same file, in its `VARIANTS` dict: the idiomatic API where the
+plain name is the fastest conformant path. Its script picks it from CHARRNN_VARIANT.
+Standard library only: `common.bootstrap` reads it before a framework file imports
+anything heavy.
 """
 
 from __future__ import annotations
@@ -14,12 +17,13 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
-import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common.paths import ROOT, venv_python
+from common.paths import ROOT, slug, venv_python
+
+VARIANT_ENV = "CHARRNN_VARIANT"  # which of a script's VARIANTS its command line runs
 
 
 @dataclass(frozen=True)
@@ -29,6 +33,7 @@ class Entry:
     env: str  # "modern", "legacy" or "any" (numpy runs in both)
     requires: str  # the import that tells whether this environment can run it
     env_vars: dict[str, str] = field(default_factory=dict)
+    variant: str | None = None  # a key of the module's VARIANTS; None: its MODEL
 
     @property
     def script(self) -> Path:
@@ -37,15 +42,20 @@ class Entry:
     @property
     def slug(self) -> str:
         """A directory name: "keras[jax]" -> "keras-jax"."""
-        return re.sub(r"[^\w.-]+", "-", self.name).strip("-")
+        return slug(self.name)
 
     def python(self) -> Path:
         """The interpreter of this framework's environment ("any": this one)."""
         return Path(sys.executable) if self.env == "any" else venv_python(self.env)
 
     def process_env(self) -> dict[str, str]:
-        """os.environ plus this entry's variables, for a subprocess."""
-        return {**os.environ, **self.env_vars}
+        """os.environ plus this entry's variables (and its variant, or none), for a
+        subprocess running its script."""
+        env = {**os.environ, **self.env_vars}
+        env.pop(VARIANT_ENV, None)
+        if self.variant:
+            env[VARIANT_ENV] = self.variant
+        return env
 
 
 def _keras(backend: str) -> Entry:
@@ -103,7 +113,20 @@ def load(name: str):
         module = importlib.import_module(entry.module)
     except ImportError as exc:
         raise Unavailable(f"{entry.module} failed to import: {exc}") from exc
-    return module.MODEL
+    return module.VARIANTS[entry.variant] if entry.variant else module.MODEL
+
+
+def pick_variant(model_cls, variants: dict | None):
+    """The class a script's command line runs: `model_cls`, or the variant that
+    CHARRNN_VARIANT names (set by `Entry.process_env`). Raises KeyError with the
+    choices when the name is unknown."""
+    name = os.environ.get(VARIANT_ENV)
+    if not name:
+        return model_cls
+    if not variants or name not in variants:
+        raise KeyError(f"{VARIANT_ENV}={name}: {model_cls.framework} has no such variant "
+                       f"(it has: {', '.join(variants or {}) or 'none'})")
+    return variants[name]
 
 
 def entry_of_module(module: str) -> Entry:

@@ -228,3 +228,29 @@ def test_parser_refuses_bad_sizes(argv, capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "error" in err
+
+
+def test_variant_rows_pick_their_class(monkeypatch):
+    from common import registry
+    from common.paths import default_checkpoint_path, slug
+
+    class Plain:
+        framework = "demo"
+
+    class Idiomatic(Plain):
+        framework = "demo[idiom]"
+
+    monkeypatch.delenv(registry.VARIANT_ENV, raising=False)
+    assert registry.pick_variant(Plain, {"idiom": Idiomatic}) is Plain
+    monkeypatch.setenv(registry.VARIANT_ENV, "idiom")
+    assert registry.pick_variant(Plain, {"idiom": Idiomatic}) is Idiomatic
+    monkeypatch.setenv(registry.VARIANT_ENV, "other")
+    with pytest.raises(KeyError, match="has: idiom"):
+        registry.pick_variant(Plain, {"idiom": Idiomatic})
+    # A plain row's child process never inherits a variant from its parent.
+    entry = registry.Entry("demo", "demo_model", "modern", "demo")
+    assert registry.VARIANT_ENV not in entry.process_env()
+    variant = registry.Entry("demo[idiom]", "demo_model", "modern", "demo", variant="idiom")
+    assert variant.process_env()[registry.VARIANT_ENV] == "idiom"
+    assert slug("demo[idiom]") == "demo-idiom"
+    assert default_checkpoint_path("demo[idiom]").name == "demo-idiom_model"
