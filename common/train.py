@@ -243,8 +243,7 @@ class _Loop:
             "duration_s": duration_s, "chars_per_s": chars / duration_s if duration_s else None,
             "val_duration_s": val_duration_s,
             "first_step_s": step_times[0] if step_times else None,
-            "step_s_median": (float(np.median(step_times[1:] or step_times))
-                              if step_times else None),
+            **step_time_stats(step_times[1:] or step_times),
         }
         self.log.info(
             f"epoch {epoch + 1}/{self.cfg.num_epochs}{'' if complete else ' (partial)'}: "
@@ -252,6 +251,25 @@ class _Loop:
             f"({_fmt(bits(train_loss))} bpc), val loss {_fmt(val_loss)} "
             f"({_fmt(bits(val_loss))} bpc), {record['chars_per_s'] or 0:,.0f} chars/s")
         return record
+
+
+STALL_FACTOR = 5.0  # a step this many times the median is a stall (the machine, not the model)
+
+
+def step_time_stats(step_times: list[float]) -> dict:
+    """Median, p90, p99 and max of the step times (s), and how many steps stalled.
+
+    The first step (compilation, warm-up) is left out by the caller. On a shared
+    machine the mean hides a few very slow steps; the median-based epoch time does not.
+    """
+    if not step_times:
+        return {"step_s_median": None, "step_s_p90": None, "step_s_p99": None,
+                "step_s_max": None, "stalls": 0}
+    times = np.asarray(step_times)
+    median = float(np.median(times))
+    return {"step_s_median": median, "step_s_p90": float(np.percentile(times, 90)),
+            "step_s_p99": float(np.percentile(times, 99)), "step_s_max": float(times.max()),
+            "stalls": int((times > STALL_FACTOR * median).sum())}
 
 
 def _log_samples(generator: Generator, cfg: TrainConfig, epoch: int, log: RunLogger) -> dict:

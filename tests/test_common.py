@@ -254,3 +254,13 @@ def test_variant_rows_pick_their_class(monkeypatch):
     assert variant.process_env()[registry.VARIANT_ENV] == "idiom"
     assert slug("demo[idiom]") == "demo-idiom"
     assert default_checkpoint_path("demo[idiom]").name == "demo-idiom_model"
+
+
+def test_step_time_stats_flag_stalls():
+    from common.train import step_time_stats
+    stats = step_time_stats([0.1] * 98 + [0.2, 5.9])
+    assert stats["step_s_median"] == pytest.approx(0.1)
+    assert stats["step_s_max"] == pytest.approx(5.9)
+    assert stats["stalls"] == 1  # 5.9 s > 5 x the median; 0.2 s is not a stall
+    assert stats["step_s_p90"] == pytest.approx(0.1)
+    assert step_time_stats([])["stalls"] == 0
