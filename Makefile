@@ -45,11 +45,12 @@ bench: setup
 bench-full: setup
 	$(VENV)/bin/python -m benchmarks.run_all --profile full
 
-# The reference results the README shows, committed: a quick run, published to
+# The reference results the README shows, committed: a quick run, three repeats taking
+# turns (the report gives medians and min-max), published to
 # benchmarks/reference/<machine>/quick/ (<machine>: CPU model and core count, e.g.
 # amd-epyc-2core) with its report and plots, and the README's results block rewritten.
 reference-results: setup
-	$(VENV)/bin/python -m benchmarks.run_all --profile quick --no-report
+	$(VENV)/bin/python -m benchmarks.run_all --profile quick --repeats 3 --no-report
 	$(VENV)/bin/python -m benchmarks.report benchmarks/results/quick --reference
 
 clean:

@@ -4,7 +4,13 @@ A child runs under its framework's environment (common.registry), with the threa
 variables set before anything is imported, in its own session so that the
 terminal's Ctrl-C reaches only the runner, which then stops it. Its output goes to
 files under RESULTS/runs/<framework>/<repeat>/ (train.log, train.jsonl, train.err,
-generate.out, generate.err); what the report needs from them goes into the record.
+generate.out, generate.err, generate_batch.out, generate_batch.err); what the
+report needs from them goes into the record.
+
+One run, in order: the float32 matmul peak (benchmarks.mfu), training, `generate`
+of one stream, `generate --num-samples 64` (the batch figure), and the peak again,
+so that each run's MFU is measured against the machine's speed during that run and
+a change of speed in between shows.
 """
 
 from __future__ import annotations
@@ -19,11 +25,13 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from benchmarks import records
+from benchmarks.mfu import PEAK_REPEATS, PEAK_SIZE
 from common.logs import read_training_log
 from common.paths import ROOT, venv_python
 from common.registry import Entry
@@ -36,6 +44,8 @@ if TYPE_CHECKING:
 HEADER_KEYS = ("versions", "device", "threads", "python", "platform", "num_params",
                "train_batches", "val_batches", "chars_per_batch", "flops_per_char",
                "model_config", "vocab_size", "text_chars")
+BATCH_SAMPLES = 64  # streams of the batch generation figure (generate --num-samples)
+WATCH_EVERY_S = 1.0  # how often a training child's log is looked at for new epochs
 
 
 @dataclass(frozen=True)
@@ -46,7 +56,8 @@ class Plan:
     out: Path  # the results directory
     timeout_s: float | None  # training, and again generation, per framework
     keep_checkpoints: bool
-    peak_flops: float | None = None  # the measured float32 matmul peak, for MFU
+    peak_size: int = PEAK_SIZE  # the float32 matmul peak measured before and after each run
+    peak_repeats: int = PEAK_REPEATS
 
     @property
     def init_path(self) -> Path:
@@ -93,18 +104,22 @@ def train_command(entry: Entry, plan: Plan, run_dir: Path) -> list[str]:
            "--threads", str(s.threads), "--checkpoint-path", str(run_dir / "checkpoint"),
            "--log-path", str(run_dir / "train.log"), "--sample-length", "0",
            "--random-seed", str(s.random_seed), "--device", s.device,
-           "--log-every", str(s.log_every)]
+           "--log-every", str(s.log_every),
+           # Only the end-of-epoch checkpoints: a periodic save would be time the table
+           # does not count (the loop leaves it out) but the run still spends.
+           "--checkpoint-minutes", "0"]
     if s.max_steps is not None:
         cmd += ["--max-steps", str(s.max_steps)]
     return cmd + list(s.extra_train_args)
 
 
-def generate_command(entry: Entry, plan: Plan, run_dir: Path) -> list[str]:
+def generate_command(entry: Entry, plan: Plan, run_dir: Path, num_samples: int = 1) -> list[str]:
     s = plan.settings
     return [str(interpreter(entry.env)), str(entry.script), "generate", "--checkpoint-path",
             str(run_dir / "checkpoint"), "--text-path", s.text_path, "--length",
             str(s.gen_length), "--random-seed", str(s.random_seed), "--threads", str(s.threads),
-            "--device", s.device]
+            "--device", s.device] + (["--num-samples", str(num_samples)] if num_samples > 1
+                                     else [])
 
 
 def portable_command(cmd: list[str]) -> str:
@@ -126,11 +141,12 @@ class Finished:
 
 
 def run_child(cmd: list[str], env: dict[str, str], stdout_path: Path, stderr_path: Path,
-              timeout_s: float | None) -> Finished:
+              timeout_s: float | None, watch: Callable[[], None] | None = None) -> Finished:
     """Run `cmd` in its own session, output to files; reap it with os.wait4 for its rusage.
 
     Its own session keeps the terminal's Ctrl-C away from it: the runner decides, and
-    stops it (and anything it started) before returning or re-raising.
+    stops it (and anything it started) before returning or re-raising. `watch` is
+    called about every WATCH_EVERY_S while it runs (the runner's progress line).
     """
     with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
         start = time.perf_counter()
@@ -138,6 +154,7 @@ def run_child(cmd: list[str], env: dict[str, str], stdout_path: Path, stderr_pat
                                 stderr=err, start_new_session=True)
         deadline = start + timeout_s if timeout_s else None
         timed_out = False
+        watched = start
         try:
             while True:
                 pid, status, rusage = os.wait4(proc.pid, os.WNOHANG)
@@ -147,6 +164,9 @@ def run_child(cmd: list[str], env: dict[str, str], stdout_path: Path, stderr_pat
                     timed_out = True
                     status, rusage = _stop(proc)
                     break
+                if watch is not None and time.perf_counter() - watched > WATCH_EVERY_S:
+                    watch()
+                    watched = time.perf_counter()
                 time.sleep(0.05)
         except BaseException:  # Ctrl-C: stop the child, then let the caller clean up
             _stop(proc)
@@ -185,26 +205,48 @@ def last_line(text: str) -> str:
     return line if len(line) <= 300 else line[:297] + "..."
 
 
+# `generated N characters in T s (R chars/s; first step F s[; sampler S s])` on the stderr
+# of `generate` (common.generate.run_generate); the sampler part is newer, and optional.
 GENERATED_RE = re.compile(r"generated (\d+) characters in ([\d.]+) s \(([\d.]+) chars/s; "
-                          r"first step ([\d.]+) s\)")
+                          r"first step ([\d.]+) s(?:; sampler ([\d.]+) s)?\)")
 
 
-def parse_generated_line(stderr: str) -> dict | None:
-    """The timing line of `generate` (common.generate.run_generate), as numbers."""
+@dataclass(frozen=True)
+class Generated:
+    """The timing line of one `generate` command, as numbers."""
+
+    chars: int  # N: run_generate counts every stream's characters (length x --num-samples)
+    duration_s: float  # T: the generation loop, warm-up and loading excluded
+    chars_per_s: float  # R = N / T
+    first_step_s: float  # F: the first step alone (compilation included)
+    sampler_s: float | None = None  # S: of T, the time spent sampling (NumPy, not the model)
+
+
+def parse_generated_line(stderr: str) -> Generated | None:
+    """The last timing line of `generate` in `stderr`, or None when there is none."""
     matches = GENERATED_RE.findall(stderr)
     if not matches:
         return None
-    chars, duration, rate, first = matches[-1]
-    return {"chars": int(chars), "duration_s": float(duration), "chars_per_s": float(rate),
-            "first_step_s": float(first)}
+    chars, duration, rate, first, sampler = matches[-1]
+    return Generated(int(chars), float(duration), float(rate), float(first),
+                     float(sampler) if sampler else None)
 
 
-def measure_peak_flops(threads: int, size: int) -> dict:
+def batch_chars(chars: int, num_samples: int, length: int) -> int:
+    """All streams' characters of a `generate --num-samples` line whose N is `chars`.
+
+    run_generate counts every stream (N = length x num_samples); a line that counts
+    only one (N = length) is scaled up, so the batch rate is total characters / T.
+    """
+    return chars * num_samples if num_samples > 1 and chars == length else chars
+
+
+def measure_peak_flops(threads: int, size: int, repeats: int) -> dict:
     """benchmarks.mfu in a fresh process, its thread variables set before NumPy loads."""
     env = {**os.environ, **thread_env(threads)}
     out = subprocess.run([str(interpreter("any")), "-m", "benchmarks.mfu", "--threads",
-                          str(threads), "--size", str(size)], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=600)
+                          str(threads), "--size", str(size), "--repeats", str(repeats)],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     if out.returncode != 0:
         return {"peak_flops": None, "error": last_line(out.stderr)}
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -215,8 +257,11 @@ def measure_peak_flops(threads: int, size: int) -> dict:
 # ---------------------------------------------------------------------------------------
 
 
-def run_framework(entry: Entry, repeat: int, plan: Plan) -> dict:
-    """Train, then generate; the record of what happened (never raises for a child's failure)."""
+def run_framework(entry: Entry, repeat: int, plan: Plan,
+                  on_epochs: Callable[[list[dict]], None] | None = None) -> dict:
+    """Peak, train, generate (one stream, then a batch), peak again; the record of what
+    happened (never raises for a child's failure). `on_epochs` gets the epoch records
+    so far each time training logs a new one."""
     run_dir = plan.run_dir(entry, repeat)
     if run_dir.exists():
         shutil.rmtree(run_dir)  # a fresh run: logs append, so old ones must go
@@ -224,22 +269,32 @@ def run_framework(entry: Entry, repeat: int, plan: Plan) -> dict:
     env = {**entry.process_env(), **thread_env(plan.settings.threads)}
     record = records.framework_record(
         entry.name, repeat, entry.env, entry.script, interpreter(entry.env),
-        peak_flops=plan.peak_flops, started=records.now(), loadavg_start=records.loadavg())
-    if _train(entry, plan, run_dir, env, record):
-        _generate(entry, plan, run_dir, env, record)
+        started=records.now(), loadavg_start=records.loadavg())
+    record["peak_before"] = _peak(plan)
+    if (_train(entry, plan, run_dir, env, record, on_epochs)
+            and _generate(entry, plan, run_dir, env, record)):
+        _generate(entry, plan, run_dir, env, record, BATCH_SAMPLES)
+    record["peak_after"] = _peak(plan)
     if not plan.keep_checkpoints:
         shutil.rmtree(run_dir / "checkpoint", ignore_errors=True)
     return records.finish(record)
 
 
-def _train(entry: Entry, plan: Plan, run_dir: Path, env: dict, record: dict) -> bool:
+def _peak(plan: Plan) -> dict:
+    return measure_peak_flops(plan.settings.threads, plan.peak_size, plan.peak_repeats)
+
+
+def _train(entry: Entry, plan: Plan, run_dir: Path, env: dict, record: dict,
+           on_epochs: Callable[[list[dict]], None] | None) -> bool:
     """Train into `run_dir`; the losses, timings and header go into `record`. Whether it
     trained (a failure is recorded)."""
     cmd = train_command(entry, plan, run_dir)
     record["train_command"] = portable_command(cmd)
-    train = run_child(cmd, env, run_dir / "train.out", run_dir / "train.err", plan.timeout_s)
+    log = run_dir / "train.jsonl"
+    train = run_child(cmd, env, run_dir / "train.out", run_dir / "train.err", plan.timeout_s,
+                      _epoch_watcher(log, on_epochs) if on_epochs else None)
     record["train_process"] = dataclasses.asdict(train)
-    header, epochs, steps = read_training_log(run_dir / "train.jsonl")
+    header, epochs, steps = read_training_log(log)
     record["header"] = {k: header.get(k) for k in HEADER_KEYS} if header else None
     record["epochs"], record["steps"] = epochs, steps
     if train.timed_out or train.returncode != 0 or not epochs:
@@ -249,20 +304,47 @@ def _train(entry: Entry, plan: Plan, run_dir: Path, env: dict, record: dict) -> 
     return True
 
 
-def _generate(entry: Entry, plan: Plan, run_dir: Path, env: dict, record: dict) -> None:
-    """Generate from the checkpoint just trained; the timing and text go into `record`."""
-    cmd = generate_command(entry, plan, run_dir)
-    record["generate_command"] = portable_command(cmd)
-    gen = run_child(cmd, env, run_dir / "generate.out", run_dir / "generate.err",
-                    plan.timeout_s)
-    record["generate_process"] = dataclasses.asdict(gen)
-    timing = parse_generated_line((run_dir / "generate.err").read_text(errors="replace"))
+def _epoch_watcher(log: Path, on_epochs: Callable[[list[dict]], None]) -> Callable[[], None]:
+    """A `watch` for run_child: calls on_epochs(epochs) when `log` has a new epoch record."""
+    seen = {"size": -1, "epochs": 0}
+
+    def watch() -> None:
+        size = log.stat().st_size if log.exists() else -1
+        if size == seen["size"]:
+            return
+        seen["size"] = size
+        _, epochs, _ = read_training_log(log)
+        if len(epochs) > seen["epochs"]:
+            seen["epochs"] = len(epochs)
+            on_epochs(epochs)
+    return watch
+
+
+def _generate(entry: Entry, plan: Plan, run_dir: Path, env: dict, record: dict,
+              num_samples: int = 1) -> bool:
+    """Generate from the checkpoint just trained, one stream (its timing and text go into
+    record["generation"]) or a batch of `num_samples` (record["generation_batch"]: the
+    timing, with every stream's characters counted). Whether it worked."""
+    name = "generate" if num_samples == 1 else "generate_batch"
+    cmd = generate_command(entry, plan, run_dir, num_samples)
+    record[f"{name}_command"] = portable_command(cmd)
+    gen = run_child(cmd, env, run_dir / f"{name}.out", run_dir / f"{name}.err", plan.timeout_s)
+    record[f"{name}_process"] = dataclasses.asdict(gen)
+    timing = parse_generated_line((run_dir / f"{name}.err").read_text(errors="replace"))
     if gen.timed_out or gen.returncode != 0 or timing is None:
-        records.record_failure(record, "generate", gen, _last_err(run_dir / "generate.err"),
-                               plan.timeout_s, "no 'generated N characters' line on stderr")
-        return
-    timing["text"] = (run_dir / "generate.out").read_text(errors="replace")
-    record["generation"] = timing
+        records.record_failure(record, "generate" if num_samples == 1 else "batch generation",
+                               gen, _last_err(run_dir / f"{name}.err"), plan.timeout_s,
+                               "no 'generated N characters' line on stderr")
+        return False
+    if num_samples == 1:
+        record["generation"] = {**dataclasses.asdict(timing),
+                                "text": (run_dir / "generate.out").read_text(errors="replace")}
+    else:
+        total = batch_chars(timing.chars, num_samples, plan.settings.gen_length)
+        record["generation_batch"] = {
+            **dataclasses.asdict(timing), "num_samples": num_samples, "total_chars": total,
+            "total_chars_per_s": total / timing.duration_s if timing.duration_s else None}
+    return True
 
 
 def _last_err(path: Path) -> str:

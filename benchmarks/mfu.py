@@ -5,7 +5,12 @@ BLAS reaches on large square matrices, with the same thread count the frameworks
 get. Run it as its own process so the thread variables are read before NumPy loads:
 
     OMP_NUM_THREADS=2 python -m benchmarks.mfu --threads 2
-    {"peak_flops": 1.1e+11, "size": 2048, "repeats": 10, ...}
+    {"peak_flops": 1.1e+11, "size": 1024, "repeats": 10, ...}
+
+The benchmark measures it right before and right after every framework's run, so
+it must be short: 1024² matrices, best of 10, one to two seconds with the process
+start-up on a 2-core CPU (where one 2048² product alone takes 70 ms to 0.5 s). Two
+peaks that disagree say the machine's speed changed during the run.
 
 A framework's rate counts only the model's matrix products
 (`ModelConfig.flops_per_char`, 2 FLOPs per multiply-add) and takes training as
@@ -22,6 +27,7 @@ import sys
 import time
 
 TRAIN_FLOPS_FACTOR = 3  # training step = forward + backward (two products per forward one)
+PEAK_SIZE, PEAK_REPEATS = 1024, 10  # the default measurement: short, since it runs 2x per run
 
 
 def train_flops_per_step(flops_per_char: float, chars_per_batch: int) -> float:
@@ -37,7 +43,7 @@ def mfu(flops_per_char: float | None, chars_per_batch: int | None, step_s: float
     return train_flops_per_step(flops_per_char, chars_per_batch) / step_s / peak_flops
 
 
-def measure_peak(size: int = 2048, repeats: int = 10) -> dict:
+def measure_peak(size: int = PEAK_SIZE, repeats: int = PEAK_REPEATS) -> dict:
     """Best float32 (size x size) @ (size x size) rate of NumPy here, in FLOP/s.
 
     The first product warms up the BLAS thread pool and is not counted; the best
@@ -73,8 +79,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=None,
                         help="threads (also set OMP/MKL/OpenBLAS variables before starting)")
-    parser.add_argument("--size", type=int, default=2048, help="square matrix size")
-    parser.add_argument("--repeats", type=int, default=10, help="timed products; the best counts")
+    parser.add_argument("--size", type=int, default=PEAK_SIZE, help="square matrix size")
+    parser.add_argument("--repeats", type=int, default=PEAK_REPEATS,
+                        help="timed products; the best counts")
     args = parser.parse_args(argv)
     if args.threads and "numpy" in sys.modules:
         print("warning: NumPy was loaded before the thread variables were set",

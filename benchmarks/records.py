@@ -3,8 +3,10 @@
     >>> machine_slug({"cpu": "Intel(R) Xeon(R) Platinum 8375C CPU @ 2.90GHz", "cores": 8})
     'intel-xeon-platinum-8375c-8core'
 
-`records.jsonl` holds a "run" record (settings, machine, measured matmul peak), then
-one "framework" record per framework and repeat, appended as each finishes; the
+`records.jsonl` holds a "run" record (settings, machine, load average), then one
+"framework" record per framework and repeat, appended as each finishes (with the
+matmul peak measured right before and right after it, its load average at start
+and end, its training log's header and epochs, and its generation timings); the
 report reads only this file. Records are meant to be committed (the reference
 results), so they name no directory of the machine: a path inside the checkout is
 written relative to it, a path outside it (the corpus in $CHARRNN_DATA_DIR, a
@@ -150,6 +152,15 @@ def record_failure(record: dict, stage: str, proc, stderr_line: str, timeout_s: 
     elif proc.returncode == 0:
         why = why_if_exit_0
     record["error"] = why
+
+
+def run_seconds(record: dict) -> float | None:
+    """Wall-clock seconds of a framework record, start to finish (whole seconds)."""
+    try:
+        return (datetime.datetime.fromisoformat(record["finished"])
+                - datetime.datetime.fromisoformat(record["started"])).total_seconds()
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def finish(record: dict) -> dict:

@@ -7,8 +7,13 @@
 Reads RESULTS_DIR/records.jsonl with pandas, prints the table in markdown and
 writes beside the records:
 
-    results.csv          one row per framework (medians over repeats)
-    report.md            the table, the machine, what was trained, failures, samples
+    results.csv          one row per framework (medians over repeats, and the min and max
+                         of the time columns), fastest first
+    report.md            the machine and its load, the table (ranked by the median-based
+                         s/epoch, with flags for a run whose matmul peaks before and after
+                         differ by more than 10% and for stalled steps), failures, the
+                         step-time distribution, generation (the sampler's share, a batch
+                         of 64 streams), libraries, samples
     loss_per_epoch.png   train and validation loss against epochs
     loss_vs_time.png     the same against training seconds
     throughput.png       training and generation characters per second
@@ -37,6 +42,7 @@ from benchmarks.records import RECORDS_NAME, REFERENCE_ROOT, machine_slug
 from common.fileio import atomic_write_text
 from common.logs import bits, format_duration, read_jsonl
 from common.paths import ROOT
+from common.train import STALL_FACTOR
 
 README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
 SAMPLE_CHARS = 500  # of each framework's generated text shown in report.md
@@ -56,12 +62,16 @@ ORIGINAL = {  # our name: (original script, training seconds, last epoch's train
     "mxnet": ("mxnet_model.py", 7348, 1.34199),
 }
 
-# The table of report.md and README: (column, header, format).
+# Two float32 matmul peaks of one run (before and after it) further apart than this,
+# as max / min - 1: the machine's speed changed during the run, and the row is flagged.
+PEAK_TOLERANCE = 0.10
+
+# The main table of report.md and README, fastest first by s/epoch: (column, header, format).
 TABLE = [
     ("framework", "framework", "{}"),
     ("version", "version", "{}"),
-    ("duration_s", "duration", "duration"),
     ("s_per_epoch", "s/epoch", "{:,.1f}"),
+    ("wall_s_per_epoch", "wall s/epoch", "{:,.1f}"),
     ("chars_per_s", "chars/s", "{:,.0f}"),
     ("step_ms", "step ms", "{:,.1f}"),
     ("first_step_s", "first step s", "{:,.2f}"),
@@ -71,7 +81,35 @@ TABLE = [
     ("val_loss", "val loss", "{:.4f}"),
     ("val_bpc", "val bpc", "{:.3f}"),
     ("gen_chars_per_s", "gen chars/s", "{:,.0f}"),
+    ("batch_gen_chars_per_s", "batch gen chars/s", "{:,.0f}"),
+    ("flags", "flags", "{}"),
 ]
+# The step-time distribution and what the machine did around each row's runs (one line
+# per group of columns).
+TIMING_TABLE = [
+    ("framework", "framework", "{}"), ("repeats", "runs", "{:.0f}"),
+    ("step_ms", "step ms: median", "{:,.1f}"), ("step_p90_ms", "p90", "{:,.1f}"),
+    ("step_p99_ms", "p99", "{:,.1f}"), ("step_max_ms", "max", "{:,.1f}"),
+    ("stalls", "stalls", "{:,.0f}"),
+    ("peak_before_gflops", "peak before GFLOP/s", "{:,.1f}"),
+    ("peak_after_gflops", "peak after GFLOP/s", "{:,.1f}"), ("peak_diff", "peaks apart", "pct"),
+    ("load", "load average", "{}"),
+]
+# Generation: one stream, what the sampler costs of it, and a batch.
+GENERATION_TABLE = [
+    ("framework", "framework", "{}"),
+    ("gen_chars_per_s", "chars/s", "{:,.0f}"), ("gen_first_step_s", "first step s", "{:,.3f}"),
+    ("gen_sampler_s", "sampler s", "{:,.3f}"), ("gen_sampler_share", "sampler share", "pct"),
+    ("gen_model_chars_per_s", "chars/s without sampler", "{:,.0f}"),
+    ("batch_gen_chars_per_s", "batch chars/s", "{:,.0f}"),
+    ("batch_gen_first_step_s", "batch first step s", "{:,.3f}"),
+]
+# Over repeats a row shows the median, except: these add up or take the worst.
+AGGREGATE = {"stalls": "sum", "peak_diff": "max", "step_max_ms": "max", "load_min": "min",
+             "load_max": "max"}
+# The time columns that show their spread over repeats: "median (min–max)".
+SPREAD = ("s_per_epoch", "wall_s_per_epoch", "chars_per_s", "step_ms", "first_step_s",
+          "gen_chars_per_s", "batch_gen_chars_per_s")
 
 
 # ---------------------------------------------------------------------------------------
@@ -111,60 +149,147 @@ def _records(frameworks: pd.DataFrame) -> list[dict]:
     return [_present(r) for r in frameworks.to_dict("records")]
 
 
+def _mean(values) -> float | None:
+    present = [v for v in values if v]
+    return sum(present) / len(present) if present else None
+
+
+def step_stats(epochs: list[dict]) -> dict:
+    """The step-time distribution of a run from its epochs' (common.train step_time_stats):
+    the median of the epochs' median steps, the worst epoch's p90, p99 and max, and the
+    stalls of all epochs. None where the records predate a field."""
+    def values(key):
+        return [e[key] for e in epochs if e.get(key) is not None]
+    medians, p90, p99, top, stalls = map(values, ("step_s_median", "step_s_p90", "step_s_p99",
+                                                  "step_s_max", "stalls"))
+    return {"step_s": float(pd.Series(medians).median()) if medians else None,
+            "step_p90_s": max(p90, default=None), "step_p99_s": max(p99, default=None),
+            "step_max_s": max(top, default=None), "stalls": sum(stalls) if stalls else None}
+
+
+def peaks(record: dict) -> dict:
+    """The float32 matmul peaks of a run: measured before and after it, the mean of the two
+    (what its MFU is measured against), and how far apart they are (max / min - 1).
+    Older records carry one peak, measured at the start of the whole run."""
+    before, after = (_get(record.get(k), "peak_flops") for k in ("peak_before", "peak_after"))
+    both = before and after
+    return {"peak_before_flops": before, "peak_after_flops": after,
+            "peak_flops": _mean([before, after]) or record.get("peak_flops"),
+            "peak_diff": max(before, after) / min(before, after) - 1 if both else None}
+
+
+def generation_figures(record: dict) -> dict:
+    """One stream's rate, the sampler's share of its time and the rate without it, and the
+    batch's rate with every stream's characters counted."""
+    gen = record.get("generation") if isinstance(record.get("generation"), dict) else {}
+    batch = (record.get("generation_batch") if isinstance(record.get("generation_batch"), dict)
+             else {})
+    duration, sampler = gen.get("duration_s"), gen.get("sampler_s")
+    without = duration - sampler if duration and sampler is not None else None
+    return {
+        "gen_chars_per_s": gen.get("chars_per_s"), "gen_first_step_s": gen.get("first_step_s"),
+        "gen_sampler_s": sampler,
+        "gen_sampler_share": sampler / duration if duration and sampler is not None else None,
+        "gen_model_chars_per_s": gen["chars"] / without if without and without > 0 else None,
+        "batch_gen_chars_per_s": batch.get("total_chars_per_s"),
+        "batch_gen_first_step_s": batch.get("first_step_s"),
+        "batch_gen_samples": batch.get("num_samples"),
+    }
+
+
 def summarise(record: dict) -> dict:
     """The measurements of one framework run, from its raw record.
 
     duration_s sums the epochs' training time (no start-up, validation or
-    checkpointing); s_per_epoch is that over the epochs trained (a fraction for a
-    partial epoch); step_ms the median step after the first, which is reported
-    apart (first_step_s: compilation and warm-up).
+    checkpointing); wall_s_per_epoch is that over the epochs trained (a fraction for
+    a partial epoch). s_per_epoch is the median step (after the first, which is
+    reported apart as first_step_s: compilation and warm-up) times the batches of an
+    epoch: what the framework takes, without the machine's hiccups; chars/s and MFU
+    are measured from the same median step.
     """
     header = record.get("header") or {}
     epochs = record.get("epochs") or []
-    gen = record.get("generation") if isinstance(record.get("generation"), dict) else {}
     versions = header.get("versions") or {}
+    loads = [record[key][0] for key in ("loadavg_start", "loadavg_end")
+             if isinstance(record.get(key), list) and record[key]]
     row = {"framework": record["framework"], "repeat": int(record.get("repeat") or 0),
            "status": record.get("status"), "stage": record.get("stage"),
            "error": record.get("error"),
            "version": next(iter(versions.values()), None),
            "versions": ", ".join(f"{k} {v}" for k, v in versions.items()) or None,
            "device": header.get("device"), "threads": header.get("threads"),
-           "python": header.get("python"), "num_params": header.get("num_params")}
+           "python": header.get("python"), "num_params": header.get("num_params"),
+           "load_min": min(loads, default=None), "load_max": max(loads, default=None)}
     if not epochs:
         return row
     last = epochs[-1]
     steps = last["step"]
-    train_batches = header.get("train_batches")
+    train_batches, chars_per_batch = header.get("train_batches"), header.get("chars_per_batch")
     duration_s = sum(e.get("duration_s") or 0.0 for e in epochs)
     epochs_trained = steps / train_batches if train_batches else float(len(epochs))
-    step_medians = [e["step_s_median"] for e in epochs if e.get("step_s_median")]
-    step_s = float(pd.Series(step_medians).median()) if step_medians else None
-    chars = steps * (header.get("chars_per_batch") or 0)
-    flops_step = (train_flops_per_step(header["flops_per_char"], header["chars_per_batch"])
-                  if header.get("flops_per_char") and header.get("chars_per_batch") else None)
+    stats = step_stats(epochs)
+    step_s = stats["step_s"]
+    flops_step = (train_flops_per_step(header["flops_per_char"], chars_per_batch)
+                  if header.get("flops_per_char") and chars_per_batch else None)
+    peak = peaks(record)
+
+    def ms(seconds):
+        return 1000 * seconds if seconds is not None else None
     row.update({
         "steps": steps, "epochs": epochs_trained, "duration_s": duration_s,
-        "s_per_epoch": duration_s / epochs_trained if epochs_trained else None,
-        "chars_per_s": chars / duration_s if duration_s else None,
-        "step_ms": 1000 * step_s if step_s else None,
+        "s_per_epoch": step_s * train_batches if step_s and train_batches else None,
+        "wall_s_per_epoch": duration_s / epochs_trained if epochs_trained else None,
+        "chars_per_s": chars_per_batch / step_s if step_s and chars_per_batch else None,
+        "wall_chars_per_s": steps * (chars_per_batch or 0) / duration_s if duration_s else None,
+        "step_ms": ms(step_s), "step_p90_ms": ms(stats["step_p90_s"]),
+        "step_p99_ms": ms(stats["step_p99_s"]), "step_max_ms": ms(stats["step_max_s"]),
+        "stalls": stats["stalls"],
         "first_step_s": epochs[0].get("first_step_s"),
         "val_duration_s": sum(e.get("val_duration_s") or 0.0 for e in epochs),
         "train_loss": last.get("train/loss"), "train_bpc": bits(last.get("train/loss")),
         "val_loss": last.get("val/loss"), "val_bpc": bits(last.get("val/loss")),
         "model_gflops_per_s": flops_step / step_s / 1e9 if flops_step and step_s else None,
-        "peak_flops": record.get("peak_flops"),
-        "mfu": mfu(header.get("flops_per_char"), header.get("chars_per_batch"), step_s,
-                   record.get("peak_flops")),
+        **peak,
+        "peak_before_gflops": peak["peak_before_flops"] / 1e9 if peak["peak_before_flops"]
+        else None,
+        "peak_after_gflops": peak["peak_after_flops"] / 1e9 if peak["peak_after_flops"]
+        else None,
+        "mfu": mfu(header.get("flops_per_char"), chars_per_batch, step_s, peak["peak_flops"]),
         "peak_mb": _get(record.get("train_process"), "max_rss_mb"),
         "train_wall_s": _get(record.get("train_process"), "wall_s"),
-        "gen_chars_per_s": gen.get("chars_per_s"), "gen_first_step_s": gen.get("first_step_s"),
+        **generation_figures(record),
         "gen_peak_mb": _get(record.get("generate_process"), "max_rss_mb"),
     })
     return row
 
 
+def _aggregate(runs: pd.DataFrame, numeric: list[str]) -> dict:
+    """One value per column over a framework's runs: AGGREGATE's, else the median; and
+    SPREAD's columns' min and max (column_min, column_max)."""
+    out = {}
+    for c in numeric:
+        values = runs[c].dropna()
+        out[c] = getattr(values, AGGREGATE.get(c, "median"))() if len(values) else None
+        if c in SPREAD and len(values):
+            out[f"{c}_min"], out[f"{c}_max"] = values.min(), values.max()
+    return out
+
+
+def flags(row: dict) -> str:
+    """The flag cell of a row: what says its times are less trustworthy (see flag_notes)."""
+    out = []
+    diff, stalls = row.get("peak_diff"), row.get("stalls")
+    if diff is not None and not math.isnan(diff) and diff > PEAK_TOLERANCE:
+        out.append(f"peaks {100 * diff:.0f}% apart¹")
+    if stalls is not None and not math.isnan(stalls) and stalls > 0:
+        out.append(f"{stalls:.0f} stall{'s' if stalls != 1 else ''}²")
+    return ", ".join(out)
+
+
 def summary_table(frameworks: pd.DataFrame) -> pd.DataFrame:
-    """One row per framework: the median of each measurement over its repeats."""
+    """One row per framework, fastest first by s/epoch (median-based; failed and skipped
+    ones last): each measurement over its successful repeats (AGGREGATE; the median
+    for most), with min and max for SPREAD's columns, and its flags."""
     rows = pd.DataFrame([summarise(r) for r in _records(frameworks)])
     if rows.empty:
         return rows
@@ -177,14 +302,18 @@ def summary_table(frameworks: pd.DataFrame) -> pd.DataFrame:
         runs = rows[rows["framework"] == name]
         good = ok[ok["framework"] == name]
         base = (good if len(good) else runs).iloc[-1].to_dict()
-        if len(good) > 1:
-            base.update(good[numeric].median(numeric_only=True).to_dict())
+        base.update(_aggregate(good if len(good) else runs.iloc[-1:], numeric))
         base["repeats"] = len(good)
         if len(good) == 0:  # failed or skipped every time: show why, from the last one
             base["status"] = runs.iloc[-1]["status"]
+        low, high = base.get("load_min"), base.get("load_max")
+        base["load"] = f"{low:.1f}–{high:.1f}" if low is not None and high is not None else None
+        base["flags"] = flags(base)
         grouped.append(base)
     out = pd.DataFrame(grouped).drop(columns=["repeat"])
-    return out
+    if "s_per_epoch" in out:
+        out = out.sort_values("s_per_epoch", kind="stable", na_position="last")
+    return out.reset_index(drop=True)
 
 
 # ---------------------------------------------------------------------------------------
@@ -192,8 +321,12 @@ def summary_table(frameworks: pd.DataFrame) -> pd.DataFrame:
 # ---------------------------------------------------------------------------------------
 
 
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
 def _cell(value, fmt: str) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if _missing(value):
         return "–"
     if fmt == "duration":
         return format_duration(value)
@@ -202,18 +335,50 @@ def _cell(value, fmt: str) -> str:
     return fmt.format(value)
 
 
+def _spread_cell(row: dict, column: str, fmt: str) -> str:
+    """The cell of `column`: its value, and for SPREAD's columns over several runs that
+    differ, their min–max: "12.3 (12.1–12.9)"."""
+    text = _cell(row.get(column), fmt)
+    low, high = row.get(f"{column}_min"), row.get(f"{column}_max")
+    if column in SPREAD and not _missing(low) and not _missing(high) and low != high:
+        text += f" ({_cell(low, fmt)}–{_cell(high, fmt)})"
+    return text
+
+
 def markdown_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
     lines = ["| " + " | ".join(h for _, h, _ in columns) + " |",
              "|" + "|".join("---" if f == "{}" else "---:" for _, _, f in columns) + "|"]
     for row in rows:
-        lines.append("| " + " | ".join(_cell(row.get(c), f) for c, _, f in columns) + " |")
+        lines.append("| " + " | ".join(_spread_cell(row, c, f) for c, _, f in columns) + " |")
     return "\n".join(lines)
 
 
-def results_table(table: pd.DataFrame) -> str:
-    """The main table: frameworks that trained (ok, or failed only at generation)."""
+def _trained(table: pd.DataFrame) -> list[dict]:
+    """The rows of frameworks that trained (ok, or failed only at generation)."""
     trained = table[table["duration_s"].notna()] if "duration_s" in table else table.iloc[0:0]
-    return markdown_table(trained.to_dict("records"), TABLE)
+    return trained.to_dict("records")
+
+
+def results_table(table: pd.DataFrame) -> str:
+    """The main table, fastest first by s/epoch."""
+    return markdown_table(_trained(table), TABLE)
+
+
+def flag_notes(table: pd.DataFrame) -> list[str]:
+    """The footnotes of the flags in the table (only of those that occur)."""
+    cells = " ".join(str(f) for f in table.get("flags", pd.Series(dtype=object)).dropna())
+    notes = []
+    if "¹" in cells:
+        notes.append(f"¹ In at least one of this row's runs, the float32 matmul peaks measured "
+                     f"right before and right after it differ by more than {PEAK_TOLERANCE:.0%} "
+                     "(max / min - 1): the machine's speed changed while it ran (other work on "
+                     "a shared machine, or CPU clocks), so its times and MFU are less "
+                     "trustworthy than the others'.")
+    if "²" in cells:
+        notes.append(f"² Training steps that took more than {STALL_FACTOR:g}x the median step "
+                     "(all repeats together): the machine stalled, not the framework. They "
+                     "count in wall s/epoch, not in s/epoch.")
+    return notes
 
 
 def problems(table: pd.DataFrame) -> list[str]:
@@ -245,25 +410,58 @@ def compare_original(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def _load_line(frameworks: pd.DataFrame, threads) -> str | None:
-    """The 1-minute load average seen around the runs: above the thread count, other work
-    shared the CPU and the times are slower than the machine can do."""
-    loads = [r[key][0] for r in _records(frameworks) for key in ("loadavg_start", "loadavg_end")
-             if isinstance(r.get(key), list) and r[key]]
-    if not loads:
-        return None
-    busy = threads is not None and max(loads) > threads + 0.5
-    return (f"- 1-minute load average at the frameworks' starts and ends: {min(loads):.1f} to "
-            f"{max(loads):.1f}" + (f" (above the {threads} threads used: other work shared "
-                                   "the CPU, so these times are pessimistic)" if busy else ""))
+def _peak_measurements(frameworks: pd.DataFrame) -> list[dict]:
+    """Every peak measurement of the framework records (before and after each run)."""
+    return [r[k] for r in _records(frameworks) for k in ("peak_before", "peak_after")
+            if isinstance(r.get(k), dict) and r[k].get("peak_flops")]
 
 
-def _machine_lines(run: dict, table: pd.DataFrame) -> list[str]:
-    m, git, peak, s = run.get("machine", {}), run.get("git", {}), run.get("peak", {}), run.get(
-        "settings", {})
+def _first_load(value) -> float | None:
+    return value[0] if isinstance(value, list) and value else None
+
+
+def machine_header(runs: list[dict], frameworks: pd.DataFrame) -> str:
+    """One paragraph: the CPU, cores and threads, the 1-minute load average before, around
+    and after the frameworks' runs, and the float32 matmul peaks."""
+    run = runs[-1] if runs else {}
+    m, threads = run.get("machine", {}), run.get("settings", {}).get("threads")
+    ordered = sorted(_records(frameworks), key=lambda r: str(r.get("finished") or ""))
+    around = [x for r in ordered for x in map(_first_load, (r.get("loadavg_start"),
+                                                          r.get("loadavg_end"))) if x is not None]
+    before = _first_load(runs[0].get("loadavg")) if runs else None
+    after = _first_load(ordered[-1].get("loadavg_end")) if ordered else None
+    load = [f"{before:.1f} before the run" if before is not None else None,
+            f"{min(around):.1f}–{max(around):.1f} (min–max) at the frameworks' starts and ends"
+            if around else None,
+            f"{after:.1f} after the last" if after is not None else None]
+    text = (f"Machine: {m.get('cpu')}, {m.get('cores')} cores ({m.get('usable_cores')} "
+            f"usable), {threads} threads per framework. 1-minute load average: "
+            + ("; ".join(filter(None, load)) or "not recorded"))
+    loads = [x for x in (before, after, *around) if x is not None]
+    if threads is not None and loads and max(loads) > threads + 0.5:
+        text += (f" (above the {threads} threads used: other work shared the CPU, so these "
+                 "times are pessimistic)")
+    measured = [p["peak_flops"] / 1e9 for p in _peak_measurements(frameworks)]
+    old = run.get("peak", {}).get("peak_flops") if isinstance(run.get("peak"), dict) else None
+    if measured:
+        text += (f". float32 matmul peak: {min(measured):,.1f}–{max(measured):,.1f} GFLOP/s "
+                 f"over {len(measured)} measurements, right before and right after each run "
+                 "(each run's MFU is against the mean of its two).")
+    elif old:
+        text += f". float32 matmul peak: {old / 1e9:,.1f} GFLOP/s, measured once at the start."
+    else:
+        text += ". float32 matmul peak: not measured."
+    return text
+
+
+def _machine_lines(run: dict, table: pd.DataFrame, frameworks: pd.DataFrame) -> list[str]:
+    m, git, s = run.get("machine", {}), run.get("git", {}), run.get("settings", {})
     commit = (git.get("commit") or "unknown")[:12] + (" (with uncommitted changes)"
                                                       if git.get("dirty") else "")
-    peak_flops = peak.get("peak_flops")
+    measured = _peak_measurements(frameworks)
+    peak = measured[0] if measured else run.get("peak") or {}
+    how = (f"NumPy {peak.get('numpy')}, {peak.get('blas')}, {peak.get('size')}² matrices, best "
+           f"of {peak.get('repeats')}") if peak.get("peak_flops") else "not measured"
     lines = [
         f"- CPU: {m.get('cpu')}, {m.get('cores')} cores ({m.get('usable_cores')} usable), "
         f"{m.get('memory_gb')} GB memory",
@@ -272,12 +470,10 @@ def _machine_lines(run: dict, table: pd.DataFrame) -> list[str]:
             sorted({str(d) for d in table.get("device", pd.Series(dtype=object)).dropna()}) or
             [str(s.get("device"))]),
         f"- OS: {m.get('os')}; runner Python {m.get('runner_python')}",
-        "- float32 matmul peak: " + (f"{peak_flops / 1e9:.1f} GFLOP/s (NumPy {peak.get('numpy')}"
-                                      f", {peak.get('blas')}, {peak.get('size')}² matrices, best "
-                                      f"of {peak.get('repeats')})" if peak_flops else
-                                      f"not measured ({peak.get('error')})"),
-        f"- git commit {commit}; started {run.get('started')}; load average at start "
-        f"{run.get('loadavg')}",
+        f"- float32 matmul peak: {how}"
+        + (", right before and right after each run" if measured else
+           ", once at the start of the run" if peak.get("peak_flops") else ""),
+        f"- git commit {commit}; started {run.get('started')}",
     ]
     return lines
 
@@ -300,14 +496,78 @@ def _samples(frameworks: pd.DataFrame) -> list[str]:
     return out
 
 
+def _how_to_read(s: dict, table: pd.DataFrame) -> str:
+    gen_length = s.get("gen_length")
+    return (
+        "How to read it: rows are ranked by *s/epoch*, the median training step (after the "
+        f"first) times the {s.get('train_batches')} batches of an epoch: it measures the "
+        "framework, not the machine's hiccups, and *chars/s* and *MFU* come from the same "
+        "median step. *wall s/epoch* is the clock: the epochs' training time (no start-up, "
+        "validation or checkpointing) over the epochs trained, slow steps included (a "
+        "fraction of an epoch when `--max-steps` stops early, so it includes the first "
+        "step). *step ms* is the median step (its distribution is in the step-time table "
+        "below); *first step s* is the first step, compilation and warm-up included; *MFU* "
+        "is the model's training FLOPs per step (3 x forward matmul FLOPs per character x "
+        "characters per batch) over the median step time, as a share of that run's float32 "
+        "matmul peak: the mean of the two measured right before and right after it (records "
+        "of an older version: the one peak measured at the start, as said above); *peak "
+        "MiB* is the training process's maximum resident memory (wait4 `ru_maxrss`); "
+        "*losses* are the last epoch's mean training batch loss and the validation loss, in "
+        "nats per character (bpc = bits per character); *gen chars/s* is `generate --length "
+        f"{gen_length}` from the checkpoint just trained (top-3 sampling, fixed seed), first "
+        f"step included; *batch gen chars/s* is the same with `--num-samples "
+        f"{_batch_samples(table)}`, every stream's characters counted. "
+        + ("Numbers are medians over repeats, with (min–max) where the time columns differ; "
+           "the frameworks took turns (A B C, A B C)." if _repeated(table)
+           else "One run per framework."))
+
+
+def _repeated(table: pd.DataFrame) -> bool:
+    return bool((table.get("repeats", pd.Series([1])) > 1).any())
+
+
+def _batch_samples(table: pd.DataFrame) -> str:
+    counts = table.get("batch_gen_samples", pd.Series(dtype=float)).dropna()
+    return f"{counts.max():.0f}" if len(counts) else "N"
+
+
+def timing_section(table: pd.DataFrame) -> list[str]:
+    """The step-time distribution and the machine around each row's runs."""
+    return [
+        "## Step times and the machine", "", markdown_table(_trained(table), TIMING_TABLE), "",
+        "*step ms*: the median step after the first (median of the epochs' medians and of the "
+        "repeats); *p90*, *p99*, *max*: of the worst epoch (p90 and p99 the median over "
+        f"repeats, max the largest); *stalls*: steps over {STALL_FACTOR:g}x the median, all "
+        "repeats together; *peak before* and *peak after*: the float32 matmul peak right "
+        "before and right after the run (medians over repeats); *peaks apart*: their max / "
+        f"min - 1, the largest over repeats, flagged above {PEAK_TOLERANCE:.0%}; *load "
+        "average*: the 1-minute load average at the starts and ends of its runs (min–max). "
+        "A – is a figure the records do not carry (written by an older version).", ""]
+
+
+def generation_section(table: pd.DataFrame, gen_length) -> list[str]:
+    """One stream, the sampler's own cost, and a batch."""
+    batch = _batch_samples(table)
+    return [
+        "## Generation", "", markdown_table(_trained(table), GENERATION_TABLE), "",
+        f"*chars/s*: `generate --length {gen_length}`, one stream, first step included; "
+        "*sampler s*: of that time, the time in the sampler (common.sampling, NumPy: the same "
+        "code for every framework); *sampler share*: sampler s over the generation time; "
+        f"*chars/s without sampler*: {gen_length} / (time - sampler s), what the framework's "
+        f"own steps allow; *batch chars/s*: `--num-samples {batch}`, all {batch} streams' "
+        f"characters ({batch} x {gen_length}) over the batch's time (the `generated N "
+        "characters` line of `generate` counts every stream). A – is a figure the records do "
+        "not carry (a `generate` that does not time its sampler, or an older record).", ""]
+
+
 def render_report(runs: list[dict], table: pd.DataFrame, frameworks: pd.DataFrame,
                   compare: bool) -> str:
     run = runs[-1] if runs else {}
     s = run.get("settings", {})
     first = runs[0] if runs else {}
-    gen_length = s.get("gen_length")
     lines = [f"# Benchmark: {s.get('profile', '?')} profile", "",
              f"What it trains: {first.get('description', run.get('description', '?'))}.", "",
+             machine_header(runs, frameworks), "",
              f"Every framework started from the same initial weights (`--random-seed "
              f"{s.get('random_seed')}`), in a fresh process of its own environment, on "
              f"`{Path(s.get('text_path', '?')).name}` (sha256 {str(s.get('text_sha256'))[:12]}), "
@@ -315,27 +575,18 @@ def render_report(runs: list[dict], table: pd.DataFrame, frameworks: pd.DataFram
              f"per epoch" + (f" and `{' '.join(s['extra_train_args'])}`"
                              if s.get("extra_train_args") else "") + ".", "",
              results_table(table), ""]
+    notes = flag_notes(table)
+    if notes:
+        lines += ["\n\n".join(notes), ""]
     bad = problems(table)
     if bad:
         lines += ["Not in the table, or without a generation speed:", "", *bad, ""]
     lines += [
-        "How to read it: *duration* is the sum of the epochs' training time (no start-up, "
-        "validation or checkpointing); *s/epoch* is that over the epochs trained (a fraction "
-        "of an epoch when `--max-steps` stops early, so it includes the first step); "
-        "*step ms* is the median training step after the first; *first step s* is the first "
-        "step, compilation and warm-up included; *MFU* is the model's training FLOPs per step "
-        "(3 x forward matmul FLOPs per character x characters per batch) over the step time, "
-        "as a share of the measured float32 matmul peak below; *peak MiB* is the training "
-        "process's maximum resident memory (wait4 `ru_maxrss`); *losses* are the last "
-        "epoch's mean training batch loss and the validation loss, in nats per character "
-        f"(bpc = bits per character); *gen chars/s* is `generate --length {gen_length}` from "
-        "the checkpoint just trained (top-3 sampling, fixed seed), first step included. "
-        + ("Numbers are medians over repeats." if (table.get("repeats", pd.Series([1])) > 1).any()
-           else "One run per framework."), "",
+        _how_to_read(s, table), "",
         "![loss per epoch](loss_per_epoch.png)", "", "![loss versus time](loss_vs_time.png)", "",
         "![throughput](throughput.png)", "",
-        "## Machine", "", *_machine_lines(run, table),
-        *filter(None, [_load_line(frameworks, s.get("threads"))]), "",
+        *timing_section(table), *generation_section(table, s.get("gen_length")),
+        "## Machine", "", *_machine_lines(run, table, frameworks), "",
         _versions_table(table), ""]
     if compare:
         lines += ["## Beside the original suite", "", compare_original(table), ""]
@@ -360,8 +611,11 @@ def readme_block(table: pd.DataFrame, run: dict, results_dir: Path, readme: Path
         README_START,
         f"Profile `{s.get('profile')}` on {m.get('cpu')} ({s.get('threads')} threads), "
         f"{str(run.get('started', ''))[:10]}; full report: "
-        f"[{link('report.md')}]({link('report.md')}).",
-        "", results_table(table), "",
+        f"[{link('report.md')}]({link('report.md')}). Ranked by *s/epoch*, the median step "
+        "times the batches of an epoch (the framework, not the machine's hiccups; MFU and "
+        "chars/s use the same median step); *wall s/epoch* is the clock."
+        + (" Medians over repeats, (min–max) where they differ." if _repeated(table) else ""),
+        "", results_table(table), *[f"\n{note}" for note in flag_notes(table)], "",
         f"![loss per epoch]({link('loss_per_epoch.png')}) "
         f"![loss versus time]({link('loss_vs_time.png')}) "
         f"![throughput]({link('throughput.png')})",

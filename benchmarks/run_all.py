@@ -3,6 +3,7 @@
     python -m benchmarks.run_all                                  # quick profile, all frameworks
     python -m benchmarks.run_all --profile full                   # the original table: 32 epochs
     python -m benchmarks.run_all --frameworks numpy,pytorch --max-steps 20
+    python -m benchmarks.run_all --repeats 3                      # A B C, A B C, A B C
     python -m benchmarks.run_all --resume                         # go on after Ctrl-C or a crash
 
 Every framework gets the same corpus, the same portable initial weights (written
@@ -10,14 +11,20 @@ once per run from --random-seed), the same flags and the same thread count, and
 trains in a fresh process under its own environment's interpreter, with the
 thread variables set before anything is imported (benchmarks.child). Then its
 `generate` command produces --gen-length characters from the checkpoint it just
-trained.
+trained, once as one stream and once as a batch of 64. The float32 matmul peak is
+measured right before and right after each run, so that a machine shared with
+other work shows in the report. With --repeats N the frameworks take turns (A B C,
+A B C, ...), so that a slow spell of the machine falls on several frameworks
+rather than on all repeats of one. While a framework trains, a line on stderr
+says which run and epoch it is on and about how long the whole run has left.
 
 What a run leaves in --out (default benchmarks/results/<profile>, ignored by git):
 
     records.jsonl          a "run" record, then one record per framework and repeat,
                            appended as each finishes (benchmarks.records)
     init.safetensors       the shared initial weights
-    runs/<framework>/<k>/  train.log, train.jsonl, train.err, generate.out, generate.err
+    runs/<framework>/<k>/  train.log, train.jsonl, train.err, generate.out, generate.err,
+                           generate_batch.out, generate_batch.err
 
 and then the report of `benchmarks.report` (report.md, results.csv, plots), which
 reads only records.jsonl, with its table printed in markdown. A framework that
@@ -39,11 +46,13 @@ import shlex
 import signal
 import statistics
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks import child, records
 from benchmarks.child import Plan
+from benchmarks.mfu import PEAK_REPEATS, PEAK_SIZE
 from common import registry
 from common.registry import Entry
 
@@ -100,6 +109,11 @@ class Settings:
     train_batches: int  # per epoch, as common.batching cuts the text
     chars_per_batch: int
 
+    @property
+    def total_steps(self) -> int:
+        """Training steps of one framework's run."""
+        return total_steps(self.num_epochs, self.max_steps, self.train_batches)
+
     def identity(self) -> dict:
         """The fields two runs must share for --resume to combine their records."""
         d = dataclasses.asdict(self)
@@ -107,6 +121,11 @@ class Settings:
         d["text_path"] = records.portable(self.text_path)
         d["extra_train_args"] = list(d["extra_train_args"])
         return d
+
+
+def total_steps(num_epochs: int, max_steps: int | None, train_batches: int) -> int:
+    whole = num_epochs * train_batches
+    return whole if max_steps is None else min(max_steps, whole)
 
 
 def train_config_from_args(extra: list[str]):
@@ -155,8 +174,7 @@ def resolve_settings(args) -> Settings:
               or args.text_path is not None)
     cfg = train_config_from_args(list(extra))
     train_batches, chars_per_batch, _ = steps_per_epoch_and_vocab(text_path, cfg)
-    total = num_epochs * train_batches if max_steps is None else min(
-        max_steps, num_epochs * train_batches)
+    total = total_steps(num_epochs, max_steps, train_batches)
     what = profile.description
     if custom:
         what = (f"{'up to ' if max_steps else ''}{total} training steps "
@@ -191,8 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(0: none, whole epochs)")
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
                    help="threads for every framework (--threads and the OMP/MKL/BLAS variables)")
-    p.add_argument("--repeats", type=int, default=1, help="runs per framework; "
-                   "the report takes medians")
+    p.add_argument("--repeats", type=int, default=1, help="runs per framework, taking turns "
+                   "(A B C, A B C); the report gives medians and their min-max")
     p.add_argument("--text-path", help="training text (default: tinyshakespeare)")
     p.add_argument("--random-seed", type=int, default=42,
                    help="seed of the shared initial weights and of generation")
@@ -208,8 +226,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "benchmarks/results/<profile>, or .../custom when flags override the profile)")
     p.add_argument("--resume", action="store_true", help="keep the records in --out and run only "
                    "the frameworks and repeats not finished yet")
-    p.add_argument("--matmul-size", type=int, default=2048,
-                   help="square matrix size of the float32 peak measurement")
+    p.add_argument("--matmul-size", type=int, default=PEAK_SIZE,
+                   help="square matrix size of the float32 peak measured before and after "
+                   "each framework's run")
+    p.add_argument("--matmul-repeats", type=int, default=PEAK_REPEATS,
+                   help="timed products of each peak measurement; the best counts")
     p.add_argument("--keep-checkpoints", action="store_true",
                    help="keep each framework's trained checkpoint under runs/")
     p.add_argument("--no-report", action="store_true", help="only record; no report at the end")
@@ -247,7 +268,8 @@ def make_plan(args) -> Plan:
         raise SystemExit(f"error: {exc}") from None
     out = (args.out or records.RESULTS_ROOT / settings.profile).resolve()
     timeout_s = args.timeout if args.timeout is not None else PROFILES[args.profile].timeout_s
-    return Plan(settings, out, timeout_s, args.keep_checkpoints)
+    return Plan(settings, out, timeout_s, args.keep_checkpoints, args.matmul_size,
+                args.matmul_repeats)
 
 
 # ---------------------------------------------------------------------------------------
@@ -259,7 +281,8 @@ def print_commands(entries: list[Entry], plan: Plan) -> None:
     for entry in entries:
         run_dir = plan.run_dir(entry, 0)
         print(f"# {entry.name}\n{shlex.join(child.train_command(entry, plan, run_dir))}\n"
-              f"{shlex.join(child.generate_command(entry, plan, run_dir))}")
+              f"{shlex.join(child.generate_command(entry, plan, run_dir))}\n"
+              f"{shlex.join(child.generate_command(entry, plan, run_dir, child.BATCH_SAMPLES))}")
 
 
 def open_records(plan: Plan, resume: bool) -> list[dict]:
@@ -288,7 +311,9 @@ def _label(entry: Entry, repeat: int, repeats: int) -> str:
 
 
 def pending(entries: list[Entry], repeats: int, previous: list[dict]) -> list[tuple[Entry, int]]:
-    """(entry, repeat) pairs still to run, each repeat of all frameworks in turn."""
+    """(entry, repeat) pairs still to run, round-robin: repeat 0 of every framework, then
+    repeat 1 of every framework, ... (A B C A B C), so that a slow spell of a shared
+    machine is spread over the frameworks instead of landing on one's repeats."""
     done = records.done_runs(previous)
     todo = []
     for k in range(repeats):
@@ -301,29 +326,88 @@ def pending(entries: list[Entry], repeats: int, previous: list[dict]) -> list[tu
     return todo
 
 
-def start_run(plan: Plan, args, entries: list[Entry], resumed: bool) -> Plan:
-    """Write the initial weights, measure the matmul peak and record the run; the plan with
-    the peak in it."""
+def start_run(plan: Plan, args, entries: list[Entry], resumed: bool) -> None:
+    """Write the initial weights and record the run."""
     s = plan.settings
     write_init_weights(plan.init_path, s)
-    print(f"measuring the float32 matmul peak ({s.threads} threads)...", file=sys.stderr)
-    peak = child.measure_peak_flops(s.threads, args.matmul_size)
-    if peak.get("peak_flops"):
-        print(f"peak {peak['peak_flops'] / 1e9:.1f} GFLOP/s", file=sys.stderr)
     records.append_record(plan.records_path, records.run_record(
-        resumed=resumed, settings=s.identity(), description=s.description, peak=peak,
+        resumed=resumed, settings=s.identity(), description=s.description,
+        peak_check={"size": plan.peak_size, "repeats": plan.peak_repeats},
         timeout_s=plan.timeout_s, frameworks=[e.name for e in entries], repeats=args.repeats))
-    return dataclasses.replace(plan, peak_flops=peak.get("peak_flops"))
 
 
-def run_frameworks(todo: list[tuple[Entry, int]], plan: Plan, repeats: int) -> bool:
+# ---------------------------------------------------------------------------------------
+# Progress: which run and epoch, and about how long the whole run has left
+# ---------------------------------------------------------------------------------------
+
+
+def estimate_left_s(epochs: list[dict], total_steps: int, elapsed_s: float, later: list[str],
+                    past: dict[str, list[float]], current: str | None = None) -> float | None:
+    """Seconds the run has left: the current framework's run, then the later runs.
+
+    `epochs` are the current run's (framework `current`) epoch records so far (none
+    between runs), `elapsed_s` how long it has taken, `later` the framework of each run
+    still to come, `past` the seconds each framework's finished runs took. The current
+    run's training goes on at its rate so far (training and validation per step), or
+    takes as long as that framework's last run if that is longer (generation and the
+    peaks come after training); a later run takes as long as that framework's last
+    one, else the median of all finished runs, else as long as the current one will.
+    None when nothing has finished yet.
+    """
+    current_left, current_total = 0.0, None
+    if epochs and epochs[-1].get("step"):
+        done = epochs[-1]["step"]
+        spent = sum((e.get("duration_s") or 0.0) + (e.get("val_duration_s") or 0.0)
+                    for e in epochs)
+        current_left = max(total_steps - done, 0) * spent / done
+        if past.get(current):
+            current_left = max(current_left, past[current][-1] - elapsed_s)
+        current_total = elapsed_s + current_left
+    finished = [s for runs in past.values() for s in runs]
+    typical = statistics.median(finished) if finished else current_total
+    if typical is None:
+        return None
+    return current_left + sum(past[name][-1] if past.get(name) else typical for name in later)
+
+
+def format_left(seconds: float | None) -> str:
+    """"~41 min left", for a progress line; "time left unknown" without an estimate."""
+    if seconds is None:
+        return "time left unknown"
+    if seconds < 90:
+        return f"~{max(seconds, 1):.0f} s left"
+    if seconds < 90 * 60:
+        return f"~{seconds / 60:.0f} min left"
+    return f"~{seconds / 3600:.1f} h left"
+
+
+def progress_line(label: str, epochs: list[dict], settings: Settings, left_s: float | None) -> str:
+    """"[3/10] jax: epoch 5/32, ~41 min left" (the epoch of the last record written)."""
+    planned = math.ceil(settings.total_steps / settings.train_batches)
+    return f"{label}: epoch {epochs[-1]['epoch']}/{planned}, {format_left(left_s)}"
+
+
+def past_run_seconds(previous: list[dict]) -> dict[str, list[float]]:
+    """Seconds each framework's finished runs took, from records (those of a --resume)."""
+    past: dict[str, list[float]] = {}
+    for r in previous:
+        seconds = records.run_seconds(r) if r.get("kind") == "framework" else None
+        if seconds is not None and r.get("status") != "skipped":
+            past.setdefault(r["framework"], []).append(seconds)
+    return past
+
+
+def run_frameworks(todo: list[tuple[Entry, int]], plan: Plan, repeats: int,
+                   previous: list[dict]) -> bool:
     """Run and record each (entry, repeat) in turn; whether Ctrl-C (or SIGTERM) stopped it."""
     # A SIGTERM (a cancelled job) stops the run like Ctrl-C: the child is in its own
     # session and would not get it, so the runner must stop it.
     signal.signal(signal.SIGTERM, _interrupt)
+    past = past_run_seconds(previous)
     try:
         for i, (entry, k) in enumerate(todo, 1):
             label = f"[{i}/{len(todo)}] {_label(entry, k, repeats)}"
+            later = [e.name for e, _ in todo[i:]]
             reason = child.skip_reason(entry)
             if reason:
                 if k == 0:
@@ -333,9 +417,21 @@ def run_frameworks(todo: list[tuple[Entry, int]], plan: Plan, repeats: int) -> b
                 print(f"{label}: skipped: {reason}", file=sys.stderr)
                 continue
             print(f"{label}: training...", file=sys.stderr, flush=True)
-            record = child.run_framework(entry, k, plan)
+            start = time.perf_counter()
+
+            def on_epochs(epochs, label=label, later=later, start=start, name=entry.name):
+                left = estimate_left_s(epochs, plan.settings.total_steps,
+                                       time.perf_counter() - start, later, past, name)
+                print(progress_line(label, epochs, plan.settings, left), file=sys.stderr,
+                      flush=True)
+
+            record = child.run_framework(entry, k, plan, on_epochs)
             records.append_record(plan.records_path, record)
-            print(f"{label}: {_summary_line(record)}", file=sys.stderr, flush=True)
+            past.setdefault(entry.name, []).append(time.perf_counter() - start)
+            left = estimate_left_s([], plan.settings.total_steps, 0.0, later, past)
+            print(f"{label}: {_summary_line(record)}"
+                  + (f"; {format_left(left)} in the run" if later else ""),
+                  file=sys.stderr, flush=True)
     except KeyboardInterrupt:
         print(f"\ninterrupted: what finished is in {records.portable(plan.records_path)}; "
               "continue with the same flags and --resume", file=sys.stderr)
@@ -352,13 +448,18 @@ def _summary_line(record: dict) -> str:
         return f"{record['status'].upper()} at {record['stage']}: {record['error']}"
     last = record["epochs"][-1]
     gen = record.get("generation") or {}
+    batch = record.get("generation_batch") or {}
     steps = [e["step_s_median"] for e in record["epochs"] if e.get("step_s_median")]
     val = last["val/loss"] if last["val/loss"] is not None else float("nan")
+    peaks = [(record.get(k) or {}).get("peak_flops") for k in ("peak_before", "peak_after")]
     return (f"ok: {last['step']} steps, median step "
             f"{1000 * statistics.median(steps or [0]):.0f} ms, "
             f"train loss {last['train/loss']:.4f}, val loss {val:.4f}, "
-            f"peak {record['train_process']['max_rss_mb']:.0f} MiB, "
-            f"generation {gen.get('chars_per_s', 0):.0f} chars/s")
+            f"{record['train_process']['max_rss_mb']:.0f} MiB, "
+            f"generation {gen.get('chars_per_s', 0):.0f} chars/s "
+            f"({batch.get('total_chars_per_s') or 0:.0f} for {batch.get('num_samples')} "
+            "streams), matmul peak " + " -> ".join(f"{p / 1e9:.1f}" if p else "?" for p in peaks)
+            + " GFLOP/s")
 
 
 def write_report(plan: Plan) -> None:
@@ -389,8 +490,8 @@ def main(argv: list[str] | None = None) -> int:
     previous = open_records(plan, args.resume)
     todo = pending(entries, args.repeats, previous)
     if todo:
-        plan = start_run(plan, args, entries, resumed=bool(previous))
-    interrupted = run_frameworks(todo, plan, args.repeats)
+        start_run(plan, args, entries, resumed=bool(previous))
+    interrupted = run_frameworks(todo, plan, args.repeats, previous)
     if not args.no_report:
         write_report(plan)
     if interrupted:

@@ -1,6 +1,16 @@
 """The benchmark runner end to end, its --resume and Ctrl-C, and the report and plots on
-saved records (tests/data/bench/records.jsonl: a real tiny run of numpy, pytorch and
-chainer, two repeats each, a script that exits 1, and one whose environment is missing).
+saved records:
+
+- tests/data/bench/records.jsonl: a real tiny run of numpy, pytorch and chainer, two
+  repeats each, a script that exits 1, and one whose environment is missing, written
+  before the records carried the step-time distribution, the peaks before and after
+  each run and the batch generation (the report shows those as blanks);
+- tests/data/bench/loaded/records.jsonl: a real tiny run of numpy and pytorch, two
+  repeats each, on a loaded machine (1-minute load average 11 to 14 on 2 cores),
+  with every current field; edited to make the flags certain: the peaks set to round
+  values (pytorch's second run 40 -> 28 GFLOP/s, 43% apart; the others under 4%),
+  and numpy's second run given 2 stalls (a 200 ms step). Its pytorch second run
+  timed its sampler (`; sampler S s`), the first did not.
 
 The runner and the report need pandas and matplotlib, which only the modern
 environment has; under the legacy one this module is skipped.
@@ -123,7 +133,12 @@ def test_runner_records_every_framework_and_a_failure_is_not_fatal(bench):
         assert r["train_process"]["max_rss_mb"] > 10  # a Python process, from wait4
         assert r["generation"]["chars"] == 100
         assert len(r["generation"]["text"]) > 100  # the seed, then 100 characters
-        assert r["peak_flops"] > 0
+        batch = r["generation_batch"]  # generate --num-samples 64: every stream counted
+        assert batch["num_samples"] == 64 and batch["total_chars"] == 64 * 100
+        assert batch["total_chars_per_s"] > 0 and "--num-samples 64" in r["generate_batch_command"]
+        assert r["peak_before"]["peak_flops"] > 0 and r["peak_after"]["peak_flops"] > 0
+        assert r["peak_before"]["size"] == 256
+        assert {"step_s_p90", "step_s_p99", "step_s_max", "stalls"} <= set(r["epochs"][0])
     if "chainer" in records:  # same initial weights, same batches: the same losses
         a, b = records["numpy"]["epochs"][-1], records["chainer"]["epochs"][-1]
         assert a["train/loss"] == pytest.approx(b["train/loss"], abs=1e-4)
@@ -225,9 +240,10 @@ def test_dry_run_prints_each_framework_s_commands(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert not (tmp_path / "out").exists()
     lines = proc.stdout.splitlines()
-    assert lines[0] == "# numpy" and lines[3] == "# keras[jax]"
+    assert lines[0] == "# numpy" and lines[4] == "# keras[jax]"
     assert "numpy_model.py train " in lines[1] and "--max-steps 5" in lines[1]
-    assert "keras_model.py generate " in lines[5] and "runs/keras-jax/0/checkpoint" in lines[5]
+    assert "keras_model.py generate " in lines[6] and "runs/keras-jax/0/checkpoint" in lines[6]
+    assert lines[7].endswith("--num-samples 64")
 
 
 def test_unknown_framework_is_one_line():
@@ -246,13 +262,79 @@ def test_portable_paths_and_machine_slug():
     assert records.machine_slug({"cpu": None, "cores": None}) == "unknown-0core"
 
 
-def test_parse_generated_line():
+def test_parse_generated_line_with_and_without_the_sampler():
     err = ("using checkpoints/x\n"
            "generated 1024 characters in 0.512 s (2000.0 chars/s; first step 0.031 s)\n")
-    assert child.parse_generated_line(err) == {
-        "chars": 1024, "duration_s": 0.512, "chars_per_s": 2000.0, "first_step_s": 0.031}
+    assert child.parse_generated_line(err) == child.Generated(1024, 0.512, 2000.0, 0.031, None)
+    newer = "generated 1024 characters in 0.2 s (5000 chars/s; first step 0.01 s; sampler 0.05 s)"
+    assert child.parse_generated_line(newer) == child.Generated(1024, 0.2, 5000.0, 0.01, 0.05)
     assert child.parse_generated_line("Traceback ...\nValueError: x\n") is None
     assert child.last_line("a\nerror: bad input\n\n") == "error: bad input"
+
+
+def tiny_settings(tmp_path: Path, *flags: str):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TEXT, encoding="utf-8")
+    return run_all.resolve_settings(run_all.parse_args(
+        ["--text-path", str(corpus), "--extra-train-args", TINY_MODEL, *flags]))
+
+
+def test_batch_generation_counts_every_stream(tmp_path):
+    # run_generate's N counts all streams (length x num_samples): taken as it is ...
+    assert child.batch_chars(64 * 50, 64, 50) == 3200
+    # ... and a line that counts one stream is scaled up to all of them.
+    assert child.batch_chars(50, 64, 50) == 3200
+    assert child.batch_chars(50, 1, 50) == 50
+    line = ("generated 3200 characters in 0.16 s (20000.0 chars/s; first step 0.05 s; "
+            "sampler 0.04 s)")
+    timing = child.parse_generated_line(line)
+    assert child.batch_chars(timing.chars, 64, 50) / timing.duration_s == pytest.approx(20000)
+    plan = child.Plan(tiny_settings(tmp_path, "--gen-length", "50"), Path("out"), None, False)
+    cmd = child.generate_command(registry.FRAMEWORKS["numpy"], plan, Path("run"), 64)
+    assert cmd[-2:] == ["--num-samples", "64"] and "--length" in cmd
+    assert "--num-samples" not in child.generate_command(registry.FRAMEWORKS["numpy"], plan,
+                                                         Path("run"))
+
+
+def test_repeats_take_turns_round_robin(capsys):
+    entries = [registry.Entry(name, "numpy_model", "any", "numpy") for name in "abc"]
+    todo = run_all.pending(entries, 3, [])
+    assert [(e.name, k) for e, k in todo] == [
+        ("a", 0), ("b", 0), ("c", 0), ("a", 1), ("b", 1), ("c", 1), ("a", 2), ("b", 2),
+        ("c", 2)]
+    done = [{"kind": "framework", "framework": "a", "repeat": 0, "status": "ok"},
+            {"kind": "framework", "framework": "b", "repeat": 0, "status": "failed"}]
+    todo = run_all.pending(entries, 2, done)  # --resume: the rest, in the same turns
+    assert [(e.name, k) for e, k in todo] == [("c", 0), ("a", 1), ("b", 1), ("c", 1)]
+    assert "a (repeat 1): already recorded" in capsys.readouterr().err
+
+
+def test_time_left_estimate(tmp_path):
+    epochs = [{"epoch": 1, "step": 10, "duration_s": 8.0, "val_duration_s": 2.0},
+              {"epoch": 2, "step": 20, "duration_s": 9.0, "val_duration_s": 1.0}]
+    # Nothing finished before: the current run's 20 steps more at 1 s a step, and the later
+    # run as long as this one will take (elapsed 25 s + 20 s left).
+    assert run_all.estimate_left_s(epochs, 40, 25.0, ["b"], {}) == pytest.approx(20 + 45)
+    # A later run of a framework that ran before takes as long as its last run; one not
+    # seen yet the median of all finished runs (100, 120, 30: 100).
+    past = {"a": [100.0, 120.0], "b": [30.0]}
+    assert run_all.estimate_left_s(epochs, 40, 25.0, ["a", "c"], past) == pytest.approx(
+        20 + 120 + 100)
+    # The current framework's last run took 70 s: 45 s more (its generation, its peaks).
+    assert run_all.estimate_left_s(epochs, 40, 25.0, [], {"a": [70.0]}, "a") == 45.0
+    # Between runs: only the later ones.
+    assert run_all.estimate_left_s([], 40, 0.0, ["b", "b"], past) == 60.0
+    assert run_all.estimate_left_s([], 40, 0.0, ["b"], {}) is None
+    assert [run_all.format_left(x) for x in (None, 0.2, 45, 41 * 60 + 10, 3 * 3600)] == [
+        "time left unknown", "~1 s left", "~45 s left", "~41 min left", "~3.0 h left"]
+    settings = tiny_settings(tmp_path, "--num-epochs", "32", "--max-steps", "0")
+    assert run_all.progress_line("[3/10] jax", epochs, settings, 41 * 60) == (
+        "[3/10] jax: epoch 2/32, ~41 min left")
+    finished = [{"kind": "framework", "framework": "a", "status": "ok",
+                 "started": "2026-11-23T12:00:00+00:00", "finished": "2026-11-23T12:01:40+00:00"},
+                {"kind": "framework", "framework": "m", "status": "skipped",
+                 "started": "2026-11-23T12:00:00+00:00", "finished": "2026-11-23T12:00:00+00:00"}]
+    assert run_all.past_run_seconds(finished) == {"a": [100.0]}
 
 
 def test_log_every_divides_the_epoch():
@@ -284,28 +366,80 @@ def saved(tmp_path) -> Path:
 
 def test_summarise_computes_each_measurement():
     record = {
-        "framework": "x", "repeat": 0, "status": "ok", "peak_flops": 1e9,
+        "framework": "x", "repeat": 0, "status": "ok",
+        "peak_before": {"peak_flops": 1.1e9}, "peak_after": {"peak_flops": 0.9e9},
+        "loadavg_start": [1.5, 1.0, 1.0], "loadavg_end": [0.5, 1.0, 1.0],
         "header": {"versions": {"x": "1.0", "numpy": "2.0"}, "train_batches": 20,
                    "chars_per_batch": 100, "flops_per_char": 1000, "threads": 2},
-        "epochs": [{"epoch": 1, "step": 20, "duration_s": 4.0, "step_s_median": 0.2,
+        "epochs": [{"epoch": 1, "step": 20, "duration_s": 5.0, "step_s_median": 0.2,
+                    "step_s_p90": 0.3, "step_s_p99": 0.5, "step_s_max": 1.5, "stalls": 1,
                     "first_step_s": 1.0, "train/loss": 2.0, "val/loss": 1.5},
-                   {"epoch": 2, "step": 30, "duration_s": 2.0, "step_s_median": 0.2,
+                   {"epoch": 2, "step": 30, "duration_s": 1.0, "step_s_median": 0.1,
+                    "step_s_p90": 0.4, "step_s_p99": 0.45, "step_s_max": 0.5, "stalls": 0,
+                    "first_step_s": 0.2, "train/loss": 1.0, "val/loss": 1.25},
+                   {"epoch": 3, "step": 40, "duration_s": 2.0, "step_s_median": 0.2,
+                    "step_s_p90": 0.2, "step_s_p99": 0.2, "step_s_max": 0.2, "stalls": 2,
                     "first_step_s": 0.2, "train/loss": 1.0, "val/loss": 1.25}],
         "train_process": {"max_rss_mb": 300.0, "wall_s": 9.0},
-        "generation": {"chars_per_s": 500.0, "first_step_s": 0.1},
+        "generation": {"chars": 1000, "duration_s": 2.0, "chars_per_s": 500.0,
+                       "first_step_s": 0.1, "sampler_s": 0.5},
+        "generation_batch": {"chars": 64000, "duration_s": 4.0, "first_step_s": 0.2,
+                             "num_samples": 64, "total_chars": 64000,
+                             "total_chars_per_s": 16000.0},
     }
     row = report.summarise(record)
     assert row["version"] == "1.0" and row["versions"] == "x 1.0, numpy 2.0"
-    assert row["duration_s"] == 6.0 and row["epochs"] == 1.5 and row["s_per_epoch"] == 4.0
-    assert row["chars_per_s"] == pytest.approx(30 * 100 / 6.0)
+    # The clock: 8 s of training over 2 epochs; the median: 0.2 s x 20 batches.
+    assert row["duration_s"] == 8.0 and row["epochs"] == 2.0
+    assert row["wall_s_per_epoch"] == 4.0 and row["s_per_epoch"] == pytest.approx(4.0)
+    assert row["chars_per_s"] == pytest.approx(100 / 0.2)
+    assert row["wall_chars_per_s"] == pytest.approx(40 * 100 / 8.0)
+    # The step distribution: median of the epochs' medians, the worst epoch's tails, all
+    # stalls.
     assert row["step_ms"] == pytest.approx(200.0) and row["first_step_s"] == 1.0
-    # 3 x 1000 FLOPs x 100 characters per 0.2 s step, over 1 GFLOP/s
+    assert row["step_p90_ms"] == pytest.approx(400.0) and row["step_p99_ms"] == 500.0
+    assert row["step_max_ms"] == 1500.0 and row["stalls"] == 3
+    # MFU against the mean of the run's two peaks (1 GFLOP/s), which are 22% apart:
+    # 3 x 1000 FLOPs x 100 characters per 0.2 s step.
+    assert row["peak_flops"] == pytest.approx(1e9)
+    assert row["peak_diff"] == pytest.approx(1.1 / 0.9 - 1)
     assert row["mfu"] == pytest.approx(3 * 1000 * 100 / 0.2 / 1e9)
-    assert row["mfu"] == mfu(1000, 100, 0.2, 1e9)
+    assert row["mfu"] == mfu(1000, 100, 0.2, row["peak_flops"])
     assert row["train_loss"] == 1.0 and row["val_loss"] == 1.25
     assert row["val_bpc"] == pytest.approx(1.25 / 0.6931471805599453)
-    assert row["peak_mb"] == 300.0 and row["gen_chars_per_s"] == 500.0
+    assert row["peak_mb"] == 300.0 and (row["load_min"], row["load_max"]) == (0.5, 1.5)
+    # Generation: the sampler's quarter of the time, the rate without it, the batch.
+    assert row["gen_chars_per_s"] == 500.0 and row["gen_sampler_share"] == 0.25
+    assert row["gen_model_chars_per_s"] == pytest.approx(1000 / 1.5)
+    assert row["batch_gen_chars_per_s"] == 16000.0 and row["batch_gen_samples"] == 64
 
+
+def test_older_records_give_blanks_not_errors():
+    """A record written before the step distribution, the two peaks and the sampler."""
+    record = {"framework": "x", "status": "ok", "peak_flops": 2e9,
+              "header": {"train_batches": 10, "chars_per_batch": 100, "flops_per_char": 1000},
+              "epochs": [{"epoch": 1, "step": 10, "duration_s": 1.0, "step_s_median": 0.1}],
+              "generation": {"chars": 100, "duration_s": 1.0, "chars_per_s": 100.0,
+                             "first_step_s": 0.1}}
+    row = report.summarise(record)
+    assert row["mfu"] == mfu(1000, 100, 0.1, 2e9)  # the run's one peak
+    for key in ("step_p90_ms", "step_max_ms", "stalls", "peak_diff", "gen_sampler_s",
+                "gen_model_chars_per_s", "batch_gen_chars_per_s", "load_min"):
+        assert row[key] is None, key
+    assert report.flags(row) == ""
+
+
+def test_peak_flag_above_ten_percent():
+    assert report.flags({"peak_diff": 0.10}) == ""  # 10% is still the same machine
+    assert report.flags({"peak_diff": 0.104, "stalls": 0}) == "peaks 10% apart¹"
+    assert report.flags({"peak_diff": float("nan"), "stalls": float("nan")}) == ""
+    assert report.flags({"peak_diff": 0.5, "stalls": 1.0}) == "peaks 50% apart¹, 1 stall²"
+    record = {"peak_before": {"peak_flops": 40e9}, "peak_after": {"peak_flops": 36e9}}
+    assert report.peaks(record)["peak_diff"] == pytest.approx(40 / 36 - 1)  # 11%
+    assert report.flags(report.peaks(record)) == "peaks 11% apart¹"
+    failed = {"peak_before": {"peak_flops": None, "error": "x"}, "peak_after": {"peak_flops": 1}}
+    assert report.peaks(failed) == {"peak_before_flops": None, "peak_after_flops": 1,
+                                    "peak_flops": 1, "peak_diff": None}
 
 def test_report_on_saved_records(saved, capsys):
     report.main([str(saved), "--compare-original"])
@@ -327,8 +461,11 @@ def test_report_on_saved_records(saved, capsys):
                                                             abs=1e-4)
 
     md = (saved / "report.md").read_text()
-    assert "| framework | version | duration | s/epoch | chars/s | step ms |" in md
+    assert "| framework | version | s/epoch | wall s/epoch | chars/s | step ms |" in md
     assert "| numpy | 2.4.6 |" in md and "| chainer | 7.8.1 |" in md
+    # Records older than the step distribution and the per-run peaks: blanks, no flags.
+    assert "| numpy | 2 | 1.7 (1.7–1.8) | – | – | – | – | – | – | – | 5.2–6.5 |" in md
+    assert "7.1 GFLOP/s, measured once at the start" in md and "¹" not in md
     assert "**missing**: skipped" in md and "deliberately broken" in md
     assert "AMD EPYC" in md and "float32 matmul peak" in md and "1-minute load average" in md
     assert "## Generated text" in md and "### pytorch" in md
@@ -337,6 +474,80 @@ def test_report_on_saved_records(saved, capsys):
 
     for name in ("loss_per_epoch.png", "loss_vs_time.png", "throughput.png"):
         assert (saved / name).read_bytes()[:8] == PNG_MAGIC
+
+
+@pytest.fixture
+def loaded(tmp_path) -> Path:
+    out = tmp_path / "loaded"
+    shutil.copytree(DATA / "bench" / "loaded", out)
+    return out
+
+
+def test_loaded_machine_report_flags_the_rows(loaded):
+    table, md, _ = report.build(loaded)
+    by = table.set_index("framework")
+    # Ranked by the median-based s/epoch; both time columns kept.
+    assert list(table["framework"]) == ["numpy", "pytorch"]
+    assert by.loc["numpy", "s_per_epoch"] < by.loc["pytorch", "s_per_epoch"]
+    assert {"s_per_epoch", "wall_s_per_epoch", "step_p90_ms", "step_p99_ms", "step_max_ms",
+            "stalls", "peak_diff", "gen_sampler_share", "batch_gen_chars_per_s"} <= set(table)
+    # pytorch's second run: peaks 40 -> 28 GFLOP/s; numpy's second run: 2 stalls.
+    assert by.loc["pytorch", "peak_diff"] == pytest.approx(40 / 28 - 1)
+    assert by.loc["pytorch", "flags"] == "peaks 43% apart¹"
+    assert by.loc["numpy", "flags"] == "2 stalls²" and by.loc["numpy", "stalls"] == 2
+    assert by.loc["numpy", "step_max_ms"] == 200.0  # the worst run's
+    assert "| peaks 43% apart¹ |" in md and "| 2 stalls² |" in md
+    assert "¹ In at least one of this row's runs" in md and "² Training steps that" in md
+    # The header: CPU, cores, threads, load before / around / after, the peaks.
+    header = md.split("\n\n")[2]
+    assert header.startswith("Machine: AMD EPYC, 2 cores (2 usable), 2 threads per framework")
+    assert "10.9 before the run; 10.8–13.8 (min–max)" in header and "13.8 after" in header
+    assert "other work shared the CPU" in header
+    assert "28.0–40.0 GFLOP/s over 8 measurements, right before and right after each run" in md
+    # Each run's MFU is against its own peaks' mean.
+    raw = [r for r in report._records(report.load_records(loaded)[1])
+           if r["framework"] == "pytorch"]
+    mfus = [report.summarise(r)["mfu"] for r in raw]
+    assert report.summarise(raw[1])["peak_flops"] == 34e9
+    assert by.loc["pytorch", "mfu"] == pytest.approx(sum(mfus) / 2)
+    assert "## Step times and the machine" in md and "## Generation" in md
+
+
+def test_repeats_give_median_and_spread(loaded):
+    table, md, _ = report.build(loaded)
+    raw = [report.summarise(r) for r in report._records(report.load_records(loaded)[1])
+           if r["framework"] == "numpy"]
+    row = table.set_index("framework").loc["numpy"]
+    for column in report.SPREAD:
+        values = sorted(r[column] for r in raw)
+        assert row[column] == pytest.approx(sum(values) / 2), column  # median of two
+        assert (row[f"{column}_min"], row[f"{column}_max"]) == (values[0], values[1]), column
+    cell = report._spread_cell(row.to_dict(), "s_per_epoch", "{:,.1f}")
+    low, high = row["s_per_epoch_min"], row["s_per_epoch_max"]
+    assert cell == f"{row['s_per_epoch']:,.1f} ({low:,.1f}–{high:,.1f})"
+    assert f"| numpy | 2.4.6 | {cell} |" in md
+    assert "medians over repeats, with (min–max)" in md
+    # One run: no spread.
+    assert report._spread_cell({"step_ms": 2.0, "step_ms_min": 2.0, "step_ms_max": 2.0},
+                               "step_ms", "{:.1f}") == "2.0"
+
+
+def test_generation_figures_sampler_and_batch(loaded):
+    table, md, _ = report.build(loaded)
+    by = table.set_index("framework")
+    raw = {(r["framework"], r["repeat"]): r for r in
+           report._records(report.load_records(loaded)[1])}
+    gen = raw["pytorch", 1]["generation"]  # the run whose generate timed its sampler
+    assert by.loc["pytorch", "gen_sampler_s"] == gen["sampler_s"]
+    assert by.loc["pytorch", "gen_sampler_share"] == pytest.approx(
+        gen["sampler_s"] / gen["duration_s"])
+    assert by.loc["pytorch", "gen_model_chars_per_s"] == pytest.approx(
+        gen["chars"] / (gen["duration_s"] - gen["sampler_s"]))
+    assert pd.isna(by.loc["numpy", "gen_sampler_s"])  # the older line: no sampler part
+    batch = raw["numpy", 0]["generation_batch"]
+    assert batch["num_samples"] == 64 and batch["total_chars"] == 64 * 50
+    assert by.loc["numpy", "batch_gen_samples"] == 64
+    assert "`--num-samples 64`, all 64 streams' characters (64 x 50)" in md
 
 
 def test_reference_publishes_the_records_and_updates_the_readme(saved, tmp_path, monkeypatch):
