@@ -7,13 +7,19 @@
         state.safetensors   the carried (h, c) training state, for an exact resume
 
 The whole directory is replaced atomically (`common.fileio.atomic_directory`),
-so an interrupted save leaves the previous checkpoint intact.
+so an interrupted or failed save leaves the previous checkpoint intact. A run that
+writes a checkpoint directory holds `<directory>.lock` (an flock, released by the
+kernel when the process dies), so a second run cannot write the same one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import json
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +27,7 @@ import numpy as np
 import safetensors.numpy
 
 from common.errors import CharRnnError
-from common.fileio import atomic_directory, resolve_directory
+from common.fileio import atomic_directory, resolve_directory, write_failure
 from common.framework import CharRNN
 from common.text import Vocab
 from common.weights import Portable, load_portable, save_portable
@@ -49,17 +55,50 @@ def portable_metadata(model: CharRNN, progress: Progress) -> dict[str, str]:
 
 def save_checkpoint(directory: str | Path, model: CharRNN, vocab: Vocab, progress: Progress,
                     state, train_config) -> None:
-    """Write a complete checkpoint directory atomically."""
-    with atomic_directory(directory) as tmp:
-        save_portable(tmp / PORTABLE_NAME, model.get_weights(), model.config, vocab,
-                      **portable_metadata(model, progress))
-        (tmp / "native").mkdir()
-        model.save_native(tmp / "native")
-        h, c = model.state_to_numpy(state)
-        safetensors.numpy.save_file({"h": h, "c": c}, str(tmp / "state.safetensors"))
-        trainer = {"framework": model.framework, "progress": dataclasses.asdict(progress),
-                   "train_config": dataclasses.asdict(train_config)}
-        (tmp / "trainer.json").write_text(json.dumps(trainer, indent=2))
+    """Write a complete checkpoint directory atomically.
+
+    Any failure (whatever a framework's native save raises) becomes a CharRnnError
+    naming the directory and the reason; the previous checkpoint stays as it was.
+    """
+    try:
+        with atomic_directory(directory) as tmp:
+            save_portable(tmp / PORTABLE_NAME, model.get_weights(), model.config, vocab,
+                          **portable_metadata(model, progress))
+            (tmp / "native").mkdir()
+            model.save_native(tmp / "native")
+            h, c = model.state_to_numpy(state)
+            safetensors.numpy.save_file({"h": h, "c": c}, str(tmp / "state.safetensors"))
+            trainer = {"framework": model.framework, "progress": dataclasses.asdict(progress),
+                       "train_config": dataclasses.asdict(train_config)}
+            (tmp / "trainer.json").write_text(json.dumps(trainer, indent=2))
+    except Exception as exc:
+        raise write_failure(directory, exc) from None
+
+
+@contextlib.contextmanager
+def checkpoint_lock(directory: str | Path) -> Iterator[None]:
+    """Hold `<directory>.lock` while writing `directory`; refuse if another process does.
+
+    fcntl.flock is released by the kernel when the holder exits, even by kill -9, so a
+    stale lock file never blocks a later run. The file holds the holder's pid.
+    """
+    directory = Path(directory)
+    lock_path = directory.with_name(directory.name + ".lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            raise CharRnnError(
+                f"{directory}: another run (pid {pid}) is writing this checkpoint "
+                "directory; wait for it to finish or use another --checkpoint-path") from None
+        with contextlib.suppress(OSError):  # a full disk: the lock holds, the pid is unsaid
+            os.pwrite(fd, f"{os.getpid():<12}\n".encode(), 0)  # fixed width: no truncate
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 @dataclass

@@ -17,7 +17,8 @@ import typing
 from pathlib import Path
 
 from common.config import ExportConfig, GenerateConfig, TrainConfig
-from common.errors import CharRnnError
+from common.errors import CharRnnError, Stopped
+from common.fileio import describe_os_error
 
 COMMANDS = {
     "train": (TrainConfig, "train a model (resumable with --restore)"),
@@ -121,6 +122,9 @@ def main(model_cls, argv: list[str] | None = None, variants: dict | None = None)
     except CharRnnError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         sys.exit(2)
+    except Stopped as exc:  # SIGTERM, SIGHUP or Ctrl-C, after saving
+        print(exc, file=sys.stderr, flush=True)
+        sys.exit(128 + exc.signum)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr, flush=True)
         sys.exit(130)
@@ -128,3 +132,6 @@ def main(model_cls, argv: list[str] | None = None, variants: dict | None = None)
         # Point stdout at /dev/null so the interpreter's final flush cannot fail again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(0)
+    except OSError as exc:  # a file that cannot be read or written: the path and the reason
+        print(f"error: {describe_os_error(exc)}", file=sys.stderr, flush=True)
+        sys.exit(2)

@@ -137,6 +137,11 @@ class TrainConfig(DeviceFlags, OptimFlags, ModelFlags):
     init_from: str | None = flag(None, "start from this portable .safetensors file")
     max_steps: int | None = flag(None, "stop after this many training steps in total",
                                  positive=True)
+    checkpoint_every: int = flag(0, "also save a checkpoint every N training steps "
+                                 "(0: off)", non_negative=True)
+    checkpoint_minutes: float = flag(10.0, "also save a checkpoint after every M minutes "
+                                     "of training (0: off); a kill -9 then loses at most "
+                                     "that much", non_negative=True)
     log_every: int | None = flag(None, "also log a line every N steps", positive=True)
     sample_length: int = flag(200, "characters sampled into the log after each epoch "
                               "(0 turns samples off)", non_negative=True)

@@ -1,12 +1,18 @@
-"""Atomic writes: a reader sees the old file or the new one, never half of one."""
+"""Atomic writes: a reader sees the old file or the new one, never half of one; and a
+failed write explained in one line."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
 from pathlib import Path
+
+from common.errors import CharRnnError
+
+LOW_SPACE_BYTES = 1 << 20  # under this much free space, a failed write is a full disk
 
 
 @contextlib.contextmanager
@@ -54,6 +60,8 @@ def atomic_directory(path: str | os.PathLike):
     checkpoint, and `resolve_directory` finds it.
     """
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "is a file, not a directory", str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     old = path.with_name(path.name + ".old")
@@ -92,3 +100,55 @@ def _fsync_dir(directory: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def write_failure(path: str | os.PathLike, exc: BaseException) -> CharRnnError:
+    """One line for a failed write of `path`, naming it and the reason.
+
+    The reason is the OS's (no space, permission denied, read-only file system, not a
+    directory) when an OSError is in the exception's chain; a framework's own writer
+    often raises something else ("unexpected pos", a SafetensorError), and then the
+    file system is asked why a write would fail there now.
+    """
+    reason = _os_reason(exc) or _probe(Path(path))
+    if reason is None:
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        reason = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    return CharRnnError(f"cannot write {path}: {reason}")
+
+
+def describe_os_error(exc: OSError) -> str:
+    """`<path>: <reason>` for an OSError, as one line."""
+    where = exc.filename if exc.filename is not None else ""
+    reason = exc.strerror or str(exc)
+    return f"{where}: {reason}" if where else reason
+
+
+def _os_reason(exc: BaseException | None) -> str | None:
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and (exc.strerror or exc.errno):
+            return exc.strerror or os.strerror(exc.errno)
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _probe(path: Path) -> str | None:
+    """Why a write at `path` would fail now, from its nearest existing ancestor."""
+    here = path.parent
+    while not here.exists() and here != here.parent:
+        here = here.parent
+    if not here.is_dir():
+        return f"{here} is a file, not a directory"
+    try:
+        stat = os.statvfs(here)
+    except OSError:
+        return None
+    if stat.f_flag & os.ST_RDONLY:
+        return os.strerror(errno.EROFS)
+    if not os.access(here, os.W_OK):
+        return os.strerror(errno.EACCES)
+    if stat.f_bavail * stat.f_frsize < LOW_SPACE_BYTES:
+        return os.strerror(errno.ENOSPC)
+    return None

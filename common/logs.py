@@ -36,13 +36,12 @@ def jsonl_path(log_path: str | Path) -> Path:
 class RunLogger:
     """Appends to `log_path` (text) and its `.jsonl` twin; each line is flushed at once."""
 
-    def __init__(self, log_path: str | Path, framework: str, echo: bool = True):
+    def __init__(self, log_path: str | Path, framework: str):
         self.framework = framework
         self.text_path = Path(log_path)
         self.text_path.parent.mkdir(parents=True, exist_ok=True)
         self._text = open(self.text_path, "a", encoding="utf-8")
         self._json = open(jsonl_path(log_path), "a", encoding="utf-8")
-        self.echo = echo
 
     def info(self, message: str) -> None:
         """A human line, timestamped, to the text log and stderr."""
@@ -50,8 +49,7 @@ class RunLogger:
         for line in message.splitlines() or [""]:
             self._text.write(f"{stamp} {self.framework}: {line}\n")
         self._text.flush()
-        if self.echo:
-            print(message, file=sys.stderr, flush=True)
+        print(message, file=sys.stderr, flush=True)
 
     def record(self, kind: str, **fields) -> None:
         """One JSON object: {"kind": ..., "framework": ..., "time": ..., **fields}."""

@@ -13,16 +13,25 @@ import dataclasses
 import math
 import os
 import platform
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
 from common.batching import Batches, make_streams
-from common.checkpoint import Checkpoint, Progress, load_checkpoint, restore_native, save_checkpoint
+from common.checkpoint import (
+    Checkpoint,
+    Progress,
+    checkpoint_lock,
+    load_checkpoint,
+    restore_native,
+    save_checkpoint,
+)
 from common.config import ModelConfig, TrainConfig
-from common.errors import CharRnnError
+from common.errors import CharRnnError, Stopped
 from common.framework import CharRNN
 from common.generate import Generator
 from common.logs import RunLogger, bits, format_duration
@@ -93,8 +102,14 @@ def prepare(framework: str, cfg: TrainConfig) -> Prepared:
 
 
 def train(model_cls: type[CharRNN], cfg: TrainConfig) -> Progress:
-    """Train per SPEC; returns the final progress. Raises CharRnnError on bad input."""
+    """Train per SPEC; returns the final progress. Raises CharRnnError on bad input, and
+    Stopped after saving when a signal asks the run to stop."""
     run = prepare(model_cls.framework, cfg)
+    with checkpoint_lock(run.checkpoint_path):
+        return _train(model_cls, cfg, run)
+
+
+def _train(model_cls: type[CharRNN], cfg: TrainConfig, run: Prepared) -> Progress:
     checkpoint, text_path, text, vocab, model_config = (run.checkpoint, run.text_path, run.text,
                                                         run.vocab, run.model_config)
     unknown = vocab.unknown_chars(text)
@@ -141,19 +156,53 @@ def train(model_cls: type[CharRNN], cfg: TrainConfig) -> Progress:
     loop = _Loop(model, train_batches, val_batches, cfg, progress, state, log,
                  run.checkpoint_path, vocab)
     try:
-        while progress.epoch < cfg.num_epochs:
-            if cfg.max_steps is not None and progress.step >= cfg.max_steps:
-                break
-            loop.run_epoch()
-    except KeyboardInterrupt:
+        with _StopSignals() as signals:
+            loop.signals = signals
+            while progress.epoch < cfg.num_epochs:
+                if cfg.max_steps is not None and progress.step >= cfg.max_steps:
+                    break
+                loop.run_epoch()
+        log.info(f"done: {progress.step} steps, train loss {_fmt(progress.train_loss)}, "
+                 f"val loss {_fmt(progress.val_loss)}")
+    except KeyboardInterrupt:  # a second Ctrl-C: stop now; the last save stays intact
         log.info(f"interrupted at epoch {progress.epoch + 1}, batch {progress.batch}")
-        loop.save("interrupted")
-        log.close()
         raise
-    log.info(f"done: {progress.step} steps, train loss {_fmt(progress.train_loss)}, "
-             f"val loss {_fmt(progress.val_loss)}")
-    log.close()
+    finally:
+        log.close()
     return progress
+
+
+class _StopSignals:
+    """SIGINT, SIGTERM and SIGHUP ask the loop to stop at the next batch boundary.
+
+    Preemption (Slurm, Kubernetes) sends SIGTERM; a closed terminal SIGHUP. The handler
+    only records the signal: the loop finishes the step, saves a checkpoint that resumes
+    exactly and raises Stopped. A second SIGTERM or SIGHUP while saving is ignored (the
+    save completes); a second Ctrl-C raises KeyboardInterrupt, and the atomic save
+    keeps the previous checkpoint whole.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self):
+        self.received: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum, frame):
+        if signum == signal.SIGINT and self.received is not None:
+            raise KeyboardInterrupt
+        if self.received is None:
+            self.received = signum
+
+    def __enter__(self) -> _StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 @dataclasses.dataclass
@@ -169,19 +218,54 @@ class _Loop:
     log: RunLogger
     checkpoint_path: Path
     vocab: Vocab
+    signals: _StopSignals | None = None
+    last_save: float = dataclasses.field(default_factory=time.perf_counter)
+    saving_s: float = 0.0  # periodic saves within this epoch, left out of its duration
 
-    def save(self, reason: str) -> None:
+    def save(self, reason: str) -> float:
+        """Write the checkpoint; returns how long it took (logged: the cost of a save)."""
+        start = time.perf_counter()
         save_checkpoint(self.checkpoint_path, self.model, self.vocab, self.progress, self.state,
                         self.cfg)
-        self.log.info(f"checkpoint saved to {self.checkpoint_path} ({reason})")
+        self.last_save = time.perf_counter()
+        duration_s = self.last_save - start
+        self.log.info(f"checkpoint saved to {self.checkpoint_path} ({reason}, "
+                      f"{duration_s:.2f} s)")
+        self.log.record("checkpoint", reason=reason, epoch=self.progress.epoch + 1,
+                        step=self.progress.step, duration_s=duration_s)
+        return duration_s
+
+    def _save_if_due(self) -> None:
+        """The periodic checkpoint of --checkpoint-every / --checkpoint-minutes."""
+        cfg, step = self.cfg, self.progress.step
+        due = cfg.checkpoint_every and step % cfg.checkpoint_every == 0
+        if not due and cfg.checkpoint_minutes:
+            due = time.perf_counter() - self.last_save >= 60 * cfg.checkpoint_minutes
+        if due:
+            self.saving_s += self.save("periodic")
+
+    def _stop_if_signalled(self) -> None:
+        """Save at this batch boundary and raise Stopped, if a stop signal came."""
+        signum = self.signals.received if self.signals else None
+        if signum is None:
+            return
+        name = signal.Signals(signum).name
+        self.log.info(f"{name} at epoch {self.progress.epoch + 1}, batch {self.progress.batch}")
+        self.save(name)
+        what = "interrupted" if signum == signal.SIGINT else f"stopped by {name}"
+        raise Stopped(signum, f"{what}: checkpoint saved to {self.checkpoint_path} "
+                              f"(epoch {self.progress.epoch + 1}, batch {self.progress.batch}, "
+                              f"step {self.progress.step}); continue with --restore")
 
     def run_epoch(self) -> None:
         """Train from (progress.epoch, progress.batch) to the end of the epoch or max_steps,
         then validate, log, checkpoint and sample."""
         epoch = self.progress.epoch
+        self.saving_s = 0.0
         start = time.perf_counter()
         step_times = self._train_steps(epoch)
-        duration_s = time.perf_counter() - start
+        duration_s = time.perf_counter() - start - self.saving_s
+        self._stop_if_signalled()
         record = self._evaluate_epoch(epoch, step_times, duration_s)
         if record["complete"]:
             self.progress.epoch += 1
@@ -221,6 +305,10 @@ class _Loop:
                               f"({bits(loss):.3f} bpc)")
                 self.log.record("step", epoch=epoch + 1, step=progress.step,
                                 **{"train/loss": loss})
+            if self.signals and self.signals.received is not None:
+                break
+            if j + 1 < len(batches):  # the end of the epoch saves anyway
+                self._save_if_due()
         if bar is not None:
             bar.close()
         return step_times

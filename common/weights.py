@@ -23,7 +23,7 @@ import safetensors.numpy
 
 from common.config import ModelConfig
 from common.errors import CharRnnError
-from common.fileio import atomic_path
+from common.fileio import atomic_path, write_failure
 from common.text import Vocab
 
 FORMAT = "char-rnn-portable/1"
@@ -118,8 +118,11 @@ def save_portable(path: str | os.PathLike, weights: Weights, config: ModelConfig
     meta = {"format": FORMAT, "config": config.to_json(),
             "vocab": json.dumps(vocab.to_list(), ensure_ascii=False)}
     meta.update({k: "" if v is None else str(v) for k, v in metadata.items()})
-    with atomic_path(path, suffix=".safetensors") as tmp:
-        safetensors.numpy.save_file(weights, str(tmp), metadata=meta)
+    try:
+        with atomic_path(path, suffix=".safetensors") as tmp:
+            safetensors.numpy.save_file(weights, str(tmp), metadata=meta)
+    except Exception as exc:  # safetensors reports a full disk as its own error type
+        raise write_failure(path, exc) from None
 
 
 def load_portable(path: str | os.PathLike) -> Portable:

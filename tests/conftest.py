@@ -7,6 +7,7 @@ environments, so every framework is tested in the one that has it.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 
 from common import registry
 from common.paths import ROOT
+from tests.cli_cases import run_cases
 
 CURRENT_ENV = "legacy" if Path(sys.prefix).name == ".venv-legacy" else "modern"
 
@@ -55,6 +57,29 @@ def run_worker(name: str, module: str, *args: str,
     return subprocess.run([str(python), "-m", module, name, *args], cwd=ROOT,
                           env=entry.process_env(), capture_output=True, text=True,
                           timeout=timeout)
+
+
+def run(name: str, cases: list[dict], tmp_path) -> list[dict]:
+    """Run CLI cases for framework `name`, in-process or in a worker."""
+    entry = registry.FRAMEWORKS[name]
+    reason = registry.unavailable_reason(name)
+    if reason and entry.env_vars and entry.script.exists():
+        spec = tmp_path / "cases.json"
+        spec.write_text(json.dumps(cases))
+        proc = run_worker(name, "tests.cli_cases", str(spec))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        results = json.loads(proc.stdout.strip().splitlines()[-1])
+    else:
+        results = run_cases(require(name), cases)
+    for result in results:
+        assert result["exception"] is None, result["exception"]
+    return results
+
+
+def ok(result: dict) -> dict:
+    assert result["code"] == 0, (f"{result['argv']}: exit {result['code']}\n"
+                                 f"{result['stderr'][-3000:]}")
+    return result
 
 
 @pytest.fixture

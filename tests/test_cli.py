@@ -18,31 +18,7 @@ from common import registry
 from common.config import ModelConfig
 from common.text import Vocab
 from common.weights import init_weights, load_portable, save_portable
-from tests.cli_cases import run_cases
-from tests.conftest import ROOT, TEXT, TINY, framework_params, require, run_worker
-
-
-def run(name: str, cases: list[dict], tmp_path) -> list[dict]:
-    """Run CLI cases for framework `name`, in-process or in a worker."""
-    entry = registry.FRAMEWORKS[name]
-    reason = registry.unavailable_reason(name)
-    if reason and entry.env_vars and entry.script.exists():
-        spec = tmp_path / "cases.json"
-        spec.write_text(json.dumps(cases))
-        proc = run_worker(name, "tests.cli_cases", str(spec))
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        results = json.loads(proc.stdout.strip().splitlines()[-1])
-    else:
-        results = run_cases(require(name), cases)
-    for result in results:
-        assert result["exception"] is None, result["exception"]
-    return results
-
-
-def ok(result: dict) -> dict:
-    assert result["code"] == 0, (f"{result['argv']}: exit {result['code']}\n"
-                                 f"{result['stderr'][-3000:]}")
-    return result
+from tests.conftest import ROOT, TEXT, TINY, framework_params, ok, run
 
 
 def portable_file(path, text=TEXT, seed=0):
