@@ -4,7 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 LEGACY := .venv-legacy
 
-.PHONY: setup lint test test-modern test-legacy bench bench-full reference-results clean
+.PHONY: setup lint test test-modern test-legacy bench bench-full reference-results clean \
+	bench-sweep reference-sweep
 
 # The two environments install side by side (-j2): on a fresh machine that is most of
 # `make test`'s time.
@@ -52,6 +53,20 @@ bench-full: setup
 reference-results: setup
 	$(VENV)/bin/python -m benchmarks.run_all --profile quick --repeats 3 --no-report
 	$(VENV)/bin/python -m benchmarks.report benchmarks/results/quick --reference
+
+# How each framework's cost grows with the model and the batch (benchmarks.sweep): ms/step,
+# MFU, memory and generation speed over --rnn-size 64-512 and --batch-size 1-256, each
+# point a fresh 24-step run (at most about 20 minutes on a quiet 2-core CPU). Fewer points:
+# python -m benchmarks.run_all --profile sweep --rnn-sizes 64,128 --batch-sizes 1,16
+bench-sweep: setup
+	$(VENV)/bin/python -m benchmarks.run_all --profile sweep
+
+# The sweep the README shows, committed like the quick reference: published to
+# benchmarks/reference/<machine>/sweep/ with its report and plots, and the block between
+# README's sweep markers rewritten.
+reference-sweep: setup
+	$(VENV)/bin/python -m benchmarks.run_all --profile sweep --no-report
+	$(VENV)/bin/python -m benchmarks.report benchmarks/results/sweep --reference
 
 clean:
 	rm -rf $(VENV) $(LEGACY) .pytest_cache checkpoints

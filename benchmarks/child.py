@@ -10,7 +10,9 @@ report needs from them goes into the record.
 One run, in order: the float32 matmul peak (benchmarks.mfu), training, `generate`
 of one stream, `generate --num-samples 64` (the batch figure), and the peak again,
 so that each run's MFU is measured against the machine's speed during that run and
-a change of speed in between shows.
+a change of speed in between shows. A sweep point (benchmarks.sweep) is such a run
+with its own plan: its sizes, its initial weights, its directory and the
+generations it measures.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from typing import TYPE_CHECKING
 
 from benchmarks import records
 from benchmarks.mfu import PEAK_REPEATS, PEAK_SIZE
+from benchmarks.sweep import Point
 from common.logs import read_training_log
 from common.paths import ROOT, venv_python
 from common.registry import Entry
@@ -50,25 +53,29 @@ WATCH_EVERY_S = 1.0  # how often a training child's log is looked at for new epo
 
 @dataclass(frozen=True)
 class Plan:
-    """What every framework of a run shares."""
+    """What every framework of a run (or of one sweep point) shares."""
 
-    settings: Settings
+    settings: Settings  # a sweep point's: its sizes in extra_train_args, its batches
     out: Path  # the results directory
     timeout_s: float | None  # training, and again generation, per framework
     keep_checkpoints: bool
     peak_size: int = PEAK_SIZE  # the float32 matmul peak measured before and after each run
     peak_repeats: int = PEAK_REPEATS
+    point: Point | None = None  # the sweep point; None for a run of one point
+    generations: tuple[int, ...] = (1, BATCH_SAMPLES)  # --num-samples of each `generate`
 
     @property
     def init_path(self) -> Path:
-        return self.out / "init.safetensors"
+        return self.out / (f"init-{self.point.key}.safetensors" if self.point
+                           else "init.safetensors")
 
     @property
     def records_path(self) -> Path:
         return self.out / records.RECORDS_NAME
 
     def run_dir(self, entry: Entry, repeat: int) -> Path:
-        return self.out / "runs" / entry.slug / str(repeat)
+        where = self.out / "runs" / entry.slug
+        return (where / self.point.key if self.point else where) / str(repeat)
 
 
 # ---------------------------------------------------------------------------------------
@@ -259,21 +266,23 @@ def measure_peak_flops(threads: int, size: int, repeats: int) -> dict:
 
 def run_framework(entry: Entry, repeat: int, plan: Plan,
                   on_epochs: Callable[[list[dict]], None] | None = None) -> dict:
-    """Peak, train, generate (one stream, then a batch), peak again; the record of what
-    happened (never raises for a child's failure). `on_epochs` gets the epoch records
-    so far each time training logs a new one."""
+    """Peak, train, generate (plan.generations: one stream, then a batch), peak again; the
+    record of what happened (never raises for a child's failure). `on_epochs` gets the
+    epoch records so far each time training logs a new one."""
     run_dir = plan.run_dir(entry, repeat)
     if run_dir.exists():
         shutil.rmtree(run_dir)  # a fresh run: logs append, so old ones must go
     run_dir.mkdir(parents=True)
     env = {**entry.process_env(), **thread_env(plan.settings.threads)}
+    point = {"point": plan.point.as_dict()} if plan.point else {}
     record = records.framework_record(
-        entry.name, repeat, entry.env, entry.script, interpreter(entry.env),
+        entry.name, repeat, entry.env, entry.script, interpreter(entry.env), **point,
         started=records.now(), loadavg_start=records.loadavg())
     record["peak_before"] = _peak(plan)
-    if (_train(entry, plan, run_dir, env, record, on_epochs)
-            and _generate(entry, plan, run_dir, env, record)):
-        _generate(entry, plan, run_dir, env, record, BATCH_SAMPLES)
+    if _train(entry, plan, run_dir, env, record, on_epochs):
+        for num_samples in plan.generations:  # the record names the first that fails; stop there
+            if not _generate(entry, plan, run_dir, env, record, num_samples):
+                break
     record["peak_after"] = _peak(plan)
     if not plan.keep_checkpoints:
         shutil.rmtree(run_dir / "checkpoint", ignore_errors=True)

@@ -3,7 +3,8 @@
     python -m benchmarks.plot logs/numpy_model.jsonl logs/pytorch_model.log --output loss.png
 
 A `.log` path stands for its `.jsonl` twin (common.logs). The benchmark report draws
-its curves with the same functions, from the records of `run_all`. matplotlib (the
+its curves with the same functions, from the records of `run_all`, and a sweep's
+measurements against model and batch size with `plot_lines`. matplotlib (the
 modern environment) is imported only to draw, so the runner can use the log reader.
 """
 
@@ -133,6 +134,53 @@ def plot_throughput(rows: list[tuple[str, float | None, float | None]], output: 
         ax.grid(axis="x", alpha=0.3)
     fig.suptitle(title)
     return _save(fig, output)
+
+
+@dataclass
+class Line:
+    """One line of `plot_lines`: a framework's values at the sizes it has them."""
+
+    name: str
+    xs: list[float]
+    ys: list[float]
+
+
+def plot_lines(lines: list[Line], output: str | Path, *, xlabel: str, ylabel: str, title: str,
+               log_y: bool = False, percent: bool = False,
+               reference: Line | None = None) -> Path:
+    """One line per framework against a size axis (log 2, ticks at the sizes measured);
+    `reference` (a bound, say) in black dashes; `percent` shows fractions as 12%."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
+    for line in lines:
+        ax.plot(line.xs, line.ys, marker="o", ms=4, lw=1.4, label=line.name)
+    if reference is not None:
+        ax.plot(reference.xs, reference.ys, color="black", ls="--", lw=1.2,
+                label=reference.name)
+    ax.set_xscale("log", base=2)
+    sizes = sorted({x for line in lines for x in line.xs})
+    if sizes:
+        ax.set_xticks(sizes, [f"{x:g}" for x in sizes])
+        ax.minorticks_off()
+    if log_y:
+        ax.set_yscale("log")
+        # Plain numbers (2,000, not 2x10^3); the 2s and 5s between powers of ten labelled
+        # too, since a sweep's values often span less than a decade.
+        ax.yaxis.set_major_formatter(lambda v, _: _plain(v))
+        ax.yaxis.set_minor_formatter(lambda v, _: _plain(v) if f"{v:.0e}"[0] in "25" else "")
+    if percent:
+        ax.yaxis.set_major_formatter(lambda v, _: f"{100 * v:g}%")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3, which="both")
+    if lines or reference is not None:
+        ax.legend(fontsize=7, ncol=2 if len(lines) > 5 else 1)
+    return _save(fig, output)
+
+
+def _plain(value: float) -> str:
+    return f"{value:,.0f}" if value >= 10 else f"{value:g}"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -4,7 +4,8 @@
     'intel-xeon-platinum-8375c-8core'
 
 `records.jsonl` holds a "run" record (settings, machine, load average), then one
-"framework" record per framework and repeat, appended as each finishes (with the
+"framework" record per framework and repeat (and sweep point: its "point" field,
+benchmarks.sweep), appended as each finishes (with the
 matmul peak measured right before and right after it, its load average at start
 and end, its training log's header and epochs, and its generation timings); the
 report reads only this file. Records are meant to be committed (the reference
@@ -21,9 +22,11 @@ import json
 import os
 import platform
 import re
+import signal
 import subprocess
 from pathlib import Path
 
+from benchmarks.sweep import point_key
 from common.logs import read_jsonl
 from common.paths import ROOT
 
@@ -146,12 +149,34 @@ def record_failure(record: dict, stage: str, proc, stderr_line: str, timeout_s: 
     """
     record["status"] = "timeout" if proc.timed_out else "failed"
     record["stage"] = stage
-    why = stderr_line or f"exit status {proc.returncode}"
+    last = f" (last stderr line: {stderr_line})" if stderr_line else ""
     if proc.timed_out:
-        why = f"timed out after {timeout_s:.0f} s (last stderr line: {why})"
+        why = f"timed out after {timeout_s:.0f} s{last}"
+    elif proc.returncode is not None and proc.returncode < 0:  # a signal: its last line is not why
+        why = exit_reason(proc.returncode) + last
     elif proc.returncode == 0:
         why = why_if_exit_0
+    else:
+        why = stderr_line or exit_reason(proc.returncode)
     record["error"] = why
+
+
+def exit_reason(returncode: int | None) -> str:
+    """"exit status 1", or for a child killed by a signal its name, with the usual cause of
+    a SIGKILL nobody sent: the kernel's out-of-memory killer."""
+    if returncode is None or returncode >= 0:
+        return f"exit status {returncode}"
+    try:
+        name = signal.Signals(-returncode).name
+    except ValueError:
+        name = f"signal {-returncode}"
+    return f"killed by {name}" + (" (out of memory?)" if -returncode == signal.SIGKILL else "")
+
+
+def run_key(framework: str, point: str = "") -> str:
+    """What a framework's run is known by in progress estimates: its name, and in a sweep
+    its point ("pytorch rnn256-batch64")."""
+    return f"{framework} {point}" if point else framework
 
 
 def run_seconds(record: dict) -> float | None:
@@ -187,9 +212,10 @@ def read_records(path: Path) -> list[dict]:
     return read_jsonl(path) if path.exists() else []
 
 
-def done_runs(records: list[dict]) -> set[tuple[str, int]]:
-    """(framework, repeat) pairs already finished: ok, failed or timed out (not skipped)."""
-    return {(r["framework"], r.get("repeat", 0)) for r in records
+def done_runs(records: list[dict]) -> set[tuple[str, int, str]]:
+    """(framework, repeat, sweep point key or "") of the runs already finished: ok, failed
+    or timed out (not skipped)."""
+    return {(r["framework"], r.get("repeat", 0), point_key(r)) for r in records
             if r.get("kind") == "framework" and r.get("status") in ("ok", "failed", "timeout")}
 
 

@@ -24,6 +24,11 @@ is copied to benchmarks/reference/<machine>/<profile>/ (<machine> is the CPU mod
 and core count, e.g. amd-epyc-2core: benchmarks.records.machine_slug), the report is
 written there, and the block between the results markers of README.md is rewritten
 to show it. Those files, and nothing else of a run, are committed.
+
+The records of a sweep (`run_all --profile sweep`) get the sweep's report instead,
+from benchmarks.scaling: step time, MFU, throughput and memory against model and
+batch size, the fastest framework at each point and each one's scaling exponent;
+with --reference it rewrites the README's sweep block (between its sweep markers).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import argparse
 import math
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -39,6 +45,7 @@ import pandas as pd
 from benchmarks.mfu import mfu, train_flops_per_step
 from benchmarks.plot import Curve, plot_losses, plot_throughput
 from benchmarks.records import RECORDS_NAME, REFERENCE_ROOT, machine_slug
+from benchmarks.sweep import point_key
 from common.fileio import atomic_write_text
 from common.logs import bits, format_duration, read_jsonl
 from common.paths import ROOT
@@ -132,7 +139,9 @@ def load_records(results_dir: str | Path) -> tuple[list[dict], pd.DataFrame]:
     if "repeat" not in frameworks:
         frameworks["repeat"] = 0
     frameworks["repeat"] = frameworks["repeat"].fillna(0).astype(int)
-    frameworks = frameworks.drop_duplicates(["framework", "repeat"], keep="last")
+    # A sweep's records are one per point as well (benchmarks.sweep).
+    frameworks["point_key"] = [point_key(r) for r in _records(frameworks)]
+    frameworks = frameworks.drop_duplicates(["framework", "repeat", "point_key"], keep="last")
     return runs, frameworks.reset_index(drop=True)
 
 
@@ -599,13 +608,18 @@ def render_report(runs: list[dict], table: pd.DataFrame, frameworks: pd.DataFram
     return "\n".join(lines).rstrip() + "\n"
 
 
-def readme_block(table: pd.DataFrame, run: dict, results_dir: Path, readme: Path) -> str:
-    """The README's results block: the table and links to the plots and the full report."""
+def readme_link(results_dir: Path, readme: Path) -> Callable[[str], str]:
+    """The link from `readme` to a file of `results_dir`, by name."""
     try:
         rel = results_dir.resolve().relative_to(readme.resolve().parent).as_posix()
     except ValueError:
         rel = results_dir.resolve().as_posix()
-    link = (lambda name: name) if rel == "." else (lambda name: f"{rel}/{name}")
+    return (lambda name: name) if rel == "." else (lambda name: f"{rel}/{name}")
+
+
+def readme_block(table: pd.DataFrame, run: dict, results_dir: Path, readme: Path) -> str:
+    """The README's results block: the table and links to the plots and the full report."""
+    link = readme_link(results_dir, readme)
     s, m = run.get("settings", {}), run.get("machine", {})
     return "\n".join([
         README_START,
@@ -622,14 +636,18 @@ def readme_block(table: pd.DataFrame, run: dict, results_dir: Path, readme: Path
         README_END])
 
 
-def update_readme(readme: Path, block: str) -> bool:
+def update_readme(readme: Path, block: str,
+                  markers: tuple[str, str] = (README_START, README_END)) -> bool:
+    """Replace the block between `markers` (included) of `readme` with `block`; False, with
+    a line on stderr, where the markers are missing."""
     text = readme.read_text(encoding="utf-8") if readme.exists() else ""
-    start, end = text.find(README_START), text.find(README_END)
+    start_marker, end_marker = markers
+    start, end = text.find(start_marker), text.find(end_marker)
     if start < 0 or end < start:
-        print(f"{readme}: no {README_START} ... {README_END} markers; README not updated",
+        print(f"{readme}: no {start_marker} ... {end_marker} markers; README not updated",
               file=sys.stderr)
         return False
-    atomic_write_text(readme, text[:start] + block + text[end + len(README_END):])
+    atomic_write_text(readme, text[:start] + block + text[end + len(end_marker):])
     return True
 
 
@@ -653,9 +671,14 @@ def curves(frameworks: pd.DataFrame) -> list[Curve]:
 
 
 def build(results_dir: str | Path, compare: bool = False) -> tuple[pd.DataFrame, str, list[dict]]:
-    """Write every report file into `results_dir`; (table, report.md text, run records)."""
+    """Write every report file into `results_dir`; (table, report.md text, run records).
+    A sweep's records get the sweep's report (benchmarks.scaling), its table one row per
+    framework and point."""
     results_dir = Path(results_dir)
     runs, frameworks = load_records(results_dir)
+    from benchmarks import scaling  # it builds on this module
+    if scaling.is_sweep(frameworks):
+        return (*scaling.build(results_dir, runs, frameworks), runs)
     table = summary_table(frameworks)
     if table.empty:
         raise SystemExit(f"error: {results_dir}: no framework records yet")
@@ -700,9 +723,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reference", action="store_true",
                         help="publish as this machine's committed reference results: copy the "
                         "records to benchmarks/reference/<machine>/<profile>/, report there and "
-                        "rewrite the results block of README.md")
+                        "rewrite the results block of README.md (a sweep: its sweep block)")
     args = parser.parse_args(argv)
     results_dir = publish_reference(args.results_dir) if args.reference else args.results_dir
+    readme = ROOT / "README.md"
+    runs, frameworks = load_records(results_dir)
+    from benchmarks import scaling
+    if scaling.is_sweep(frameworks):
+        scaling.main(results_dir, runs, frameworks, readme if args.reference else None)
+        return
     table, _, runs = build(results_dir, compare=args.compare_original)
     print(results_table(table))
     for line in problems(table):
@@ -712,7 +741,6 @@ def main(argv: list[str] | None = None) -> None:
         print(compare_original(table))
     print(f"\nreport: {results_dir / 'report.md'}")
     if args.reference:
-        readme = ROOT / "README.md"
         if update_readme(readme, readme_block(table, runs[-1], results_dir, readme)):
             print(f"updated the results block of {readme.name}")
 

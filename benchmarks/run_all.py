@@ -5,6 +5,9 @@
     python -m benchmarks.run_all --frameworks numpy,pytorch --max-steps 20
     python -m benchmarks.run_all --repeats 3                      # A B C, A B C, A B C
     python -m benchmarks.run_all --resume                         # go on after Ctrl-C or a crash
+    python -m benchmarks.run_all --profile sweep                  # cost vs model and batch size
+    python -m benchmarks.run_all --profile sweep --frameworks pytorch,numpy \
+        --rnn-sizes 64,128 --batch-sizes 1,16                     # a smaller sweep
 
 Every framework gets the same corpus, the same portable initial weights (written
 once per run from --random-seed), the same flags and the same thread count, and
@@ -18,6 +21,12 @@ A B C, ...), so that a slow spell of the machine falls on several frameworks
 rather than on all repeats of one. While a framework trains, a line on stderr
 says which run and epoch it is on and about how long the whole run has left.
 
+The sweep profile (benchmarks.sweep) runs every framework once per point of a grid
+of model and batch sizes, each point a run of its own with its own initial weights
+and record, the frameworks taking turns at each point; its report plots step time,
+MFU, throughput and memory against the sizes and fits each framework's scaling
+exponent (benchmarks.scaling).
+
 What a run leaves in --out (default benchmarks/results/<profile>, ignored by git):
 
     records.jsonl          a "run" record, then one record per framework and repeat,
@@ -25,13 +34,14 @@ What a run leaves in --out (default benchmarks/results/<profile>, ignored by git
     init.safetensors       the shared initial weights
     runs/<framework>/<k>/  train.log, train.jsonl, train.err, generate.out, generate.err,
                            generate_batch.out, generate_batch.err
+                           (a sweep: init-<point>.safetensors, runs/<framework>/<point>/<k>/)
 
 and then the report of `benchmarks.report` (report.md, results.csv, plots), which
 reads only records.jsonl, with its table printed in markdown. A framework that
 fails or passes --timeout is recorded as failed with its last stderr line, and the
 run goes on; one whose environment is missing is recorded as skipped. Ctrl-C stops
-the current child and keeps what is done; --resume skips every framework and
-repeat already recorded (ok or failed). The committed reference results are made
+the current child and keeps what is done; --resume skips every framework, repeat
+(and sweep point) already recorded (ok or failed). The committed reference results are made
 from a run's records by `make reference-results` (benchmarks.report --reference).
 """
 
@@ -53,6 +63,7 @@ from pathlib import Path
 from benchmarks import child, records
 from benchmarks.child import Plan
 from benchmarks.mfu import PEAK_REPEATS, PEAK_SIZE
+from benchmarks.sweep import Grid, Point, parse_sizes, point_key
 from common import registry
 from common.registry import Entry
 
@@ -65,8 +76,10 @@ from common.registry import Entry
 class Profile:
     num_epochs: int
     max_steps: int | None  # None: whole epochs
-    timeout_s: float  # per framework, training and generation each
+    timeout_s: float  # per framework (and sweep point), training and generation each
     description: str
+    train_args: tuple[str, ...] = ()  # train flags of the profile, before --extra-train-args
+    sweep: bool = False  # one run per point of a Grid (benchmarks.sweep)
 
 
 # The quick profile must finish in under 15 minutes for all ten frameworks together on
@@ -76,6 +89,28 @@ class Profile:
 # compilation, validation and `generate --length 1024` add about 80 s. One full epoch
 # therefore takes about 6 minutes in all, and seconds per epoch and the epoch-1 losses
 # are measured, not extrapolated.
+#
+# The sweep profile must finish in 30 minutes on the same machine: 11 rows (the ten
+# of the quick reference and chainer[nstep], taken as slow as chainer) x 7 points
+# (benchmarks.sweep: rnn sizes 64-512 at batch 64, batch sizes 1-256 at rnn size 128),
+# 77 training and 44 generation processes. Estimated from the quick reference
+# (amd-epyc-2core/quick): a step of all of them takes 1.04 s at the default point.
+# Scaled by each point's training FLOPs (0.28x, 1x, 3.7x, 14.5x over the rnn sizes;
+# 1/64x, 0.25x, 1x, 4x over the batch sizes) but never below the default point's, which
+# overstates the overhead-bound rows, the seven points take at most 26 x 1.04 = 27 s a
+# step of everything, so 24 steps take at most 11 minutes; first steps (compilation)
+# add 8 s a point, 1 minute. Start-up and the end-of-run checkpoint take 22 s a point
+# (train wall time minus epoch and validation time in the reference), 2.6 minutes;
+# generation 33 s a point at rnn size 128, about 3 minutes over the four rnn sizes;
+# the two matmul peaks about 1.5 s a run, 2 minutes. At most about 20 minutes in all,
+# with room for a loaded machine. Trimmed to stay there: validation (--val-fraction 0;
+# at batch size 1 one pass over the 10% held out is 1,742 steps, 70 times the
+# training), the 64-stream generation, and generation at the batch-size points (the
+# model it generates with is the default point's); kept: all seven points, 24 steps.
+# Timed steps: every step but the first counts in the median (common.train), so 24
+# steps give 23, at least 20 of them after any warm-up of up to 3 more steps (the
+# report counts the warm-up steps of each framework where it is more than the first).
+SWEEP_STEPS = 24
 PROFILES = {
     "quick": Profile(1, None, 900,
                      "one epoch (245 steps of 64 x 64 characters) on tinyshakespeare with "
@@ -84,6 +119,11 @@ PROFILES = {
     "full": Profile(32, None, 24 * 3600,
                     "32 epochs of the default model spec on tinyshakespeare, the original "
                     "suite's table"),
+    "sweep": Profile(1, SWEEP_STEPS, 240,
+                     "at each point of the sweep, 24 training steps of 64-character "
+                     "sequences on tinyshakespeare (the first, with any compilation, timed "
+                     "apart), no validation, then 1,024 generated characters (one stream) at "
+                     "each rnn size", train_args=("--val-fraction", "0"), sweep=True),
 }
 
 
@@ -108,6 +148,7 @@ class Settings:
     log_every: int
     train_batches: int  # per epoch, as common.batching cuts the text
     chars_per_batch: int
+    grid: Grid | None = None  # the sweep's points; None for a run of one point
 
     @property
     def total_steps(self) -> int:
@@ -120,6 +161,10 @@ class Settings:
         d.pop("description")
         d["text_path"] = records.portable(self.text_path)
         d["extra_train_args"] = list(d["extra_train_args"])
+        if self.grid:  # as JSON reads it back; a run of one point has no key (older records)
+            d["grid"] = self.grid.as_dict()
+        else:
+            d.pop("grid")
         return d
 
 
@@ -163,15 +208,38 @@ def write_init_weights(path: Path, settings: Settings) -> None:
                   framework="init", random_seed=settings.random_seed)
 
 
+def sweep_grid(args, profile: Profile) -> Grid | None:
+    """The grid of a sweep (--rnn-sizes and --batch-sizes over the default axes), else None."""
+    if not profile.sweep:
+        if args.rnn_sizes or args.batch_sizes:
+            raise SystemExit("error: --rnn-sizes and --batch-sizes need --profile sweep")
+        return None
+    grid = Grid()
+    return dataclasses.replace(
+        grid, rnn_sizes=parse_sizes(args.rnn_sizes, "--rnn-sizes") if args.rnn_sizes
+        else grid.rnn_sizes, batch_sizes=parse_sizes(args.batch_sizes, "--batch-sizes")
+        if args.batch_sizes else grid.batch_sizes)
+
+
+def describe_grid(grid: Grid) -> str:
+    """"--rnn-size 64, 128 at --batch-size 64 and --batch-size 1, 16 at --rnn-size 128"."""
+    def sizes(values):
+        return ", ".join(map(str, values))
+    return (f"--rnn-size {sizes(grid.rnn_sizes)} at --batch-size {grid.batch_size} and "
+            f"--batch-size {sizes(grid.batch_sizes)} at --rnn-size {grid.rnn_size}")
+
+
 def resolve_settings(args) -> Settings:
     from common.text import default_corpus_path
     profile = PROFILES[args.profile]
     num_epochs = args.num_epochs if args.num_epochs is not None else profile.num_epochs
     max_steps = profile.max_steps if args.max_steps is None else (args.max_steps or None)
-    extra = tuple(shlex.split(args.extra_train_args))
+    user_extra = tuple(shlex.split(args.extra_train_args))
+    extra = profile.train_args + user_extra
+    grid = sweep_grid(args, profile)
     text_path = Path(args.text_path).resolve() if args.text_path else default_corpus_path()
-    custom = ((num_epochs, max_steps) != (profile.num_epochs, profile.max_steps) or extra
-              or args.text_path is not None)
+    custom = ((num_epochs, max_steps) != (profile.num_epochs, profile.max_steps) or user_extra
+              or args.text_path is not None or (grid is not None and grid != Grid()))
     cfg = train_config_from_args(list(extra))
     train_batches, chars_per_batch, _ = steps_per_epoch_and_vocab(text_path, cfg)
     total = total_steps(num_epochs, max_steps, train_batches)
@@ -181,13 +249,30 @@ def resolve_settings(args) -> Settings:
                 f"({total / train_batches:.3g} epochs of {train_batches} batches) on "
                 f"{text_path.name}" + (f" with {' '.join(extra)}" if extra else
                                        " with the default model spec"))
+    if grid:
+        what += f", at each point of the sweep ({describe_grid(grid)})" if custom else \
+            f"; the points: {describe_grid(grid)}"
     return Settings(
         profile="custom" if custom else args.profile, description=what, num_epochs=num_epochs,
         max_steps=max_steps, threads=args.threads, random_seed=args.random_seed,
         text_path=str(text_path), text_sha256=hashlib.sha256(text_path.read_bytes()).hexdigest(),
         extra_train_args=extra, device=args.device, gen_length=args.gen_length,
         log_every=choose_log_every(train_batches, total), train_batches=train_batches,
-        chars_per_batch=chars_per_batch)
+        chars_per_batch=chars_per_batch, grid=grid)
+
+
+def point_settings(settings: Settings, point: Point | None) -> Settings:
+    """The settings of one sweep point: its train flags after the run's, and the batches
+    its batch size cuts the text into (the run's own settings outside a sweep)."""
+    if point is None:
+        return settings
+    extra = settings.extra_train_args + point.train_args()
+    cfg = train_config_from_args(list(extra))
+    train_batches, chars_per_batch, _ = steps_per_epoch_and_vocab(Path(settings.text_path), cfg)
+    total = total_steps(settings.num_epochs, settings.max_steps, train_batches)
+    return dataclasses.replace(settings, extra_train_args=extra, train_batches=train_batches,
+                               chars_per_batch=chars_per_batch,
+                               log_every=choose_log_every(train_batches, total))
 
 
 # ---------------------------------------------------------------------------------------
@@ -220,8 +305,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", choices=("auto", "cpu", "gpu"),
                    help="--device of every framework")
     p.add_argument("--gen-length", type=int, default=1024, help="characters to generate")
-    p.add_argument("--timeout", type=float, help="seconds per framework for training, and "
-                   "again for generation (default: the profile's)")
+    p.add_argument("--timeout", type=float, help="seconds per framework (per point in a "
+                   "sweep) for training, and again for generation (default: the profile's)")
+    p.add_argument("--rnn-sizes", metavar="H,H,...", help="with --profile sweep: the rnn sizes, "
+                   "at the default batch size (default: "
+                   + ",".join(map(str, Grid().rnn_sizes)) + ")")
+    p.add_argument("--batch-sizes", metavar="B,B,...", help="with --profile sweep: the batch "
+                   "sizes, at the default rnn size (default: "
+                   + ",".join(map(str, Grid().batch_sizes)) + ")")
     p.add_argument("--out", type=Path, help="results directory (default: "
                    "benchmarks/results/<profile>, or .../custom when flags override the profile)")
     p.add_argument("--resume", action="store_true", help="keep the records in --out and run only "
@@ -259,17 +350,35 @@ def select_entries(frameworks: str | None) -> list[Entry]:
     return [registry.FRAMEWORKS[n] for n in names]
 
 
-def make_plan(args) -> Plan:
+def _one_line_errors(fn, *args):
+    """fn(*args), with an error of the input (CharRnnError and the like, which say what is
+    wrong in one line) turned into that line and a non-zero exit."""
     try:
-        settings = resolve_settings(args)
+        return fn(*args)
     except SystemExit:
         raise
-    except Exception as exc:  # CharRnnError and the like give one line already
+    except Exception as exc:
         raise SystemExit(f"error: {exc}") from None
+
+
+def make_plan(args) -> Plan:
+    settings = _one_line_errors(resolve_settings, args)
     out = (args.out or records.RESULTS_ROOT / settings.profile).resolve()
     timeout_s = args.timeout if args.timeout is not None else PROFILES[args.profile].timeout_s
     return Plan(settings, out, timeout_s, args.keep_checkpoints, args.matmul_size,
                 args.matmul_repeats)
+
+
+def point_plans(plan: Plan) -> dict[Point | None, Plan]:
+    """The plan of each point a framework runs at: the run's own (point None) outside a
+    sweep. In a sweep, generation is one stream and at the rnn sizes only: a batch size
+    does not change the generating model."""
+    grid = plan.settings.grid
+    if grid is None:
+        return {None: plan}
+    return {point: dataclasses.replace(
+        plan, settings=_one_line_errors(point_settings, plan.settings, point), point=point,
+        generations=(1,) if grid.on_rnn_axis(point) else ()) for point in grid.points()}
 
 
 # ---------------------------------------------------------------------------------------
@@ -277,12 +386,14 @@ def make_plan(args) -> Plan:
 # ---------------------------------------------------------------------------------------
 
 
-def print_commands(entries: list[Entry], plan: Plan) -> None:
-    for entry in entries:
-        run_dir = plan.run_dir(entry, 0)
-        print(f"# {entry.name}\n{shlex.join(child.train_command(entry, plan, run_dir))}\n"
-              f"{shlex.join(child.generate_command(entry, plan, run_dir))}\n"
-              f"{shlex.join(child.generate_command(entry, plan, run_dir, child.BATCH_SAMPLES))}")
+def print_commands(entries: list[Entry], plans: dict[Point | None, Plan]) -> None:
+    for point, plan in plans.items():
+        for entry in entries:
+            run_dir = plan.run_dir(entry, 0)
+            print(f"# {entry.name}" + (f" at {point.key}" if point else ""))
+            print(shlex.join(child.train_command(entry, plan, run_dir)))
+            for num_samples in plan.generations:
+                print(shlex.join(child.generate_command(entry, plan, run_dir, num_samples)))
 
 
 def open_records(plan: Plan, resume: bool) -> list[dict]:
@@ -306,30 +417,50 @@ def open_records(plan: Plan, resume: bool) -> list[dict]:
     return []
 
 
-def _label(entry: Entry, repeat: int, repeats: int) -> str:
-    return entry.name + (f" (repeat {repeat + 1})" if repeats > 1 else "")
+@dataclass(frozen=True)
+class Job:
+    """One framework run: a framework, a repeat, and its sweep point (None outside a sweep)."""
+
+    entry: Entry
+    repeat: int
+    point: Point | None = None
+
+    @property
+    def key(self) -> str:
+        """What past run times are kept under: the framework, and its point in a sweep."""
+        return records.run_key(self.entry.name, self.point.key if self.point else "")
+
+    def label(self, repeats: int) -> str:
+        return (self.entry.name + (f" at {self.point.key}" if self.point else "")
+                + (f" (repeat {self.repeat + 1})" if repeats > 1 else ""))
 
 
-def pending(entries: list[Entry], repeats: int, previous: list[dict]) -> list[tuple[Entry, int]]:
-    """(entry, repeat) pairs still to run, round-robin: repeat 0 of every framework, then
-    repeat 1 of every framework, ... (A B C A B C), so that a slow spell of a shared
-    machine is spread over the frameworks instead of landing on one's repeats."""
+def pending(entries: list[Entry], repeats: int, previous: list[dict],
+            points: list[Point | None] = (None,)) -> list[Job]:
+    """The runs still to do, round-robin: repeat 0 of every framework, then repeat 1 of
+    every framework, ... (A B C A B C), so that a slow spell of a shared machine is
+    spread over the frameworks instead of landing on one's repeats. In a sweep the
+    frameworks take turns at each point (A B C at the first point, then at the next)."""
     done = records.done_runs(previous)
     todo = []
     for k in range(repeats):
-        for entry in entries:
-            if (entry.name, k) in done:
-                print(f"{_label(entry, k, repeats)}: already recorded, skipped (--resume)",
-                      file=sys.stderr)
-            else:
-                todo.append((entry, k))
+        for point in points:
+            for entry in entries:
+                job = Job(entry, k, point)
+                if (entry.name, k, point.key if point else "") in done:
+                    print(f"{job.label(repeats)}: already recorded, skipped (--resume)",
+                          file=sys.stderr)
+                else:
+                    todo.append(job)
     return todo
 
 
-def start_run(plan: Plan, args, entries: list[Entry], resumed: bool) -> None:
-    """Write the initial weights and record the run."""
+def start_run(plan: Plan, plans: dict[Point | None, Plan], args, entries: list[Entry],
+              resumed: bool) -> None:
+    """Write the initial weights (one file per sweep point) and record the run."""
+    for each in plans.values():
+        write_init_weights(each.init_path, each.settings)
     s = plan.settings
-    write_init_weights(plan.init_path, s)
     records.append_record(plan.records_path, records.run_record(
         resumed=resumed, settings=s.identity(), description=s.description,
         peak_check={"size": plan.peak_size, "repeats": plan.peak_repeats},
@@ -388,52 +519,57 @@ def progress_line(label: str, epochs: list[dict], settings: Settings, left_s: fl
 
 
 def past_run_seconds(previous: list[dict]) -> dict[str, list[float]]:
-    """Seconds each framework's finished runs took, from records (those of a --resume)."""
+    """Seconds each framework's (at each sweep point) finished runs took, from records
+    (those of a --resume), under records.run_key."""
     past: dict[str, list[float]] = {}
     for r in previous:
         seconds = records.run_seconds(r) if r.get("kind") == "framework" else None
         if seconds is not None and r.get("status") != "skipped":
-            past.setdefault(r["framework"], []).append(seconds)
+            past.setdefault(records.run_key(r["framework"], point_key(r)), []).append(seconds)
     return past
 
 
-def run_frameworks(todo: list[tuple[Entry, int]], plan: Plan, repeats: int,
+def run_frameworks(todo: list[Job], plans: dict[Point | None, Plan], repeats: int,
                    previous: list[dict]) -> bool:
-    """Run and record each (entry, repeat) in turn; whether Ctrl-C (or SIGTERM) stopped it."""
+    """Run and record each job in turn; whether Ctrl-C (or SIGTERM) stopped it."""
     # A SIGTERM (a cancelled job) stops the run like Ctrl-C: the child is in its own
     # session and would not get it, so the runner must stop it.
     signal.signal(signal.SIGTERM, _interrupt)
     past = past_run_seconds(previous)
+    reasons: dict[str, str | None] = {}  # why a framework is skipped, asked once per run
+    records_path = next(iter(plans.values())).records_path
     try:
-        for i, (entry, k) in enumerate(todo, 1):
-            label = f"[{i}/{len(todo)}] {_label(entry, k, repeats)}"
-            later = [e.name for e, _ in todo[i:]]
-            reason = child.skip_reason(entry)
-            if reason:
-                if k == 0:
-                    records.append_record(plan.records_path, records.skipped_record(
+        for i, job in enumerate(todo, 1):
+            entry, plan = job.entry, plans[job.point]
+            label = f"[{i}/{len(todo)}] {job.label(repeats)}"
+            later = [j.key for j in todo[i:]]
+            if entry.name not in reasons:
+                reasons[entry.name] = child.skip_reason(entry)
+                if reasons[entry.name] and job.repeat == 0:  # one record per framework
+                    records.append_record(records_path, records.skipped_record(
                         entry.name, entry.env, entry.script, child.interpreter(entry.env),
-                        reason))
-                print(f"{label}: skipped: {reason}", file=sys.stderr)
+                        reasons[entry.name]))
+            if reasons[entry.name]:
+                print(f"{label}: skipped: {reasons[entry.name]}", file=sys.stderr)
                 continue
             print(f"{label}: training...", file=sys.stderr, flush=True)
             start = time.perf_counter()
 
-            def on_epochs(epochs, label=label, later=later, start=start, name=entry.name):
+            def on_epochs(epochs, label=label, later=later, start=start, plan=plan, key=job.key):
                 left = estimate_left_s(epochs, plan.settings.total_steps,
-                                       time.perf_counter() - start, later, past, name)
+                                       time.perf_counter() - start, later, past, key)
                 print(progress_line(label, epochs, plan.settings, left), file=sys.stderr,
                       flush=True)
 
-            record = child.run_framework(entry, k, plan, on_epochs)
-            records.append_record(plan.records_path, record)
-            past.setdefault(entry.name, []).append(time.perf_counter() - start)
+            record = child.run_framework(entry, job.repeat, plan, on_epochs)
+            records.append_record(records_path, record)
+            past.setdefault(job.key, []).append(time.perf_counter() - start)
             left = estimate_left_s([], plan.settings.total_steps, 0.0, later, past)
             print(f"{label}: {_summary_line(record)}"
                   + (f"; {format_left(left)} in the run" if later else ""),
                   file=sys.stderr, flush=True)
     except KeyboardInterrupt:
-        print(f"\ninterrupted: what finished is in {records.portable(plan.records_path)}; "
+        print(f"\ninterrupted: what finished is in {records.portable(records_path)}; "
               "continue with the same flags and --resume", file=sys.stderr)
         return True
     return False
@@ -450,16 +586,20 @@ def _summary_line(record: dict) -> str:
     gen = record.get("generation") or {}
     batch = record.get("generation_batch") or {}
     steps = [e["step_s_median"] for e in record["epochs"] if e.get("step_s_median")]
-    val = last["val/loss"] if last["val/loss"] is not None else float("nan")
     peaks = [(record.get(k) or {}).get("peak_flops") for k in ("peak_before", "peak_after")]
-    return (f"ok: {last['step']} steps, median step "
-            f"{1000 * statistics.median(steps or [0]):.0f} ms, "
-            f"train loss {last['train/loss']:.4f}, val loss {val:.4f}, "
-            f"{record['train_process']['max_rss_mb']:.0f} MiB, "
-            f"generation {gen.get('chars_per_s', 0):.0f} chars/s "
-            f"({batch.get('total_chars_per_s') or 0:.0f} for {batch.get('num_samples')} "
-            "streams), matmul peak " + " -> ".join(f"{p / 1e9:.1f}" if p else "?" for p in peaks)
-            + " GFLOP/s")
+    parts = [f"ok: {last['step']} steps, median step "
+             f"{1000 * statistics.median(steps or [0]):.0f} ms, "
+             f"first step {last.get('first_step_s') or 0:.2f} s, "
+             f"train loss {last['train/loss']:.4f}"]
+    if last["val/loss"] is not None:
+        parts.append(f"val loss {last['val/loss']:.4f}")
+    parts.append(f"{record['train_process']['max_rss_mb']:.0f} MiB")
+    if gen:
+        parts.append(f"generation {gen.get('chars_per_s', 0):.0f} chars/s" + (
+            f" ({batch.get('total_chars_per_s') or 0:.0f} for {batch.get('num_samples')} "
+            "streams)" if batch else ""))
+    return ", ".join(parts) + ", matmul peak " + " -> ".join(
+        f"{p / 1e9:.1f}" if p else "?" for p in peaks) + " GFLOP/s"
 
 
 def write_report(plan: Plan) -> None:
@@ -483,15 +623,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     entries = select_entries(args.frameworks)
     plan = make_plan(args)
+    plans = point_plans(plan)
     if args.dry_run:
-        print_commands(entries, plan)
+        print_commands(entries, plans)
         return 0
     plan.out.mkdir(parents=True, exist_ok=True)
     previous = open_records(plan, args.resume)
-    todo = pending(entries, args.repeats, previous)
+    todo = pending(entries, args.repeats, previous, list(plans))
     if todo:
-        start_run(plan, args, entries, resumed=bool(previous))
-    interrupted = run_frameworks(todo, plan, args.repeats, previous)
+        start_run(plan, plans, args, entries, resumed=bool(previous))
+    interrupted = run_frameworks(todo, plans, args.repeats, previous)
     if not args.no_report:
         write_report(plan)
     if interrupted:

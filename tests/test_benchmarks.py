@@ -42,6 +42,10 @@ from benchmarks.mfu import mfu  # noqa: E402
 DATA = Path(__file__).resolve().parent / "data"
 TINY_MODEL = "--seq-len 16 --batch-size 4 --rnn-size 16 --embedding-size 8"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+# What the report of a sweep writes beside its records (benchmarks.scaling).
+SWEEP_FILES = ["generation_vs_rnn_size.png", "memory_vs_batch_size.png", "mfu_vs_rnn_size.png",
+               "records.jsonl", "report.md", "step_time_vs_rnn_size.png", "sweep.csv",
+               "throughput_vs_batch_size.png"]
 
 # `python -m benchmarks.run_all` with extra frameworks registered first: scripts outside
 # the registry and the checkout (one that fails, one that hangs), given as a JSON
@@ -299,13 +303,14 @@ def test_batch_generation_counts_every_stream(tmp_path):
 def test_repeats_take_turns_round_robin(capsys):
     entries = [registry.Entry(name, "numpy_model", "any", "numpy") for name in "abc"]
     todo = run_all.pending(entries, 3, [])
-    assert [(e.name, k) for e, k in todo] == [
+    assert [(job.entry.name, job.repeat) for job in todo] == [
         ("a", 0), ("b", 0), ("c", 0), ("a", 1), ("b", 1), ("c", 1), ("a", 2), ("b", 2),
         ("c", 2)]
     done = [{"kind": "framework", "framework": "a", "repeat": 0, "status": "ok"},
             {"kind": "framework", "framework": "b", "repeat": 0, "status": "failed"}]
     todo = run_all.pending(entries, 2, done)  # --resume: the rest, in the same turns
-    assert [(e.name, k) for e, k in todo] == [("c", 0), ("a", 1), ("b", 1), ("c", 1)]
+    assert [(job.entry.name, job.repeat) for job in todo] == [
+        ("c", 0), ("a", 1), ("b", 1), ("c", 1)]
     assert "a (repeat 1): already recorded" in capsys.readouterr().err
 
 
@@ -593,15 +598,16 @@ def test_committed_reference_renders_and_names_no_machine_directory(tmp_path):
     dirs = [p.parent for p in (ROOT / "benchmarks" / "reference").glob("*/*/records.jsonl")]
     assert dirs, "no reference results committed"
     for ref in dirs:
-        assert sorted(p.name for p in ref.iterdir()) == [
-            "loss_per_epoch.png", "loss_vs_time.png", "records.jsonl", "report.md",
-            "results.csv", "throughput.png"]
         text = (ref / "records.jsonl").read_text()
+        sweep = '"point": {' in text  # a sweep's records name their points
+        assert sorted(p.name for p in ref.iterdir()) == (SWEEP_FILES if sweep else [
+            "loss_per_epoch.png", "loss_vs_time.png", "records.jsonl", "report.md",
+            "results.csv", "throughput.png"])
         assert "hostname" not in text and '"/' not in text and str(ROOT) not in text
         run = json.loads(text.splitlines()[0])
         assert ref.parent.name == records.machine_slug(run["machine"])
-        copy = tmp_path / ref.parent.name
-        copy.mkdir()
+        copy = tmp_path / ref.parent.name / ref.name
+        copy.mkdir(parents=True)
         shutil.copy(ref / "records.jsonl", copy)
         table, _, _ = report.build(copy)
         assert (table["status"] == "ok").any()

@@ -1,0 +1,375 @@
+"""The report of a sweep: how each framework's cost grows with the model and the batch.
+
+    python -m benchmarks.report benchmarks/results/sweep
+    python -m benchmarks.report benchmarks/results/sweep --reference   # make reference-sweep
+
+benchmarks.report hands a results directory here when its framework records name a
+sweep point (benchmarks.sweep). Written beside the records:
+
+    sweep.csv                      one row per framework and point (medians over repeats)
+    report.md                      the two tables below, failures, the plots, the machine
+    step_time_vs_rnn_size.png      ms per training step against --rnn-size, log-log, with
+                                   the FLOP-bound step at the measured float32 GEMM peak
+    mfu_vs_rnn_size.png            MFU against --rnn-size
+    generation_vs_rnn_size.png     single-stream generation chars/s against --rnn-size
+    throughput_vs_batch_size.png   training chars/s against --batch-size, log-log
+    memory_vs_batch_size.png       the training process's peak memory against --batch-size
+
+The tables: the fastest framework at each point, and per framework its step times,
+throughput and scaling exponent, the least-squares slope of log(step time) against
+log(training FLOPs per step) over the rnn sizes. An exponent of 1 is a step whose
+time grows with its arithmetic (compute-bound); below 1, a fixed cost per step
+(dispatch, the seq_len sequential time steps) that larger models amortise; above 1,
+a step that gets less efficient as it grows (caches, memory). With --reference the
+README block between the sweep markers shows the framework table and the two main
+plots.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from benchmarks import report
+from benchmarks.mfu import train_flops_per_step
+from benchmarks.plot import Line, plot_lines
+from benchmarks.sweep import Grid, Point, point_of
+from common.fileio import atomic_write_text
+
+SWEEP_START, SWEEP_END = "<!-- sweep:start -->", "<!-- sweep:end -->"
+# A step after the first that takes more than this many times the median of the others is
+# still warming up (compiling a second trace, filling caches): the report says so.
+WARMUP_FACTOR = 2.0
+STEP_PLOT, BATCH_PLOT = "step_time_vs_rnn_size.png", "throughput_vs_batch_size.png"
+
+
+# ---------------------------------------------------------------------------------------
+# Records -> one row per framework and point
+# ---------------------------------------------------------------------------------------
+
+
+def is_sweep(frameworks: pd.DataFrame) -> bool:
+    """Whether these framework records are a sweep's (they name their points)."""
+    return "point" in frameworks and bool(frameworks["point"].map(
+        lambda p: isinstance(p, dict)).any())
+
+
+def grid_of(runs: list[dict]) -> Grid:
+    """The sweep's grid, as its run record names it."""
+    return Grid.from_dict((runs[-1].get("settings") or {}).get("grid") if runs else None)
+
+
+def warmup_steps(steps) -> int | None:
+    """How many steps it took before the step time settled: the first (compilation) and
+    any that follow it at over WARMUP_FACTOR x the median of the rest. From the per-step
+    log ([[step, elapsed training s, loss], ...]); None unless every step was logged."""
+    if not isinstance(steps, list) or len(steps) < 4:
+        return None
+    if [s[0] for s in steps] != list(range(1, len(steps) + 1)):
+        return None
+    times = np.diff([0.0, *(s[1] for s in steps)])
+    n = 1
+    while n < len(times) - 1 and times[n] > WARMUP_FACTOR * np.median(times[n + 1:]):
+        n += 1
+    return n
+
+
+def point_row(record: dict) -> dict:
+    """The measurements of one framework at one point (report.summarise, and the point)."""
+    row = report.summarise(record)
+    point = point_of(record)
+    header = record.get("header") or {}
+    flops, chars = header.get("flops_per_char"), header.get("chars_per_batch")
+    row.update(point=point.key, rnn_size=point.rnn_size, batch_size=point.batch_size,
+               train_flops_per_step=train_flops_per_step(flops, chars) if flops and chars
+               else None, warmup_steps=warmup_steps(record.get("steps")))
+    return row
+
+
+def sweep_table(frameworks: pd.DataFrame) -> pd.DataFrame:
+    """One row per framework and point, in the order they ran: the median over the point's
+    successful repeats (the last run, with its error, when none succeeded)."""
+    rows = pd.DataFrame([point_row(r) for r in report._records(frameworks) if point_of(r)])
+    if rows.empty:
+        return rows
+    numeric = [c for c in rows.columns if c not in ("repeat", "rnn_size", "batch_size")
+               and pd.api.types.is_numeric_dtype(rows[c])]
+    out = []
+    for _, runs in rows.groupby(["framework", "point"], sort=False):
+        good = runs[runs["status"] == "ok"]
+        row = (good if len(good) else runs).iloc[-1].to_dict()
+        if len(good):
+            row.update(good[numeric].median().to_dict())
+        row["repeats"] = len(good)
+        out.append(row)
+    return pd.DataFrame(out).drop(columns=["repeat"])
+
+
+# ---------------------------------------------------------------------------------------
+# The scaling exponent and the two tables
+# ---------------------------------------------------------------------------------------
+
+
+def scaling_exponent(flops: list[float], seconds: list[float]) -> float | None:
+    """Least-squares slope of log(seconds) against log(flops); None with fewer than two
+    distinct FLOP counts measured."""
+    pairs = [(f, s) for f, s in zip(flops, seconds) if not _missing(f) and not _missing(s)
+             and f > 0 and s > 0]
+    if len({f for f, _ in pairs}) < 2:
+        return None
+    slope, _ = np.polyfit(np.log([f for f, _ in pairs]), np.log([s for _, s in pairs]), 1)
+    return float(slope)
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _axis(table: pd.DataFrame, grid: Grid, axis: str) -> pd.DataFrame:
+    """The rows on the rnn-size axis ("rnn_size") or the batch-size axis ("batch_size"),
+    by size."""
+    on = grid.on_rnn_axis if axis == "rnn_size" else grid.on_batch_axis
+    keep = [on(Point(int(h), int(b))) for h, b in zip(table["rnn_size"], table["batch_size"])]
+    return table[keep].sort_values(axis, kind="stable")
+
+
+def exponents(table: pd.DataFrame, grid: Grid) -> dict[str, float | None]:
+    """Each framework's scaling exponent over the rnn sizes (its successful points)."""
+    rnn = _axis(table, grid, "rnn_size")
+    return {name: scaling_exponent(list(runs["train_flops_per_step"]),
+                                   list(runs["step_ms"] / 1000))
+            for name, runs in rnn[rnn["status"] == "ok"].groupby("framework", sort=False)}
+
+
+def fastest_rows(table: pd.DataFrame, grid: Grid) -> list[dict]:
+    """One row per point: the fastest training step there, the runner-up and how much
+    slower it is, and (on the rnn-size axis) the fastest single-stream generation."""
+    out = []
+    for point in grid.points():
+        at = table[(table["rnn_size"] == point.rnn_size)
+                   & (table["batch_size"] == point.batch_size) & table["step_ms"].notna()]
+        if at.empty:
+            continue
+        ranked = at.sort_values("step_ms", kind="stable").to_dict("records")
+        best, second = ranked[0], ranked[1] if len(ranked) > 1 else None
+        row = {"rnn_size": point.rnn_size, "batch_size": point.batch_size,
+               "fastest": best["framework"], "step_ms": best["step_ms"],
+               "chars_per_s": best["chars_per_s"], "mfu": best["mfu"],
+               "runner_up": f"{second['framework']} ({second['step_ms'] / best['step_ms']:.2f}x)"
+               if second else None}
+        gen = at[at["gen_chars_per_s"].notna()] if "gen_chars_per_s" in at else at.iloc[0:0]
+        if len(gen):
+            top = gen.loc[gen["gen_chars_per_s"].idxmax()]
+            row["fastest_gen"] = f"{top['framework']} ({top['gen_chars_per_s']:,.0f})"
+        out.append(row)
+    return out
+
+
+# The table of the fastest framework at each point: (column, header, format).
+FASTEST_TABLE = [("rnn_size", "rnn size", "{:.0f}"), ("batch_size", "batch size", "{:.0f}"),
+                 ("fastest", "fastest", "{}"), ("step_ms", "step ms", "{:,.1f}"),
+                 ("chars_per_s", "chars/s", "{:,.0f}"), ("mfu", "MFU", "pct"),
+                 ("runner_up", "runner-up (step time ratio)", "{}"),
+                 ("fastest_gen", "fastest generation (chars/s)", "{}")]
+
+
+def framework_rows(table: pd.DataFrame, grid: Grid) -> tuple[list[dict], list]:
+    """(rows, columns) of the per-framework table: exponent, step ms at each rnn size,
+    training chars/s at each batch size, the longest first step (compilation) of its
+    points, and the steps its warm-up took where more than one (the most over them)."""
+    fits = exponents(table, grid)
+    rows = []
+    for name, runs in table.groupby("framework", sort=False):
+        ok = runs[runs["status"] == "ok"]
+        row = {"framework": name, "exponent": fits.get(name)}
+        for _, r in _axis(ok, grid, "rnn_size").iterrows():
+            row[f"step_ms@{r['rnn_size']}"] = r["step_ms"]
+        for _, r in _axis(ok, grid, "batch_size").iterrows():
+            row[f"chars_per_s@{r['batch_size']}"] = r["chars_per_s"]
+        row["first_step_s"] = ok["first_step_s"].max() if "first_step_s" in ok else None
+        warm = ok["warmup_steps"].max() if "warmup_steps" in ok else None
+        row["warmup"] = f"{warm:.0f}" if not _missing(warm) and warm > 1 else None
+        rows.append(row)
+    columns = [("framework", "framework", "{}"), ("exponent", "exponent", "{:.2f}")]
+    columns += [(f"step_ms@{h}", f"ms/step H={h}", "{:,.1f}")
+                for h in grid.axis_sizes("rnn_size")]
+    columns += [(f"chars_per_s@{b}", f"chars/s B={b}", "{:,.0f}")
+                for b in grid.axis_sizes("batch_size")]
+    columns.append(("first_step_s", "first step s (max)", "{:,.2f}"))
+    if any(r["warmup"] for r in rows):
+        columns.append(("warmup", "warm-up steps", "{}"))
+    return rows, columns
+
+
+def problem_lines(table: pd.DataFrame, frameworks: pd.DataFrame) -> list[str]:
+    """A line per failed or timed-out point, and per skipped framework, with the reason."""
+    lines = []
+    for r in table.to_dict("records"):
+        if r["status"] != "ok":
+            stage = f" at {r['stage']}" if isinstance(r.get("stage"), str) else ""
+            lines.append(f"- **{r['framework']}** at {r['point']}: {r['status']}{stage}: "
+                         f"`{r['error']}`")
+    for r in report._records(frameworks):
+        if r.get("status") == "skipped":
+            lines.append(f"- **{r['framework']}**: skipped: `{r.get('error')}`")
+    return lines
+
+
+# ---------------------------------------------------------------------------------------
+# Plots
+# ---------------------------------------------------------------------------------------
+
+
+def _lines(rows: pd.DataFrame, x: str, y: str) -> list[Line]:
+    ok = rows[(rows["status"] == "ok") & rows[y].notna()] if y in rows else rows.iloc[0:0]
+    return [Line(name, list(r[x]), list(r[y])) for name, r in ok.groupby("framework", sort=False)]
+
+
+def peak_flops(frameworks: pd.DataFrame) -> float | None:
+    """The median float32 GEMM peak of every measurement of the sweep."""
+    measured = [p["peak_flops"] for p in report._peak_measurements(frameworks)]
+    return float(np.median(measured)) if measured else None
+
+
+def flop_bound(rnn: pd.DataFrame, peak: float | None) -> Line | None:
+    """The step time at `peak` FLOP/s: training FLOPs per step / peak, at each rnn size."""
+    work = rnn.dropna(subset=["train_flops_per_step"]).drop_duplicates("rnn_size")
+    if peak is None or work.empty:
+        return None
+    return Line(f"FLOP-bound at the GEMM peak ({peak / 1e9:,.0f} GFLOP/s)", list(work["rnn_size"]),
+                list(1000 * work["train_flops_per_step"] / peak))
+
+
+def write_plots(table: pd.DataFrame, grid: Grid, frameworks: pd.DataFrame,
+                results_dir: Path) -> None:
+    rnn, batch = _axis(table, grid, "rnn_size"), _axis(table, grid, "batch_size")
+    at_batch, at_rnn = f"--batch-size {grid.batch_size}", f"--rnn-size {grid.rnn_size}"
+    plot_lines(_lines(rnn, "rnn_size", "step_ms"), results_dir / STEP_PLOT,
+               xlabel=f"--rnn-size (at {at_batch})", ylabel="ms per training step (median)",
+               title="Training step time against model size", log_y=True,
+               reference=flop_bound(rnn, peak_flops(frameworks)))
+    plot_lines(_lines(rnn, "rnn_size", "mfu"), results_dir / "mfu_vs_rnn_size.png",
+               xlabel=f"--rnn-size (at {at_batch})", ylabel="MFU (of the float32 GEMM peak)",
+               title="Model FLOP utilisation against model size", percent=True)
+    plot_lines(_lines(rnn, "rnn_size", "gen_chars_per_s"),
+               results_dir / "generation_vs_rnn_size.png", xlabel="--rnn-size",
+               ylabel="generated chars/s (one stream)", log_y=True,
+               title="Generation speed against model size")
+    plot_lines(_lines(batch, "batch_size", "chars_per_s"), results_dir / BATCH_PLOT,
+               xlabel=f"--batch-size (at {at_rnn})", ylabel="training chars/s (median step)",
+               title="Training throughput against batch size", log_y=True)
+    plot_lines(_lines(batch, "batch_size", "peak_mb"), results_dir / "memory_vs_batch_size.png",
+               xlabel=f"--batch-size (at {at_rnn})",
+               ylabel="peak resident memory of training (MiB)",
+               title="Training memory against batch size")
+
+
+# ---------------------------------------------------------------------------------------
+# report.md, the README block, and main
+# ---------------------------------------------------------------------------------------
+
+
+def tables_text(table: pd.DataFrame, grid: Grid) -> str:
+    """The two tables, in markdown."""
+    rows, columns = framework_rows(table, grid)
+    return "\n".join(["Fastest at each point:", "",
+                      report.markdown_table(fastest_rows(table, grid), FASTEST_TABLE), "",
+                      "Each framework:", "", report.markdown_table(rows, columns)])
+
+
+def how_to_read(run: dict, grid: Grid) -> str:
+    s = run.get("settings", {})
+    return (
+        f"How to read it: every point is a fresh training process of {s.get('max_steps')} "
+        "steps from its own initial weights; *step ms* is the median step after the first "
+        "(the first, with any compilation, is in sweep.csv as first_step_s), *chars/s* the "
+        "characters of a batch over it, *MFU* the model's training FLOPs per step over it "
+        "as a share of the float32 GEMM peak measured right before and right after that "
+        "point. The *exponent* is the slope of log(step time) against log(training FLOPs "
+        f"per step) over the rnn sizes at --batch-size {grid.batch_size}: 1 where the "
+        "step's time grows with its arithmetic (the dashed FLOP-bound line), less where a "
+        "fixed cost per step dominates. *warm-up steps* (shown only where more than one) "
+        f"counts the steps over {WARMUP_FACTOR:g}x the median of the later ones; they are "
+        "in the median too, which the other steps outnumber. *first step s (max)*: the "
+        "longest first step of the framework's points (compilation at a new size). "
+        "Peak memory is the training "
+        "process's maximum resident set (wait4 `ru_maxrss`), start-up included. "
+        "Generation is `generate --length "
+        f"{s.get('gen_length')}`, one stream, at each rnn size. No validation "
+        "(`--val-fraction 0`): a sweep point measures speed, and its losses after a few "
+        "steps say nothing.")
+
+
+def render(runs: list[dict], table: pd.DataFrame, frameworks: pd.DataFrame,
+           grid: Grid) -> str:
+    run = runs[-1] if runs else {}
+    first = runs[0] if runs else {}
+    s = run.get("settings", {})
+    # A row per framework for the machine and the libraries: one of its successful points.
+    order = list(dict.fromkeys(table["framework"]))
+    per_framework = (table.assign(failed=table["status"] != "ok")
+                     .sort_values("failed", kind="stable").drop_duplicates("framework")
+                     .set_index("framework").loc[order].reset_index())
+    lines = [f"# Benchmark: {s.get('profile', '?')} profile (a sweep)", "",
+             f"What it trains: {first.get('description', '?')}.", "",
+             report.machine_header(runs, frameworks), "", tables_text(table, grid), ""]
+    bad = problem_lines(table, frameworks)
+    if bad:
+        lines += ["Failed, timed out or skipped (the sweep went on):", "", *bad, ""]
+    lines += [how_to_read(run, grid), "",
+              f"![step time against rnn size]({STEP_PLOT})", "",
+              "![MFU against rnn size](mfu_vs_rnn_size.png)", "",
+              "![generation against rnn size](generation_vs_rnn_size.png)", "",
+              f"![throughput against batch size]({BATCH_PLOT})", "",
+              "![memory against batch size](memory_vs_batch_size.png)", "",
+              "## Machine", "", *report._machine_lines(run, per_framework, frameworks), "",
+              report._versions_table(per_framework), ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def readme_block(table: pd.DataFrame, grid: Grid, run: dict, results_dir: Path,
+                 readme: Path) -> str:
+    """The README's sweep block: the per-framework table and the two main plots."""
+    link = report.readme_link(results_dir, readme)
+    rows, columns = framework_rows(table, grid)
+    m = run.get("machine", {})
+    return "\n".join([
+        SWEEP_START,
+        f"Sweep on {m.get('cpu')} ({run.get('settings', {}).get('threads')} threads), "
+        f"{str(run.get('started', ''))[:10]}; full report: [{link('report.md')}]"
+        f"({link('report.md')}).", "", report.markdown_table(rows, columns), "",
+        f"![step time against rnn size]({link(STEP_PLOT)}) "
+        f"![throughput against batch size]({link(BATCH_PLOT)})",
+        SWEEP_END])
+
+
+def build(results_dir: Path, runs: list[dict], frameworks: pd.DataFrame) -> tuple[pd.DataFrame,
+                                                                                  str]:
+    """Write sweep.csv, report.md and the plots into `results_dir`; (table, report.md)."""
+    table = sweep_table(frameworks)
+    if table.empty:
+        raise SystemExit(f"error: {results_dir}: no sweep points recorded yet")
+    grid = grid_of(runs)
+    atomic_write_text(results_dir / "sweep.csv", table.to_csv(index=False))
+    write_plots(table, grid, frameworks, results_dir)
+    text = render(runs, table, frameworks, grid)
+    atomic_write_text(results_dir / "report.md", text)
+    return table, text
+
+
+def main(results_dir: Path, runs: list[dict], frameworks: pd.DataFrame, readme: Path | None):
+    """benchmarks.report's main for a sweep: build, print the tables, and with `readme`
+    (--reference) rewrite its sweep block."""
+    table, _ = build(results_dir, runs, frameworks)
+    grid = grid_of(runs)
+    print(tables_text(table, grid))
+    for line in problem_lines(table, frameworks):
+        print(line)
+    print(f"\nreport: {results_dir / 'report.md'}")
+    if readme is not None and report.update_readme(
+            readme, readme_block(table, grid, runs[-1], results_dir, readme),
+            (SWEEP_START, SWEEP_END)):
+        print(f"updated the sweep block of {readme.name}")
