@@ -12,7 +12,8 @@ script re-executes itself there. What differs from the other frameworks:
   grad_req "null", so it is neither trained nor counted (docs/SPEC.md section 1).
 - One fused single-layer LSTM per layer, because the oneDNN CPU kernel ignores the
   fused operator's between-layer dropout; generation runs LSTMCells that share
-  the same Parameters, since the fused operator's per-call set-up dominates at T = 1.
+  the same Parameters, since the fused operator's per-call set-up dominates at T = 1
+  (3-10x fewer chars/s, measured).
 - MXNet's Adam computes lr * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps),
   PyTorch's formula only with a step-dependent eps; `TorchAdam` below is a
   registered optimizer with PyTorch's formula itself.
@@ -28,6 +29,14 @@ import dataclasses
 import os
 import sys
 from pathlib import Path
+
+# Generation steps one character at a time: ~36 operators of at most 130 kFLOP each,
+# where OpenMP's fork and join around every operator cost more than the work (2.5-5x
+# the chars/s with one thread than with two, measured on the 2-core machine). So the
+# one-step commands load MXNet with one OpenMP thread; training keeps --threads.
+ONE_THREAD = sys.argv[1:2] in (["generate"], ["repl"])
+if ONE_THREAD:
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 import mxnet as mx
 import numpy as np
@@ -175,7 +184,7 @@ class MxnetCharRNN(CharRNN):
     def setup_device(cls, device, threads):
         # Threads: early_setup put --threads into OMP_NUM_THREADS and
         # MXNET_CPU_WORKER_NTHREADS before MXNet loaded; they cannot change now.
-        if threads and os.environ.get("OMP_NUM_THREADS") != str(threads):
+        if threads and not ONE_THREAD and os.environ.get("OMP_NUM_THREADS") != str(threads):
             print(f"warning: --threads {threads} came too late: MXNet was already "
                   f"loaded with OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}",
                   file=sys.stderr)
@@ -238,7 +247,7 @@ class MxnetCharRNN(CharRNN):
 
     def step(self, ids, state):
         logits, h, c = self.step_net(self._ids(ids), *state)
-        return logits.asnumpy(), (h, c)  # (B, V)
+        return logits.asnumpy(), (h, c)  # (B, V): the one wait of the step
 
     def _loss(self, net, x, y, state):
         # Always recorded in training mode: only then does the oneDNN LSTM keep what its

@@ -73,6 +73,7 @@ FRAMEWORKS: dict[str, Entry] = {e.name: e for e in [
     Entry("jax", "jax_model", "modern", "flax"),
     Entry("pytensor", "pytensor_model", "modern", "pytensor"),
     Entry("chainer", "chainer_model", "legacy", "chainer"),
+    Entry("chainer[nstep]", "chainer_model", "legacy", "chainer", variant="nstep"),
     Entry("mxnet", "mxnet_model", "legacy", "mxnet"),
 ]}
 

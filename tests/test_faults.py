@@ -46,29 +46,43 @@ def start(name: str, args: list[str]) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True)
 
 
-def logged_steps(log: Path) -> list[int]:
-    """The steps the latest run in `log` has logged so far (--log-every 1)."""
+def read_log(log: Path) -> tuple[int, list[int]]:
+    """(runs started in `log`, the steps the latest one has logged; --log-every 1)."""
     path = log.with_suffix(".jsonl")
     if not path.exists():
-        return []
-    steps = []
+        return 0, []
+    runs, steps = 0, []
     for line in path.read_text().splitlines():
         try:
             record = json.loads(line)
         except ValueError:  # a line being written
             continue
         if record.get("kind") == "header":
-            steps = []
+            runs, steps = runs + 1, []
         elif record.get("kind") == "step":
             steps.append(record["step"])
-    return steps
+    return runs, steps
 
 
-def signal_after(proc: subprocess.Popen, log: Path, step: int, sig: int) -> tuple[int, str]:
-    """Send `sig` once the run has logged `step`; its exit code and stderr."""
+def logged_steps(log: Path) -> list[int]:
+    return read_log(log)[1]
+
+
+def signal_after(name: str, args: list[str], log: Path, step: int,
+                 sig: int) -> tuple[int, str]:
+    """Start `train` with `args`, send `sig` once this new run has logged `step`; its exit
+    code and stderr.
+
+    Only the steps logged after this run's own header count: a restored run's log
+    still holds the earlier run's steps, and a signal before the loop starts would
+    find the default handler.
+    """
+    runs_before = read_log(log)[0]
+    proc = start(name, args)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
-        if any(s >= step for s in logged_steps(log)):
+        runs, steps = read_log(log)
+        if runs > runs_before and any(s >= step for s in steps):
             break
         time.sleep(0.02)
     assert proc.poll() is None, f"the run ended before step {step}: {proc.stderr.read()[-2000:]}"
@@ -90,7 +104,7 @@ def test_kill_then_sigterm_then_restore_is_exact(name, corpus, tmp_path):
     rng = random.Random(name)
 
     # kill -9 at a random moment: the periodic checkpoint is at most 5 steps behind.
-    code, _ = signal_after(start(name, [*train, "--checkpoint-every", "5"]), log,
+    code, _ = signal_after(name, [*train, "--checkpoint-every", "5"], log,
                            rng.randint(8, 40), signal.SIGKILL)
     assert code == -signal.SIGKILL
     last = max(logged_steps(log))
@@ -98,7 +112,7 @@ def test_kill_then_sigterm_then_restore_is_exact(name, corpus, tmp_path):
     assert saved % 5 == 0 and last - saved <= 5, (last, saved)
 
     # It resumes; SIGTERM then saves at the current batch and exits 143 with one line.
-    code, err = signal_after(start(name, [*train, "--restore"]), log,
+    code, err = signal_after(name, [*train, "--restore"], log,
                              saved + rng.randint(3, 30), signal.SIGTERM)
     assert code == 143, err
     assert err.strip().splitlines()[-1].startswith(f"stopped by SIGTERM: checkpoint saved to {ck}")
@@ -123,10 +137,9 @@ def test_kill_then_sigterm_then_restore_is_exact(name, corpus, tmp_path):
 @pytest.mark.parametrize("name", framework_params()[:1])
 def test_sighup_saves_and_exits_129(name, corpus, tmp_path):
     ck, log = tmp_path / "ck", tmp_path / "run.log"
-    proc = start(name, ["--text-path", str(corpus), *TINY, "--sample-length", "0",
-                        "--log-every", "1", "--num-epochs", "1000", "--checkpoint-path",
-                        str(ck), "--log-path", str(log)])
-    code, err = signal_after(proc, log, 5, signal.SIGHUP)
+    args = ["--text-path", str(corpus), *TINY, "--sample-length", "0", "--log-every", "1",
+            "--num-epochs", "1000", "--checkpoint-path", str(ck), "--log-path", str(log)]
+    code, err = signal_after(name, args, log, 5, signal.SIGHUP)
     assert code == 129, err
     assert err.strip().splitlines()[-1].startswith(f"stopped by SIGHUP: checkpoint saved to {ck}")
     assert trained_step(ck) == max(logged_steps(log))
