@@ -199,15 +199,20 @@ class PytensorCharRNN(NumpyState, CharRNN):
 
     def _build_step(self):
         ids, (_, _, h0, c0) = pt.ivector("ids"), self._inputs()
-        return pytensor.function([ids, h0, c0], list(self.graph.step(ids, h0, c0)), mode=MODE)
+        # trust_input: no per-call type checks, which cost more than this tiny step's
+        # arithmetic; `step` passes exactly int32 ids and the float32 state it returned.
+        return pytensor.function([ids, h0, c0], list(self.graph.step(ids, h0, c0)), mode=MODE,
+                                 trust_input=True)
 
     # ---- compute ---------------------------------------------------------------------
     def forward(self, x, state):
-        logits, h, c = self._function("forward")(np.asarray(x, np.int32), *state)
+        x = np.asarray(x, np.int32)
+        logits, h, c = self._function("forward")(x, *state)
         return logits, (h, c)
 
     def step(self, ids, state):
-        logits, h, c = self._function("step")(np.asarray(ids, np.int32), *state)
+        h, c = (np.ascontiguousarray(a, np.float32) for a in state)  # trust_input: exact types
+        logits, h, c = self._function("step")(np.ascontiguousarray(ids, np.int32), h, c)
         return logits, (h, c)
 
     def loss_and_grads(self, x, y, state):

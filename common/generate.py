@@ -21,12 +21,15 @@ from common.errors import CharRnnError
 from common.fileio import atomic_write_text
 from common.framework import CharRNN
 from common.paths import PRETRAINED_PATH, default_checkpoint_path
-from common.sampling import check_sampling, next_char_probs, sample
+from common.sampling import Sampler, check_sampling
 from common.text import Vocab, default_corpus_path, read_text
 from common.weights import Portable, load_portable
 
 # The warm-up that gives generation a realistic starting state (see Generator.warm_state).
 WARMUP_MIN_CHARS, WARMUP_MAX_CHARS, WARMUP_SEED = 50, 500, 0
+# Uniforms are drawn this many steps at a time: rng.random((n, k)) gives the same numbers
+# as n calls of rng.random(k), one call instead of one a character.
+UNIFORM_CHUNK = 1024
 
 
 class Generator:
@@ -35,6 +38,8 @@ class Generator:
     def __init__(self, model: CharRNN, vocab: Vocab, warm_start: bool = True):
         self.model, self.vocab, self.warm_start = model, vocab, warm_start
         self._warm: tuple[np.ndarray, np.ndarray] | None = None
+        self.chars = vocab.to_list()  # id -> character ("" for the unknown id 0)
+        self.sampler_s = 0.0  # seconds the last `generate` spent sampling and decoding
 
     def check_seed(self, seed: str) -> np.ndarray:
         if not seed:
@@ -59,12 +64,13 @@ class Generator:
         if self._warm is None:
             state = self.model.zero_state(1)
             if self.warm_start and "\n" in self.vocab.index:
-                rng = np.random.default_rng(WARMUP_SEED)
+                uniforms = np.random.default_rng(WARMUP_SEED).random((WARMUP_MAX_CHARS, 1))
+                sampler = Sampler(1.0, 3)
                 last, text = self.vocab.encode("\n"), ""
-                for _ in range(WARMUP_MAX_CHARS):
+                for u in uniforms:
                     logits, state = self.model.step(last, state)
-                    last = sample(next_char_probs(logits, 1.0, 3), rng).astype(np.int32)
-                    text += self.vocab.decode(last)
+                    last = sampler(logits, u)
+                    text += self.chars[last[0]]
                     if len(text) >= WARMUP_MIN_CHARS and text.endswith("\n\n"):
                         break
             self._warm = self.model.state_to_numpy(state)
@@ -76,26 +82,31 @@ class Generator:
                  on_chars: Callable[[list[str]], None] | None = None) -> list[str]:
         """`num_samples` continuations of `seed`, generated together as one batch.
 
-        From the warm state, the seed primes the state (all but its last character
-        in one forward pass), then each step feeds the last character and samples
-        the next. `on_chars` receives each step's characters, one per sample, as
-        they come. Returns the generated texts (without the seed).
+        From the warm state, the seed primes the state (all but its last character,
+        through the one-step path: a `forward` over a new seed length would be a new
+        compilation in the compiled frameworks, timed as generation), then each step
+        feeds the last character and samples the next. `on_chars` receives each step's
+        characters, one per sample, as they come. Returns the generated texts (without the seed).
         """
-        check_sampling(temperature, top_n, top_p)
+        sampler = Sampler(temperature, top_n, top_p)
         seed_ids = self.check_seed(seed)
         ids = np.tile(seed_ids, (num_samples, 1)).astype(np.int32)  # (num_samples, len(seed))
         h, c = self.warm_state()
         state = self.model.state_from_numpy(np.repeat(h, num_samples, axis=1),
                                             np.repeat(c, num_samples, axis=1))
-        if ids.shape[1] > 1:
-            _, state = self.model.forward(ids[:, :-1], state)
+        for t in range(ids.shape[1] - 1):
+            _, state = self.model.step(ids[:, t], state)
         last = ids[:, -1]
         out: list[list[str]] = [[] for _ in range(num_samples)]
-        for _ in range(length):
+        self.sampler_s = 0.0
+        for t in range(length):
+            if t % UNIFORM_CHUNK == 0:
+                uniforms = rng.random((min(UNIFORM_CHUNK, length - t), num_samples))
             logits, state = self.model.step(last, state)  # (num_samples, vocab_size)
-            probs = next_char_probs(logits, temperature, top_n, top_p)
-            last = sample(probs, rng).astype(np.int32)
-            chars = [self.vocab.decode([i]) for i in last]
+            start = time.perf_counter()
+            last = sampler(logits, uniforms[t % UNIFORM_CHUNK])  # (num_samples,) int32
+            chars = [self.chars[i] for i in last.tolist()]
+            self.sampler_s += time.perf_counter() - start
             for sample_out, ch in zip(out, chars):
                 sample_out.append(ch)
             if on_chars is not None:
@@ -196,12 +207,14 @@ def run_generate(model_cls: type[CharRNN], cfg: GenerateConfig, out: TextIO | No
     out.flush()
     if cfg.output:
         atomic_write_text(cfg.output, shown)  # exactly what stdout showed
-    # The benchmark parses this line; the rate counts every sample's characters, and the
-    # first step (which includes any compilation) is also reported on its own.
+    # The benchmark parses this line; the rate counts every sample's characters, the
+    # first step (which includes any compilation) is also reported on its own, and so is
+    # the time the shared sampler and decoding took (the framework's share is the rest).
     total = cfg.length * cfg.num_samples
     print(f"generated {total} characters in {duration_s:.3f} s "
           f"({total / duration_s if duration_s else 0:.1f} chars/s; "
-          f"first step {first_char_s or 0:.3f} s)", file=err, flush=True)
+          f"first step {first_char_s or 0:.3f} s; "
+          f"sampler {loaded.generator.sampler_s:.3f} s)", file=err, flush=True)
     return texts
 
 

@@ -16,7 +16,7 @@ from common.config import ModelConfig, TrainConfig
 from common.errors import CharRnnError
 from common.fileio import atomic_directory, atomic_write_text, resolve_directory
 from common.framework import cross_entropy
-from common.sampling import next_char_probs, sample
+from common.sampling import Sampler, inverse_cdf, next_char_probs, sample
 from common.text import Vocab, read_text
 from common.weights import init_weights, load_portable, save_portable
 
@@ -110,6 +110,47 @@ def test_sample_is_seeded_and_follows_probs():
     assert abs((draws == 3).mean() - 0.75) < 0.03
     again = sample(probs, np.random.default_rng(0))
     assert draws.tolist() == again.tolist()
+
+
+def test_sampler_is_the_definition_bit_for_bit():
+    """`Sampler` picks exactly the ids of `inverse_cdf(next_char_probs(...))`: random
+    logits, ties, non-finite rows, every setting, and uniforms on and beside each step of
+    the cdf (where a rounding difference would show)."""
+    rng = np.random.default_rng(0)
+    settings = [(t, n, p) for t in (0.0, 0.5, 1.0, 1.7) for n in (0, 1, 3, 40)
+                for p in (1.0, 0.9, 0.3)]
+    for trial in range(150):
+        batch = 1 + trial % 3
+        logits = (rng.standard_normal((batch, 98)) * (0.3, 3.0, 30.0)[trial % 3])
+        logits = logits.astype(np.float32)
+        if trial % 4 == 0:
+            logits = np.round(logits)  # ties, broken by id
+        if trial == 5:
+            logits[0, 7] = np.nan
+        if trial == 6:
+            logits[-1, 9] = np.inf
+        temperature, top_n, top_p = settings[trial % len(settings)]
+        with np.errstate(invalid="ignore"):
+            probs = next_char_probs(logits, temperature, top_n, top_p)
+        cdf = np.cumsum(probs[0])
+        steps = cdf[probs[0] > 0] / cdf[-1] if np.isfinite(cdf[-1]) else np.array([])
+        uniforms = [rng.random(batch) for _ in range(3)] + [np.zeros(batch)]
+        for step in steps[:-1]:
+            uniforms += [np.full(batch, u) for u in (np.nextafter(step, 0), step,
+                                                     np.nextafter(step, 1))]
+        sampler = Sampler(temperature, top_n, top_p)
+        for u in uniforms:
+            with np.errstate(invalid="ignore"):
+                ids = sampler(logits, u)
+            assert ids.dtype == np.int32
+            assert ids.tolist() == inverse_cdf(probs, u).tolist(), (temperature, top_n, top_p)
+
+
+def test_uniforms_drawn_at_once_are_the_same_draws():
+    """Generation draws a block of uniforms in one call; NumPy gives the same sequence."""
+    one_call = np.random.default_rng(5).random((7, 3))
+    rng = np.random.default_rng(5)
+    assert np.array_equal(one_call, [rng.random(3) for _ in range(7)])
 
 
 def test_cross_entropy_uniform():
