@@ -24,10 +24,11 @@ from common.framework import CPU, CharRNN, Device, choose_device
 from common.threads import set_tf_threads
 from common.weights import Weights, in_out_layout
 
-# jit_compile=True (XLA) measured slower on 2 CPU cores with the defaults spec, back to back:
-# a train step took 100-195 ms with XLA against 48-83 ms as a plain graph (XLA's CPU while
-# loop of small matmuls loses to TF's oneDNN kernels); the one-character step ran 0.35 ms
-# against 0.33-0.57 ms, not worth XLA's extra ~0.6 s compile before the first character.
+# jit_compile=True (XLA) measured slower on 2 CPU cores with the default spec, interleaved
+# in one process (CPU time per train step): 160 ms with XLA against 113 ms as a plain graph
+# for the tf.scan loop, 726 against 88 ms for the unrolled loop used here (XLA's CPU code for
+# many small matmuls loses to TF's oneDNN kernels); the one-character step gained nothing
+# measurable (0.40 against 0.32 ms, best of 5) for XLA's extra compile before the first one.
 JIT_COMPILE = False
 
 # ---------------------------------------------------------------------------------------
@@ -42,17 +43,22 @@ def lstm_cell(z, c):
     return tf.sigmoid(o) * tf.tanh(c), c
 
 
-def lstm_layer(x, h, c, w_ih, w_hh, bias):
-    """x (B, T, in), h and c (B, H) -> outputs (B, T, H), final h and c."""
-    # The input projection of every step in one product, time-major for the scan: (T, B, 4H).
-    x_proj = tf.einsum("bti,ij->tbj", x, w_ih) + bias
+def lstm_layer(x, h, c, w_ih, w_hh, bias, seq_len):
+    """x (T*B, in) time-major rows, h and c (B, H) -> outputs (T*B, H) time-major, final h, c.
 
-    def step(carry, z_x):
-        h, c = carry
-        return lstm_cell(z_x + tf.matmul(h, w_hh), c)
-
-    hs, cs = tf.scan(step, x_proj, initializer=(h, c))  # each (T, B, H)
-    return tf.transpose(hs, [1, 0, 2]), hs[-1], cs[-1]
+    The input projection of every step is one product; the time loop is a Python loop,
+    unrolled when the function is traced (one trace per (B, T) shape). Measured on 2 cores
+    against `tf.scan` (a while loop over TensorLists), interleaved in one process: 1.18-1.3x
+    faster per train step, 88 against 110 ms CPU time (the scan's TensorListStack and
+    ZerosLike accumulators, and 9 einsums, go away); a `tf.while_loop` reading a
+    TensorArray was 1.10x, `tf.raw_ops.BlockLSTM` (fused, gates i, c, f, o) 0.68x.
+    """
+    x_proj = tf.split(tf.matmul(x, w_ih) + bias, seq_len, axis=0)  # T x (B, 4H)
+    hs = []
+    for z_x in x_proj:
+        h, c = lstm_cell(z_x + tf.matmul(h, w_hh), c)
+        hs.append(h)
+    return tf.concat(hs, axis=0), h, c
 
 
 class Net(tf.Module):
@@ -88,18 +94,20 @@ class Net(tf.Module):
         return tf.nn.experimental.stateless_dropout(a, rate, seed + tf.constant([0, k], tf.int64))
 
     def __call__(self, x, h, c, seed=None):
-        """x (B, T) int32, h and c (L, B, H) -> logits (B, T, V), new h and c.
+        """x (T, B) int32 TIME-MAJOR, h and c (L, B, H) -> logits (T, B, V), new h and c.
 
         Dropout is on only when `seed` is given (training)."""
-        out = self._dropout(tf.gather(self.embedding, x), seed, 0)  # (B, T, E)
+        seq_len = x.shape[0]
+        out = self._dropout(tf.gather(self.embedding, tf.reshape(x, [-1])), seed, 0)  # (T*B, E)
         new_h, new_c = [], []
         for k in range(self.config.num_layers):
-            out, hk, ck = lstm_layer(out, h[k], c[k], self.w_ih[k], self.w_hh[k], self.bias[k])
-            out = self._dropout(out, seed, k + 1)  # (B, T, H)
+            out, hk, ck = lstm_layer(out, h[k], c[k], self.w_ih[k], self.w_hh[k], self.bias[k],
+                                     seq_len)
+            out = self._dropout(out, seed, k + 1)  # (T*B, H)
             new_h.append(hk)
             new_c.append(ck)
-        logits = tf.einsum("bth,hv->btv", out, self.dense_w) + self.dense_b  # (B, T, V)
-        return logits, tf.stack(new_h), tf.stack(new_c)
+        logits = tf.matmul(out, self.dense_w) + self.dense_b  # (T*B, V)
+        return tf.reshape(logits, [seq_len, -1, logits.shape[-1]]), tf.stack(new_h), tf.stack(new_c)
 
     def step(self, ids, h, c):
         """ids (B,) -> logits (B, V): one character through each layer's cell, no scan."""
@@ -114,6 +122,7 @@ class Net(tf.Module):
 
 
 def mean_cross_entropy(logits, y):
+    """logits (T, B, V), y (T, B) -> mean loss in nats."""
     return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits))
 
 
@@ -157,19 +166,19 @@ class TFCharRNN(CharRNN):
             self.net = Net(config, {n: np.asarray(a, np.float32) for n, a in weights.items()})
             self.adam = Adam(self.net.params, optim)
         self.dropout_seed = tf.constant([seed, 0], tf.int64)
-        # Fixed signatures: one trace per function whatever the batch shape (XLA still
-        # compiles once per concrete shape, and caches it).
-        ids2, ids1 = tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None], tf.int32)
+        # The sequence functions trace once per (B, T) shape: the unrolled time loop needs a
+        # static T, and a static B drops the broadcast-gradient Sums of every elementwise op
+        # (about 1,000 of them per step; 4% of a step's CPU time). The train loop has one shape.
+        self._train = tf.function(self._train_fn, jit_compile=JIT_COMPILE)
+        self._grads = tf.function(self._grads_fn, jit_compile=JIT_COMPILE)
+        self._eval = tf.function(self._eval_fn, jit_compile=JIT_COMPILE)
+        self._forward = tf.function(lambda x, h, c: self.net(x, h, c), jit_compile=JIT_COMPILE)
+        # Generation calls the traced graph itself (a ConcreteFunction, any batch size): the
+        # polymorphic tf.function's argument matching cost more than the graph, 0.42 against
+        # 0.25 ms a character on a quiet moment of this shared machine.
         state = tf.TensorSpec([L, None, H], tf.float32)
-
-        def compile_(fn, *spec):
-            return tf.function(fn, input_signature=spec, jit_compile=JIT_COMPILE)
-
-        self._train = compile_(self._train_fn, ids2, ids2, state, state)
-        self._grads = compile_(self._grads_fn, ids2, ids2, state, state)
-        self._eval = compile_(self._eval_fn, ids2, ids2, state, state)
-        self._forward = compile_(self.net.__call__, ids2, state, state)
-        self._step = compile_(self.net.step, ids1, state, state)
+        self._step = tf.function(self.net.step, jit_compile=JIT_COMPILE).get_concrete_function(
+            tf.TensorSpec([None], tf.int32), state, state)
 
     @classmethod
     def versions(cls):
@@ -184,7 +193,7 @@ class TFCharRNN(CharRNN):
                                                 "tensorflow, or no CUDA driver; install "
                                                 "tensorflow[and-cuda])")
 
-    # ---- compiled functions: x, y (B, T) int32; h, c (L, B, H) ---------------------------
+    # ---- compiled functions: x, y (T, B) int32, time-major; h, c (L, B, H) ---------------
     def _grads_fn(self, x, y, h, c, seed=None):
         with tf.GradientTape() as tape:
             logits, h, c = self.net(x, h, c, seed)
@@ -222,28 +231,35 @@ class TFCharRNN(CharRNN):
         with tf.device(self.tf_device):
             return fn(*args)
 
+    @staticmethod
+    def _time_major(x):
+        """(B, T) ids -> (T, B) int32 tensor, transposed on the host (TF's oneDNN transpose
+        has no int32 kernel without AVX-512 and logs an error each time it falls back)."""
+        return tf.constant(np.asarray(x, np.int32).T)
+
     def forward(self, x, state):
-        logits, h, c = self._run(self._forward, np.asarray(x, np.int32), *state)
-        return logits.numpy(), (h, c)
+        logits, h, c = self._run(self._forward, self._time_major(x), *state)
+        return np.transpose(logits.numpy(), (1, 0, 2)), (h, c)  # (B, T, V)
 
     def step(self, ids, state):
-        logits, h, c = self._run(self._step, np.asarray(ids, np.int32), *state)
+        with tf.device(self.tf_device):
+            logits, h, c = self._step(tf.constant(ids, tf.int32), *state)
         return logits.numpy(), (h, c)
 
     def loss_and_grads(self, x, y, state):
-        loss, grads, h, c = self._run(self._grads, np.asarray(x, np.int32),
-                                      np.asarray(y, np.int32), *state)
+        loss, grads, h, c = self._run(self._grads, self._time_major(x),
+                                      self._time_major(y), *state)
         canonical = {name: in_out_layout(name, g.numpy()).copy()
                      for name, g in zip(self.net.names, grads)}
         return float(loss), canonical, (h, c)
 
     def train_step(self, x, y, state):
-        loss, h, c = self._run(self._train, np.asarray(x, np.int32), np.asarray(y, np.int32),
+        loss, h, c = self._run(self._train, self._time_major(x), self._time_major(y),
                                *state)
         return float(loss), (h, c)  # float() waits for the device
 
     def eval_step(self, x, y, state):
-        loss, h, c = self._run(self._eval, np.asarray(x, np.int32), np.asarray(y, np.int32),
+        loss, h, c = self._run(self._eval, self._time_major(x), self._time_major(y),
                                *state)
         return float(loss), (h, c)
 
