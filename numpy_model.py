@@ -1,5 +1,7 @@
-"""The framework-free reference: forward, backpropagation through time, clipping and Adam
-in NumPy, written to be read. Every other framework is tested against it.
+"""The framework-free reference: forward, backpropagation through time, clipping, the
+penalties and the optimisers in NumPy, written to be read. Every other framework is
+tested against it, for every cell (LSTM, GRU, vanilla RNN; SPEC section 8) and every
+optimiser (Adam, RMSprop, SGD; section 9).
 
     python numpy_model.py train --num-epochs 1 --max-steps 200
     python numpy_model.py generate --checkpoint-path checkpoints/pytorch_model.safetensors
@@ -16,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.checkpoint import load_arrays_and_adam, save_arrays_and_adam
+from common.checkpoint import load_arrays_and_slots, save_arrays_and_slots
 from common.cli import main
 from common.config import ModelConfig, OptimConfig
 from common.framework import CPU, CharRNN, Device, NumpyState, choose_device
@@ -129,6 +131,124 @@ def lstm_backward(d_out, cache, w_ih, w_hh):
     return d_x, d_w_ih, d_w_hh, d_bias
 
 
+def gru_cell(xp, hp, h, gates, h_out):
+    """One GRU step (SPEC section 8) from the input and recurrent projections xp and hp
+    (B, 3H), biases included, and h (B, H): the activated gates r, z, n go into `gates`
+    (B, 3H), kept for the backward pass, and the new state into h_out."""
+    H = h.shape[1]
+    sigmoid(xp[:, :2 * H] + hp[:, :2 * H], out=gates[:, :2 * H])  # r, z
+    r, z, n = gates[:, :H], gates[:, H:2 * H], gates[:, 2 * H:]
+    np.tanh(xp[:, 2 * H:] + r * hp[:, 2 * H:], out=n)  # n = tanh(x_n + r * (W_hn h + b_hn))
+    np.multiply(1.0 - z, n, out=h_out)
+    h_out += z * h  # h' = (1 - z) * n + z * h
+
+
+def gru_forward(x, h, w_ih, w_hh, b_ih, b_hh):
+    """One GRU layer over a sequence, time-major, like `lstm_forward`: x (T, B, in),
+    h (B, H), weights canonical (3H, in), (3H, H), (3H,), (3H,), gate order r, z, n."""
+    T, B, _ = x.shape
+    H = h.shape[1]
+    x_proj = (x.reshape(T * B, -1) @ w_ih.T + b_ih).reshape(T, B, 3 * H)
+    hs = np.empty((T + 1, B, H), np.float32)
+    gates = np.empty((T, B, 3 * H), np.float32)  # activated r, z, n
+    hp_n = np.empty((T, B, H), np.float32)  # W_hn h + b_hn, which r multiplies
+    hs[0] = h
+    for t in range(T):
+        hp = hs[t] @ w_hh.T + b_hh
+        hp_n[t] = hp[:, 2 * H:]
+        gru_cell(x_proj[t], hp, hs[t], gates[t], hs[t + 1])
+    return hs[1:], hs[T].copy(), (x, hs[:-1], gates, hp_n)
+
+
+def gru_backward(d_out, cache, w_ih, w_hh):
+    """BPTT through one GRU layer. Returns d_x and the gradients of w_ih, w_hh, b_ih, b_hh."""
+    x, h_prev, gates, hp_n = cache
+    T, B, H = d_out.shape
+    d_xp = np.empty((T, B, 3 * H), np.float32)  # w.r.t. W_i x + b_i, gates r, z, n
+    d_hp = np.empty((T, B, 3 * H), np.float32)  # w.r.t. W_h h + b_h
+    d_h_next = np.zeros((B, H), np.float32)
+    for t in reversed(range(T)):
+        r, z, n = gates[t, :, :H], gates[t, :, H:2 * H], gates[t, :, 2 * H:]
+        d_h = d_out[t] + d_h_next
+        d_an = d_h * (1.0 - z) * (1.0 - n * n)  # through n = tanh(a_n)
+        d_xp[t, :, 2 * H:] = d_an
+        d_hp[t, :, 2 * H:] = d_an * r
+        d_az = d_h * (h_prev[t] - n) * z * (1.0 - z)  # through z = sigmoid(a_z)
+        d_xp[t, :, H:2 * H] = d_az
+        d_hp[t, :, H:2 * H] = d_az
+        d_ar = d_an * hp_n[t] * r * (1.0 - r)  # through r = sigmoid(a_r)
+        d_xp[t, :, :H] = d_ar
+        d_hp[t, :, :H] = d_ar
+        d_h_next = d_h * z + d_hp[t] @ w_hh
+    flat_dx, flat_dh = d_xp.reshape(T * B, 3 * H), d_hp.reshape(T * B, 3 * H)
+    return ((flat_dx @ w_ih).reshape(T, B, -1), flat_dx.T @ x.reshape(T * B, -1),
+            flat_dh.T @ h_prev.reshape(T * B, H), flat_dx.sum(axis=0), flat_dh.sum(axis=0))
+
+
+def rnn_forward(x, h, w_ih, w_hh, bias):
+    """One vanilla RNN layer, h' = tanh(W_ih x + W_hh h + bias), time-major."""
+    T, B, _ = x.shape
+    H = h.shape[1]
+    x_proj = (x.reshape(T * B, -1) @ w_ih.T + bias).reshape(T, B, H)
+    hs = np.empty((T + 1, B, H), np.float32)
+    hs[0] = h
+    for t in range(T):
+        np.tanh(hs[t] @ w_hh.T + x_proj[t], out=hs[t + 1])
+    return hs[1:], hs[T].copy(), (x, hs)
+
+
+def rnn_backward(d_out, cache, w_ih, w_hh):
+    """BPTT through one RNN layer. Returns d_x and the gradients of w_ih, w_hh, bias."""
+    x, hs = cache
+    T, B, H = d_out.shape
+    d_a = np.empty((T, B, H), np.float32)  # w.r.t. the pre-activation
+    d_h_next = np.zeros((B, H), np.float32)
+    for t in reversed(range(T)):
+        np.multiply(d_out[t] + d_h_next, 1.0 - hs[t + 1] * hs[t + 1], out=d_a[t])
+        d_h_next = d_a[t] @ w_hh
+    flat = d_a.reshape(T * B, H)
+    return ((flat @ w_ih).reshape(T, B, -1), flat.T @ x.reshape(T * B, -1),
+            flat.T @ hs[:-1].reshape(T * B, H), flat.sum(axis=0))
+
+
+def layer_forward(cell, x, h, c, p):
+    """One layer of any cell: outputs (T, B, H), the new (h, c) and the backward cache.
+    `p` holds the layer's canonical arrays by short name (w_ih, w_hh, bias or b_ih, b_hh).
+    GRU and RNN have no cell state: their c is all zeros (SPEC section 10)."""
+    if cell == "lstm":
+        return lstm_forward(x, h, c, p["w_ih"], p["w_hh"], p["bias"])
+    if cell == "gru":
+        out, h, cache = gru_forward(x, h, p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"])
+    else:
+        out, h, cache = rnn_forward(x, h, p["w_ih"], p["w_hh"], p["bias"])
+    return out, (h, np.zeros_like(h)), cache
+
+
+def layer_backward(cell, d_out, cache, p):
+    """d_x and the layer's gradients by short name, the inverse of `layer_forward`."""
+    backward = {"lstm": lstm_backward, "gru": gru_backward, "rnn": rnn_backward}[cell]
+    d_x, *grads = backward(d_out, cache, p["w_ih"], p["w_hh"])
+    names = ("w_ih", "w_hh", "b_ih", "b_hh") if cell == "gru" else ("w_ih", "w_hh", "bias")
+    return d_x, dict(zip(names, grads))
+
+
+def layer_step(cell, x, h, c, p):
+    """One time step of one layer for generation: x (B, in), h and c (B, H) -> new (h, c).
+    The same operations as `layer_forward` on the same operands, so the same numbers."""
+    if cell == "lstm":
+        z = x @ p["w_ih"].T + p["bias"]
+        z += h @ p["w_hh"].T  # (B, 4H)
+        h_out, c_out = np.empty_like(h), np.empty_like(c)
+        lstm_cell(z, c, np.empty_like(z), np.empty_like(c), h_out, c_out)
+        return h_out, c_out
+    if cell == "gru":
+        xp = x @ p["w_ih"].T + p["b_ih"]
+        h_out = np.empty_like(h)
+        gru_cell(xp, h @ p["w_hh"].T + p["b_hh"], h, np.empty_like(xp), h_out)
+        return h_out, c
+    return np.tanh(h @ p["w_hh"].T + (x @ p["w_ih"].T + p["bias"])), c
+
+
 def softmax_cross_entropy(logits, y):
     """Mean loss in nats and its gradient w.r.t. logits (B, T, V)."""
     shifted = logits - logits.max(axis=-1, keepdims=True)
@@ -155,9 +275,11 @@ class NumpyCharRNN(NumpyState, CharRNN):
                  device: Device = CPU, seed: int = 0):
         super().__init__(config, weights, optim, device, seed)
         self.params = {name: a.astype(np.float32).copy() for name, a in weights.items()}
-        self.adam_m = {name: np.zeros_like(a) for name, a in self.params.items()}
-        self.adam_v = {name: np.zeros_like(a) for name, a in self.params.items()}
-        self.adam_t = 0
+        # The optimiser's per-parameter state (Adam's m and v, RMSprop's v, SGD's b),
+        # zero at the start, and the number of updates made.
+        self.slots = {slot: {name: np.zeros_like(a) for name, a in self.params.items()}
+                      for slot in optim.slots()}
+        self.count = 0
         self.rng = np.random.default_rng(seed)  # dropout masks
 
     @classmethod
@@ -171,6 +293,11 @@ class NumpyCharRNN(NumpyState, CharRNN):
                                          "(use --device cpu, or a framework with a GPU build)")
 
     # ---- compute -----------------------------------------------------------------
+    def _layer(self, k):
+        """Layer k's canonical arrays by short name (w_ih, w_hh, bias or b_ih, b_hh)."""
+        prefix = self.config.layer(k) + "."
+        return {n[len(prefix):]: a for n, a in self.params.items() if n.startswith(prefix)}
+
     def _dropout(self, a, train):
         """Inverted dropout: keep with probability 1 - p, scale kept units by 1 / (1 - p)."""
         p = self.config.drop_rate
@@ -190,8 +317,8 @@ class NumpyCharRNN(NumpyState, CharRNN):
         out, mask = self._dropout(p["embedding"][x.T], train)  # (T, B, E)
         layers, new_h, new_c = [], [], []
         for k in range(self.config.num_layers):
-            out, (h, c), cache = lstm_forward(out, h0[k], c0[k], p[f"lstm.{k}.w_ih"],
-                                              p[f"lstm.{k}.w_hh"], p[f"lstm.{k}.bias"])
+            out, (h, c), cache = layer_forward(self.config.cell, out, h0[k], c0[k],
+                                               self._layer(k))
             layers.append((cache, mask))
             out, mask = self._dropout(out, train)  # (T, B, H)
             new_h.append(h)
@@ -201,7 +328,8 @@ class NumpyCharRNN(NumpyState, CharRNN):
         return logits.reshape(T, B, -1), (np.stack(new_h), np.stack(new_c)), (layers, out, mask)
 
     def _backward(self, x, d_logits, saved):
-        """Canonical gradients from d_logits (T, B, V)."""
+        """Canonical gradients of the whole objective (the cross-entropy whose gradient
+        w.r.t. the logits is d_logits (T, B, V), plus the penalties)."""
         p = self.params
         layers, top, top_mask = saved
         V, H = p["dense.w"].shape
@@ -214,14 +342,26 @@ class NumpyCharRNN(NumpyState, CharRNN):
             if mask is not None:
                 d_out = d_out * mask
             cache, mask = layers[k]
-            d_out, grads[f"lstm.{k}.w_ih"], grads[f"lstm.{k}.w_hh"], grads[f"lstm.{k}.bias"] = (
-                lstm_backward(d_out, cache, p[f"lstm.{k}.w_ih"], p[f"lstm.{k}.w_hh"]))
+            d_out, layer_grads = layer_backward(self.config.cell, d_out, cache, self._layer(k))
+            grads |= {f"{self.config.layer(k)}.{n}": g for n, g in layer_grads.items()}
         if mask is not None:
             d_out = d_out * mask
         d_embedding = np.zeros_like(p["embedding"])
         np.add.at(d_embedding, x.T.ravel(), d_out.reshape(-1, d_out.shape[-1]))
         grads["embedding"] = d_embedding
-        return {name: g.astype(np.float32) for name, g in grads.items()}
+        grads = {name: g.astype(np.float32) for name, g in grads.items()}
+        return self._add_penalty_grads(grads)
+
+    def _add_penalty_grads(self, grads):
+        """+ l1 * sign(W) + 2 * l2 * W on the penalised kernels (section 9; sign(0) = 0)."""
+        o = self.optim
+        if not o.penalised:
+            return grads
+        for name in self.config.kernel_names():
+            w = self.params[name]
+            grads[name] = grads[name] + (np.float32(o.l1) * np.sign(w)
+                                         + np.float32(2.0 * o.l2) * w)
+        return grads
 
     def forward(self, x, state):
         logits, state, _ = self._forward(np.asarray(x, np.int64), state, train=False)
@@ -235,9 +375,7 @@ class NumpyCharRNN(NumpyState, CharRNN):
         h, c = np.empty_like(h0), np.empty_like(c0)
         x = p["embedding"][np.asarray(ids, np.int64)]  # (B, E)
         for k in range(self.config.num_layers):
-            z = x @ p[f"lstm.{k}.w_ih"].T + p[f"lstm.{k}.bias"]
-            z += h0[k] @ p[f"lstm.{k}.w_hh"].T  # (B, 4H)
-            lstm_cell(z, c0[k], np.empty_like(z), np.empty_like(c[k]), h[k], c[k])
+            h[k], c[k] = layer_step(self.config.cell, x, h0[k], c0[k], self._layer(k))
             x = h[k]
         return x @ p["dense.w"].T + p["dense.b"], (h, c)
 
@@ -252,34 +390,46 @@ class NumpyCharRNN(NumpyState, CharRNN):
         logits, state, saved = self._forward(x, state, train=True)
         loss, d_logits = softmax_cross_entropy(logits, y.T)
         grads = self._backward(x, d_logits, saved)
-        self._apply_adam(clip_by_global_norm(grads, self.optim.clip_norm))
-        return loss, state
+        self._update(clip_by_global_norm(grads, self.optim.clip_norm))
+        return loss, state  # the cross-entropy: the penalty is logged on its own
 
-    def _apply_adam(self, grads):
-        """Adam as in Kingma & Ba with PyTorch's epsilon placement (SPEC section 4)."""
+    def _update(self, grads):
+        """One optimiser step on the clipped gradients (SPEC sections 4 and 9)."""
         o = self.optim
-        self.adam_t += 1
-        correction1 = 1.0 - o.beta1 ** self.adam_t
-        correction2 = 1.0 - o.beta2 ** self.adam_t
+        self.count += 1
+        lr = np.float32(o.learning_rate)
         for name, g in grads.items():
-            m, v = self.adam_m[name], self.adam_v[name]
-            m *= np.float32(o.beta1)
-            m += np.float32(1.0 - o.beta1) * g
-            v *= np.float32(o.beta2)
-            v += np.float32(1.0 - o.beta2) * g * g
-            denom = np.sqrt(v) / np.float32(np.sqrt(correction2)) + np.float32(o.eps)
-            self.params[name] -= np.float32(o.learning_rate / correction1) * m / denom
+            if o.optimizer == "adam":  # Kingma & Ba with PyTorch's epsilon placement
+                m, v = self.slots["m"][name], self.slots["v"][name]
+                m *= np.float32(o.beta1)
+                m += np.float32(1.0 - o.beta1) * g
+                v *= np.float32(o.beta2)
+                v += np.float32(1.0 - o.beta2) * g * g
+                correction1 = 1.0 - o.beta1 ** self.count
+                correction2 = 1.0 - o.beta2 ** self.count
+                denom = np.sqrt(v) / np.float32(np.sqrt(correction2)) + np.float32(o.eps)
+                self.params[name] -= np.float32(o.learning_rate / correction1) * m / denom
+            elif o.optimizer == "rmsprop":  # v = rho v + (1 - rho) g^2; p -= lr g / (sqrt(v) + eps)
+                v = self.slots["v"][name]
+                v *= np.float32(o.decay_rate)
+                v += np.float32(1.0 - o.decay_rate) * g * g
+                self.params[name] -= lr * g / (np.sqrt(v) + np.float32(o.eps))
+            else:  # sgd: b = momentum b + g; p -= lr b
+                b = self.slots["b"][name]
+                b *= np.float32(o.momentum)
+                b += g
+                self.params[name] -= lr * b
 
     # ---- weights and checkpoints -------------------------------------------------------
     def get_weights(self):
         return {name: a.copy() for name, a in self.params.items()}
 
     def save_native(self, directory: Path):
-        save_arrays_and_adam(directory / "numpy_model.safetensors", self.params, self.adam_m,
-                             self.adam_v, self.adam_t, self.rng.bit_generator.state)
+        save_arrays_and_slots(directory / "numpy_model.safetensors", self.params, self.slots,
+                              self.count, self.rng.bit_generator.state)
 
     def load_native(self, directory: Path):
-        self.params, self.adam_m, self.adam_v, self.adam_t, rng_state = load_arrays_and_adam(
+        self.params, self.slots, self.count, rng_state = load_arrays_and_slots(
             directory / "numpy_model.safetensors", self.params)
         self.rng.bit_generator.state = rng_state
 

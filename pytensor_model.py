@@ -21,7 +21,7 @@ import pytensor
 import pytensor.tensor as pt
 from pytensor.tensor.special import log_softmax
 
-from common.checkpoint import load_arrays_and_adam, save_arrays_and_adam
+from common.checkpoint import load_arrays_and_slots, save_arrays_and_slots
 from common.cli import main
 from common.config import ModelConfig, OptimConfig
 from common.framework import CPU, CharRNN, Device, NumpyState, choose_device
@@ -231,16 +231,17 @@ class PytensorCharRNN(NumpyState, CharRNN):
 
     def save_native(self, directory: Path):
         # The shared variables of the train function, as arrays plus JSON metadata.
-        save_arrays_and_adam(
+        save_arrays_and_slots(
             directory / "pytensor_model.safetensors",
             {name: v.get_value() for name, v in self.p.items()},
-            {name: v.get_value() for name, v in self.adam_m.items()},
-            {name: v.get_value() for name, v in self.adam_v.items()},
+            {"m": {name: v.get_value() for name, v in self.adam_m.items()},
+             "v": {name: v.get_value() for name, v in self.adam_v.items()}},
             int(self.adam_t.get_value()), self.rng.get_value().bit_generator.state)
 
     def load_native(self, directory: Path):
-        params, adam_m, adam_v, adam_t, rng_state = load_arrays_and_adam(
+        params, slots, adam_t, rng_state = load_arrays_and_slots(
             directory / "pytensor_model.safetensors", self.p)
+        adam_m, adam_v = slots["m"], slots["v"]
         for name in self.p:
             self.p[name].set_value(params[name])
             self.adam_m[name].set_value(adam_m[name])

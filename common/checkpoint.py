@@ -159,24 +159,26 @@ def find_portable(path: str | Path) -> Path:
     return path
 
 
-def save_arrays_and_adam(path: Path, params: dict[str, np.ndarray], adam_m: dict, adam_v: dict,
-                         adam_t: int, rng_state: dict) -> None:
+def save_arrays_and_slots(path: Path, params: dict[str, np.ndarray], slots: dict[str, dict],
+                          count: int, rng_state: dict) -> None:
     """A native checkpoint for frameworks whose state is plain arrays (NumPy, PyTensor):
-    parameters, Adam moments (`adam.m.<name>`, `adam.v.<name>`) in one safetensors file,
-    the step count and a NumPy generator's state as metadata."""
+    parameters and the optimiser's per-parameter slots (`OptimConfig.slots`, stored as
+    `<slot>.<name>`: Adam's m and v, RMSprop's v, SGD's b) in one safetensors file, the
+    step count and a NumPy generator's state as metadata."""
     arrays = dict(params)
-    arrays.update({f"adam.m.{n}": a for n, a in adam_m.items()})
-    arrays.update({f"adam.v.{n}": a for n, a in adam_v.items()})
-    meta = {"adam_t": str(int(adam_t)), "rng": json.dumps(rng_state)}
+    for slot, values in slots.items():
+        arrays.update({f"{slot}.{n}": a for n, a in values.items()})
+    meta = {"count": str(int(count)), "slots": json.dumps(sorted(slots)),
+            "rng": json.dumps(rng_state)}
     safetensors.numpy.save_file(arrays, str(path), metadata=meta)
 
 
-def load_arrays_and_adam(path: Path, names) -> tuple[dict, dict, dict, int, dict]:
-    """(params, adam_m, adam_v, adam_t, rng_state) written by `save_arrays_and_adam`."""
+def load_arrays_and_slots(path: Path, names) -> tuple[dict, dict, int, dict]:
+    """(params, slots, count, rng_state) written by `save_arrays_and_slots`."""
     with safetensors.safe_open(str(path), framework="np") as f:
         meta = f.metadata()
         arrays = {name: f.get_tensor(name) for name in f.keys()}
     params = {n: arrays[n].copy() for n in names}
-    adam_m = {n: arrays[f"adam.m.{n}"].copy() for n in names}
-    adam_v = {n: arrays[f"adam.v.{n}"].copy() for n in names}
-    return params, adam_m, adam_v, int(meta["adam_t"]), json.loads(meta["rng"])
+    slots = {slot: {n: arrays[f"{slot}.{n}"].copy() for n in names}
+             for slot in json.loads(meta["slots"])}
+    return params, slots, int(meta["count"]), json.loads(meta["rng"])

@@ -90,9 +90,13 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
 
 def parse_args(argv, prog: str):
     """(command, config dataclass) from argv."""
-    args = vars(build_parser(prog).parse_args(argv))
+    parser = build_parser(prog)
+    args = vars(parser.parse_args(argv))
     command = args.pop("command")
-    return command, COMMANDS[command][0](**args)
+    try:
+        return command, COMMANDS[command][0](**args)
+    except CharRnnError as exc:  # flags that do not go together, e.g. --momentum with adam
+        parser.error(str(exc))
 
 
 def main(model_cls, argv: list[str] | None = None, variants: dict | None = None) -> None:

@@ -6,6 +6,8 @@ be traced back to the exact settings it used.
 
     >>> ModelConfig(vocab_size=98).num_params()
     229794
+    >>> ModelConfig(vocab_size=98, cell="gru").param_shapes()["gru.0.w_ih"]
+    (384, 32)
 """
 
 from __future__ import annotations
@@ -13,6 +15,12 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
+
+from common.errors import CharRnnError
+
+CELLS = ("lstm", "gru", "rnn")  # docs/SPEC.md section 8
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}  # blocks of H rows in a cell's kernels
+OPTIMIZERS = ("adam", "rmsprop", "sgd")  # docs/SPEC.md section 9
 
 
 def flag(default, help, **argparse_kwargs):
@@ -25,9 +33,12 @@ class ModelFlags:
     """The model sizes a user sets on the command line (docs/SPEC.md section 1)."""
 
     embedding_size: int = flag(32, "character embedding size", positive=True)
-    rnn_size: int = flag(128, "LSTM hidden and cell size (H)", positive=True)
-    num_layers: int = flag(2, "number of stacked LSTM layers", positive=True)
-    drop_rate: float = flag(0.0, "inverted dropout after the embedding and each LSTM layer")
+    rnn_size: int = flag(128, "hidden size of each recurrent layer (H)", positive=True)
+    num_layers: int = flag(2, "number of stacked recurrent layers", positive=True)
+    drop_rate: float = flag(0.0, "inverted dropout after the embedding and each recurrent layer")
+    cell: str | None = flag(None, "recurrent cell: lstm, gru or rnn (default: lstm, or the "
+                            "cell of the --init-from file or --restore checkpoint)",
+                            choices=CELLS)
 
 
 @dataclass(frozen=True)
@@ -36,22 +47,47 @@ class ModelConfig(ModelFlags):
     the checkpoint decide."""
 
     vocab_size: int = 98  # number of character ids, id 0 = unknown
-    cell: str = "lstm"  # recurrent cell type; only "lstm" is implemented
+    cell: str = "lstm"  # recurrent cell, one of CELLS
+
+    def __post_init__(self):
+        if self.cell not in CELLS:
+            raise CharRnnError(f"unknown cell {self.cell!r}: choose from {', '.join(CELLS)}")
+
+    @property
+    def gates(self) -> int:
+        """Blocks of rnn_size rows in the cell's kernels: 4 (lstm), 3 (gru), 1 (rnn)."""
+        return GATES[self.cell]
+
+    def layer(self, k: int) -> str:
+        """Prefix of layer k's canonical names: "lstm.0", "gru.1", ..."""
+        return f"{self.cell}.{k}"
+
+    def bias_names(self) -> tuple[str, ...]:
+        """A layer's canonical bias names: ("bias",) or GRU's ("b_ih", "b_hh")."""
+        return ("b_ih", "b_hh") if self.cell == "gru" else ("bias",)
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         """Canonical (PyTorch-layout) shapes of every parameter, docs/SPEC.md section 5."""
         shapes = {"embedding": (self.vocab_size, self.embedding_size)}
+        rows = self.gates * self.rnn_size
         for k in range(self.num_layers):
             input_size = self.embedding_size if k == 0 else self.rnn_size
-            shapes[f"lstm.{k}.w_ih"] = (4 * self.rnn_size, input_size)
-            shapes[f"lstm.{k}.w_hh"] = (4 * self.rnn_size, self.rnn_size)
-            shapes[f"lstm.{k}.bias"] = (4 * self.rnn_size,)
+            shapes[f"{self.layer(k)}.w_ih"] = (rows, input_size)
+            shapes[f"{self.layer(k)}.w_hh"] = (rows, self.rnn_size)
+            for bias in self.bias_names():
+                shapes[f"{self.layer(k)}.{bias}"] = (rows,)
         shapes["dense.w"] = (self.vocab_size, self.rnn_size)
         shapes["dense.b"] = (self.vocab_size,)
         return shapes
 
+    def kernel_names(self) -> list[str]:
+        """The parameters --l1 and --l2 penalise: the recurrent layers' kernels and the
+        dense kernel, not the embedding or any bias (docs/SPEC.md section 9)."""
+        return [n for n in self.param_shapes() if n.endswith((".w_ih", ".w_hh", "dense.w"))]
+
     def num_params(self) -> int:
-        """Trainable parameters, counting ONE bias vector per LSTM layer."""
+        """Trainable parameters, counting ONE bias vector per LSTM or RNN layer (GRU's
+        two are both canonical)."""
         total = 0
         for shape in self.param_shapes().values():
             count = 1
@@ -65,13 +101,14 @@ class ModelConfig(ModelFlags):
 
         Counts the matrix products only (embedding lookup is free, the
         elementwise gate maths is O(H) and negligible): per layer
-        4H x (in + H) MACs, then H x V for the dense layer. Training costs
-        about three times this (forward, plus two products in backward).
+        gates x H x (in + H) MACs (gates 4, 3, 1 for lstm, gru, rnn), then H x V for
+        the dense layer. Training costs about three times this (forward, plus two
+        products in backward).
         """
         macs = 0
         for k in range(self.num_layers):
             input_size = self.embedding_size if k == 0 else self.rnn_size
-            macs += 4 * self.rnn_size * (input_size + self.rnn_size)
+            macs += self.gates * self.rnn_size * (input_size + self.rnn_size)
         macs += self.rnn_size * self.vocab_size
         return 2 * macs
 
@@ -87,19 +124,54 @@ class ModelConfig(ModelFlags):
 
 @dataclass(frozen=True)
 class OptimFlags:
-    """The optimiser settings a user sets on the command line (docs/SPEC.md section 4)."""
+    """The optimiser settings a user sets on the command line (docs/SPEC.md sections 4
+    and 9). None: the optimiser's default (momentum 0, decay rate 0.95), or for
+    --optimizer, adam or the --restore checkpoint's."""
 
-    learning_rate: float = flag(0.001, "Adam learning rate", positive=True)
+    optimizer: str | None = flag(None, "adam, rmsprop or sgd (default: adam, or the "
+                                 "--restore checkpoint's)", choices=OPTIMIZERS)
+    learning_rate: float = flag(0.001, "learning rate", positive=True)
     clip_norm: float = flag(5.0, "maximum global L2 norm of the gradients", positive=True)
+    decay_rate: float | None = flag(None, "RMSprop's decay rate rho of the mean squared "
+                                    "gradient, in [0, 1) (default 0.95; rmsprop only)")
+    momentum: float | None = flag(None, "SGD momentum, in [0, 1) (default 0; sgd only)")
+    l1: float = flag(0.0, "L1 penalty on the kernels of the recurrent and dense layers",
+                     non_negative=True)
+    l2: float = flag(0.0, "L2 penalty on the kernels of the recurrent and dense layers",
+                     non_negative=True)
 
 
 @dataclass(frozen=True)
 class OptimConfig(OptimFlags):
-    """Adam with global-norm clipping (docs/SPEC.md section 4)."""
+    """The resolved optimiser: Adam, RMSprop or SGD with global-norm clipping and
+    optional L1/L2 penalties (docs/SPEC.md sections 4 and 9)."""
 
+    optimizer: str = "adam"
+    decay_rate: float = 0.95
+    momentum: float = 0.0
     beta1: float = 0.9
     beta2: float = 0.999
     eps: float = 1e-8
+
+    def __post_init__(self):
+        if self.optimizer not in OPTIMIZERS:
+            raise CharRnnError(f"unknown optimizer {self.optimizer!r}: choose from "
+                               f"{', '.join(OPTIMIZERS)}")
+        for name in ("decay_rate", "momentum"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise CharRnnError(f"--{name.replace('_', '-')} {getattr(self, name)} must be "
+                                   "in [0, 1)")
+        if self.l1 < 0 or self.l2 < 0:
+            raise CharRnnError(f"penalties must be >= 0 (--l1 {self.l1}, --l2 {self.l2})")
+
+    @property
+    def penalised(self) -> bool:
+        return self.l1 > 0 or self.l2 > 0
+
+    def slots(self) -> tuple[str, ...]:
+        """The per-parameter state arrays the optimiser keeps: Adam's moments m and v,
+        RMSprop's mean square v, SGD's momentum buffer b."""
+        return {"adam": ("m", "v"), "rmsprop": ("v",), "sgd": ("b",)}[self.optimizer]
 
 
 @dataclass(frozen=True)
@@ -146,6 +218,16 @@ class TrainConfig(DeviceFlags, OptimFlags, ModelFlags):
     sample_length: int = flag(200, "characters sampled into the log after each epoch "
                               "(0 turns samples off)", non_negative=True)
 
+    def __post_init__(self):
+        # A flag of another optimiser is a mistake, not something to ignore silently.
+        for name, owner in (("momentum", "sgd"), ("decay_rate", "rmsprop")):
+            resumed = self.optimizer is None and self.restore is not None  # checked once known
+            if getattr(self, name) is not None and not resumed and (
+                    self.optimizer or "adam") != owner:
+                raise CharRnnError(f"--{name.replace('_', '-')} applies only to --optimizer "
+                                   f"{owner} (this run uses {self.optimizer or 'adam'})")
+        self.optim_config()  # ranges: decay rate and momentum in [0, 1)
+
     def model_config(self, vocab_size: int) -> ModelConfig:
         return ModelConfig(vocab_size=vocab_size, **_values(self, ModelFlags))
 
@@ -154,8 +236,9 @@ class TrainConfig(DeviceFlags, OptimFlags, ModelFlags):
 
 
 def _values(config, flags_cls) -> dict:
-    """The fields of `flags_cls` as `config` sets them."""
-    return {f.name: getattr(config, f.name) for f in dataclasses.fields(flags_cls)}
+    """The fields of `flags_cls` that `config` sets (None: the resolved class's default)."""
+    values = {f.name: getattr(config, f.name) for f in dataclasses.fields(flags_cls)}
+    return {name: value for name, value in values.items() if value is not None}
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ from common.generate import Generator
 from common.logs import RunLogger, bits, format_duration
 from common.paths import default_checkpoint_path, default_log_path
 from common.text import Vocab, default_corpus_path, read_text
-from common.weights import Weights, init_weights, load_portable
+from common.weights import Weights, init_weights, load_portable, penalty
 
 SAMPLE_TEMPERATURES = (0.2, 0.5, 1.0)  # textgenrnn-style samples after each epoch
 
@@ -76,10 +76,14 @@ class Prepared:
     vocab: Vocab
     model_config: ModelConfig
     weights: Weights
+    cfg: TrainConfig  # the flags with the cell and optimiser resolved
 
 
 def prepare(framework: str, cfg: TrainConfig) -> Prepared:
-    """Text, vocabulary, initial weights and progress, from flags or a checkpoint."""
+    """Text, vocabulary, initial weights and progress, from flags or a checkpoint.
+
+    The cell is the --init-from file's or the checkpoint's, the optimiser the
+    checkpoint's: a flag that names another one is an error, not a silent switch."""
     checkpoint: Checkpoint | None = None
     checkpoint_path = Path(cfg.checkpoint_path or default_checkpoint_path(framework))
     if cfg.restore is not None:
@@ -92,13 +96,26 @@ def prepare(framework: str, cfg: TrainConfig) -> Prepared:
     portable = (checkpoint.portable if checkpoint is not None
                 else load_portable(cfg.init_from) if cfg.init_from else None)
     if portable is not None:
+        source = checkpoint.directory if checkpoint is not None else cfg.init_from
+        if cfg.cell is not None and cfg.cell != portable.config.cell:
+            raise CharRnnError(f"{source}: holds a {portable.config.cell} model, not the "
+                               f"--cell {cfg.cell} asked for (leave --cell out to continue it)")
         model_config = dataclasses.replace(portable.config, drop_rate=cfg.drop_rate)
         vocab, weights = portable.vocab, portable.weights
     else:
         vocab = Vocab.choose(text, cfg.vocab)
         model_config = cfg.model_config(vocab.size)
         weights = init_weights(model_config, cfg.random_seed)
-    return Prepared(checkpoint, checkpoint_path, text_path, text, vocab, model_config, weights)
+    optimizer = cfg.optimizer or "adam"
+    if checkpoint is not None:
+        saved = checkpoint.train_config.get("optimizer") or "adam"
+        if cfg.optimizer is not None and cfg.optimizer != saved:
+            raise CharRnnError(f"{checkpoint.directory}: was trained with {saved}; --optimizer "
+                               f"{cfg.optimizer} cannot resume its state (leave it out)")
+        optimizer = saved
+    cfg = dataclasses.replace(cfg, cell=model_config.cell, optimizer=optimizer)
+    return Prepared(checkpoint, checkpoint_path, text_path, text, vocab, model_config, weights,
+                    cfg)
 
 
 def train(model_cls: type[CharRNN], cfg: TrainConfig) -> Progress:
@@ -106,7 +123,7 @@ def train(model_cls: type[CharRNN], cfg: TrainConfig) -> Progress:
     Stopped after saving when a signal asks the run to stop."""
     run = prepare(model_cls.framework, cfg)
     with checkpoint_lock(run.checkpoint_path):
-        return _train(model_cls, cfg, run)
+        return _train(model_cls, run.cfg, run)
 
 
 def _train(model_cls: type[CharRNN], cfg: TrainConfig, run: Prepared) -> Progress:
@@ -333,10 +350,15 @@ class _Loop:
             "first_step_s": step_times[0] if step_times else None,
             **step_time_stats(step_times[1:] or step_times),
         }
+        penalty_text = ""
+        if self.cfg.l1 or self.cfg.l2:  # the loss stays the cross-entropy; the penalty beside it
+            record["train/penalty"] = penalty(self.model.get_weights(), self.model.config,
+                                              self.cfg.l1, self.cfg.l2)
+            penalty_text = f" + penalty {record['train/penalty']:.4f}"
         self.log.info(
             f"epoch {epoch + 1}/{self.cfg.num_epochs}{'' if complete else ' (partial)'}: "
             f"duration {format_duration(duration_s)}, train loss {_fmt(train_loss)} "
-            f"({_fmt(bits(train_loss))} bpc), val loss {_fmt(val_loss)} "
+            f"({_fmt(bits(train_loss))} bpc){penalty_text}, val loss {_fmt(val_loss)} "
             f"({_fmt(bits(val_loss))} bpc), {record['chars_per_s'] or 0:,.0f} chars/s")
         return record
 

@@ -58,22 +58,25 @@ def init_weights(config: ModelConfig, seed: int) -> Weights:
     """The canonical initial weights, one routine for every framework (docs/SPEC.md section 4).
 
     Drawn in float64 in a fixed order from one seeded generator, then cast to
-    float32, so the same seed gives the same bits on any machine with NumPy.
+    float32, so the same seed gives the same bits on any machine with NumPy. The cell
+    (section 8) sets the kernels' heights and the bias names.
     """
     rng = np.random.default_rng(seed)
     H, V, E = config.rnn_size, config.vocab_size, config.embedding_size
     # N(0, 1), PyTorch's nn.Embedding default: Keras' U(-0.05, 0.05) gives inputs so small
     # that the first LSTM layer idles for epochs (val loss 1.928 against 1.759 after 10).
     w = {"embedding": rng.standard_normal((V, E))}
+    G = config.gates  # 4 (lstm), 3 (gru), 1 (rnn)
     for k in range(config.num_layers):
-        input_size = E if k == 0 else H
-        # Glorot on the Keras-layout (in, 4H) kernel, stored transposed as (4H, in).
-        w[f"lstm.{k}.w_ih"] = glorot_uniform(rng, input_size, 4 * H, (input_size, 4 * H)).T
-        # Orthogonal (H, 4H) recurrent kernel with orthonormal rows, stored as (4H, H).
-        w[f"lstm.{k}.w_hh"] = orthogonal_rows(rng, H, 4 * H).T
-        bias = np.zeros(4 * H)
-        bias[H:2 * H] = 1.0  # forget gate (order i, f, g, o)
-        w[f"lstm.{k}.bias"] = bias
+        input_size, layer = (E if k == 0 else H), config.layer(k)
+        # Glorot on the Keras-layout (in, G*H) kernel, stored transposed as (G*H, in).
+        w[f"{layer}.w_ih"] = glorot_uniform(rng, input_size, G * H, (input_size, G * H)).T
+        # Orthogonal (H, G*H) recurrent kernel with orthonormal rows, stored as (G*H, H).
+        w[f"{layer}.w_hh"] = orthogonal_rows(rng, H, G * H).T
+        for bias in config.bias_names():
+            w[f"{layer}.{bias}"] = np.zeros(G * H)
+        if config.cell == "lstm":
+            w[f"{layer}.bias"][H:2 * H] = 1.0  # forget gate (order i, f, g, o)
     w["dense.w"] = glorot_uniform(rng, H, V, (H, V)).T  # (V, H)
     w["dense.b"] = np.zeros(V)
     return {name: np.ascontiguousarray(a, dtype=np.float32) for name, a in w.items()}
@@ -106,6 +109,15 @@ def check_weights(weights: Weights, config: ModelConfig, source: str) -> Weights
     if bad:
         raise CharRnnError(f"{source}: non-finite values in {bad}")
     return out
+
+
+def penalty(weights: Weights, config: ModelConfig, l1: float, l2: float) -> float:
+    """l1 * sum|W| + l2 * sum W^2 over the kernels --l1 and --l2 penalise (section 9)."""
+    total = 0.0
+    for name in config.kernel_names():
+        w = weights[name].astype(np.float64)
+        total += l1 * float(np.abs(w).sum()) + l2 * float(np.square(w).sum())
+    return total
 
 
 def save_portable(path: str | os.PathLike, weights: Weights, config: ModelConfig, vocab: Vocab,

@@ -5,22 +5,33 @@ own environment (another venv, another KERAS_BACKEND):
 
     python -m tests.conformance pytorch      # prints one JSON object
 
-Everything starts from the same portable weights and the same fixed batches.
+Everything starts from the same portable weights and the same fixed batches. Every
+cell meets every optimiser (CASES), plus one case with both penalties on.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 
 import numpy as np
 
-from common.config import ModelConfig, OptimConfig
+from common.config import CELLS, ModelConfig, OptimConfig
 from common.weights import init_weights
 
 # Tiny sizes keep the test fast; two layers and E != H exercise every shape.
 CONFIG = ModelConfig(vocab_size=23, embedding_size=8, rnn_size=16, num_layers=2)
 BATCH_SIZE, SEQ_LEN, STEPS = 4, 12, 20
+# Learning rates large enough that 20 steps move the loss visibly; momentum and a decay
+# rate away from their defaults, so a dropped or misplaced one shows.
+OPTIMS = {"adam": OptimConfig(learning_rate=0.01, clip_norm=1.0),
+          "rmsprop": OptimConfig(optimizer="rmsprop", learning_rate=0.01, clip_norm=1.0,
+                                 decay_rate=0.9),
+          "sgd": OptimConfig(optimizer="sgd", learning_rate=0.1, clip_norm=1.0, momentum=0.9)}
+CASES = {f"{cell}-{name}": (cell, optim) for cell in CELLS for name, optim in OPTIMS.items()}
+CASES["lstm-adam-l1-l2"] = ("lstm", OptimConfig(learning_rate=0.01, clip_norm=1.0,
+                                                l1=1e-3, l2=1e-2))
 TOLERANCES = {"logits": 1e-5, "loss": 1e-6, "grads": 1e-5, "loss_after_steps": 1e-4,
               "weights_round_trip": 0.0, "state": 1e-5}
 
@@ -34,29 +45,33 @@ def fixed_batches(steps: int = STEPS, seed: int = 7):
     return [(x[j].astype(np.int32), y[j].astype(np.int32)) for j in range(steps)]
 
 
-def measure(model_cls) -> dict:
-    """Largest absolute differences from the reference, keyed like TOLERANCES."""
+def measure(model_cls, case: str = "lstm-adam") -> dict:
+    """Largest absolute differences from the reference, keyed like TOLERANCES, for one
+    of CASES."""
     from numpy_model import NumpyCharRNN
-    weights = init_weights(CONFIG, seed=3)
+    cell, optim = CASES[case]
+    config = dataclasses.replace(CONFIG, cell=cell)
+    weights = init_weights(config, seed=3)
     # Non-zero biases so that a dropped or doubled bias cannot hide.
     rng = np.random.default_rng(11)
-    for k in range(CONFIG.num_layers):
-        weights[f"lstm.{k}.bias"] = weights[f"lstm.{k}.bias"] + rng.uniform(
-            -0.1, 0.1, weights[f"lstm.{k}.bias"].shape).astype(np.float32)
-    weights["dense.b"] = rng.uniform(-0.1, 0.1, CONFIG.vocab_size).astype(np.float32)
-    # A learning rate large enough that 20 steps move the loss visibly.
-    optim = OptimConfig(learning_rate=0.01, clip_norm=1.0)
+    for k in range(config.num_layers):
+        for bias in config.bias_names():
+            name = f"{config.layer(k)}.{bias}"
+            weights[name] = weights[name] + rng.uniform(
+                -0.1, 0.1, weights[name].shape).astype(np.float32)
+    weights["dense.b"] = rng.uniform(-0.1, 0.1, config.vocab_size).astype(np.float32)
     device = model_cls.setup_device("cpu", None)
-    ref = NumpyCharRNN(CONFIG, weights, optim)
-    model = model_cls(CONFIG, weights, optim, device=device)
+    ref = NumpyCharRNN(config, weights, optim)
+    model = model_cls(config, weights, optim, device=device)
     batches = fixed_batches()
-    out = {"framework": model_cls.framework}
+    out = {"framework": model_cls.framework, "case": case}
 
     out["weights_round_trip"] = max(float(np.abs(model.get_weights()[n] - weights[n]).max())
                                     for n in weights)
     # A non-zero incoming state checks that the state is really used.
-    h0 = rng.normal(0, 0.5, (CONFIG.num_layers, BATCH_SIZE, CONFIG.rnn_size)).astype(np.float32)
-    c0 = rng.normal(0, 0.5, h0.shape).astype(np.float32)
+    # GRU and RNN have no cell state: their c is zeros in and out (SPEC section 10).
+    h0 = rng.normal(0, 0.5, (config.num_layers, BATCH_SIZE, config.rnn_size)).astype(np.float32)
+    c0 = rng.normal(0, 0.5, h0.shape).astype(np.float32) * (cell == "lstm")
     x, y = batches[0]
     ref_logits, ref_state = ref.forward(x, ref.state_from_numpy(h0, c0))
     logits, state = model.forward(x, model.state_from_numpy(h0, c0))
@@ -91,6 +106,17 @@ def measure(model_cls) -> dict:
     return out
 
 
+def measure_all(model_cls) -> dict[str, dict]:
+    """`measure` for every case, keyed by case; a case that raises records its error."""
+    results = {}
+    for case in CASES:
+        try:
+            results[case] = measure(model_cls, case)
+        except Exception as exc:  # reported by the test, case by case
+            results[case] = {"error": f"{type(exc).__name__}: {exc}"}
+    return results
+
+
 if __name__ == "__main__":
     from common import registry
-    print(json.dumps(measure(registry.load(sys.argv[1]))))
+    print(json.dumps(measure_all(registry.load(sys.argv[1]))))

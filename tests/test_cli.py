@@ -21,10 +21,10 @@ from common.weights import init_weights, load_portable, save_portable
 from tests.conftest import ROOT, TEXT, TINY, framework_params, ok, run
 
 
-def portable_file(path, text=TEXT, seed=0):
+def portable_file(path, text=TEXT, seed=0, cell="lstm"):
     """A small untrained portable model with the corpus vocabulary of `text`."""
     vocab = Vocab.from_text(text)
-    config = ModelConfig(vocab_size=vocab.size, embedding_size=8, rnn_size=16)
+    config = ModelConfig(vocab_size=vocab.size, embedding_size=8, rnn_size=16, cell=cell)
     save_portable(path, init_weights(config, seed), config, vocab, framework="numpy")
     return path
 
@@ -79,6 +79,48 @@ def test_train_restore_generate_repl_export(name, corpus, tmp_path):
     assert shown.startswith("--- sample 1 ---\nAll") and "\n--- sample 2 ---\nAll" in shown
 
 
+# The other cells with the other optimisers and the penalties (SPEC sections 8 and 9).
+CELL_RUNS = {"gru": ["--cell", "gru", "--optimizer", "rmsprop", "--l2", "1e-3"],
+             "rnn": ["--cell", "rnn", "--optimizer", "sgd", "--momentum", "0.9",
+                     "--learning-rate", "0.05", "--l1", "1e-4"]}
+
+
+@pytest.mark.parametrize("cell", list(CELL_RUNS))
+@pytest.mark.parametrize("name", framework_params())
+def test_other_cells_train_restore_and_generate(name, cell, corpus, tmp_path):
+    """Train a GRU or RNN with RMSprop or SGD and penalties, interrupt, restore (the optimiser
+    state resumes exactly), generate; and generate from the same cell made elsewhere."""
+    ck, straight = str(tmp_path / "ck"), str(tmp_path / "straight")
+    other = portable_file(tmp_path / "other.safetensors", cell=cell)
+    train = ["train", "--text-path", str(corpus), *TINY, "--num-epochs", "2",
+             "--log-path", str(tmp_path / "run.log"), *CELL_RUNS[cell]]
+    results = run(name, [
+        {"argv": [*train, "--max-steps", "20", "--checkpoint-path", ck]},
+        {"argv": [*train, "--restore", "--checkpoint-path", ck]},  # the file's cell
+        {"argv": [*train, "--checkpoint-path", straight]},
+        {"argv": ["generate", "--checkpoint-path", ck, "--seed", "First", "--length", "30",
+                  "--random-seed", "1"]},
+        {"argv": ["generate", "--checkpoint-path", str(other), "--seed", "All", "--length",
+                  "30", "--random-seed", "1"]},
+        {"argv": [*train, "--restore", "--checkpoint-path", ck, "--cell", "lstm"]},
+    ], tmp_path)
+    for result in results[:5]:
+        ok(result)
+    resumed = load_portable(tmp_path / "ck" / "model.safetensors")
+    direct = load_portable(tmp_path / "straight" / "model.safetensors")
+    assert resumed.config.cell == direct.config.cell == cell
+    for key in direct.weights:
+        np.testing.assert_allclose(resumed.weights[key], direct.weights[key], atol=1e-5,
+                                   err_msg=key)
+    assert results[3]["stdout"].startswith("First") and len(results[3]["stdout"]) == 5 + 30 + 1
+    # The NumPy reference continues the same seed with the same characters.
+    from numpy_model import NumpyCharRNN
+    from tests.cli_cases import run_cases
+    reference = run_cases(NumpyCharRNN, [{"argv": results[4]["argv"]}])[0]
+    assert results[4]["stdout"] == ok(reference)["stdout"]
+    assert results[5]["code"] == 2 and f"holds a {cell} model" in results[5]["stderr"]
+
+
 def bad_input_cases(tmp_path, corpus):
     """(argv, what the one-line error must mention) for each bad input of the issue."""
     empty = tmp_path / "empty.txt"
@@ -115,6 +157,13 @@ def bad_input_cases(tmp_path, corpus):
         ([*train, "--text-path", str(corpus), "--seq-len", "0"], "--seq-len"),
         ([*train, "--text-path", str(corpus), "--batch-size", "-3"], "--batch-size"),
         ([*gen, "--checkpoint-path", str(good), "--top-p", "0"], "--top-p"),
+        ([*train, "--text-path", str(corpus), "--cell", "lstmx"], "--cell"),
+        ([*train, "--text-path", str(corpus), "--l2", "-1e-5"], "--l2"),
+        ([*train, "--text-path", str(corpus), "--momentum", "0.9"], "--momentum"),
+        ([*train, "--text-path", str(corpus), "--optimizer", "sgd", "--decay-rate", "0.9"],
+         "--decay-rate"),
+        ([*train, "--text-path", str(corpus), "--cell", "lstm", "--init-from",
+          str(portable_file(tmp_path / "gru.safetensors", cell="gru"))], "gru"),
     ]
 
 

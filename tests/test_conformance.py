@@ -1,8 +1,9 @@
 """Same weights, same batches -> same logits, loss, gradients and loss curve as NumPy.
 
-One test, parametrised over every registered framework: a new framework only
-registers in common/registry.py. Frameworks that need other environment
-variables (Keras backends) run in a worker process.
+One test, parametrised over every registered framework and every case (cell x
+optimiser, and penalties): a new framework only registers in common/registry.py.
+Frameworks that need other environment variables (Keras backends) run in a worker
+process, which measures all cases at once.
 """
 
 import json
@@ -10,20 +11,30 @@ import json
 import pytest
 
 from common import registry
-from tests.conformance import TOLERANCES, measure
+from tests.conformance import CASES, TOLERANCES, measure
 from tests.conftest import framework_params, require, run_worker
 
+_WORKER_RESULTS: dict[str, dict] = {}  # framework -> case -> result, one worker each
 
-@pytest.mark.parametrize("name", framework_params())
-def test_matches_numpy_reference(name):
+
+def _result(name: str, case: str) -> dict:
     entry = registry.FRAMEWORKS[name]
     reason = registry.unavailable_reason(name)
     if reason and entry.env_vars and entry.script.exists():
-        proc = run_worker(name, "tests.conformance")
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        result = json.loads(proc.stdout.strip().splitlines()[-1])
-    else:
-        result = measure(require(name))
+        if name not in _WORKER_RESULTS:
+            proc = run_worker(name, "tests.conformance")
+            assert proc.returncode == 0, proc.stderr[-3000:]
+            _WORKER_RESULTS[name] = json.loads(proc.stdout.strip().splitlines()[-1])
+        result = _WORKER_RESULTS[name][case]
+        assert "error" not in result, f"{name} {case}: {result.get('error')}"
+        return result
+    return measure(require(name), case)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("name", framework_params())
+def test_matches_numpy_reference(name, case):
+    result = _result(name, case)
     assert result["grads_missing"] == []
     failures = {key: (result[key], tol) for key, tol in TOLERANCES.items() if result[key] > tol}
     assert not failures, f"{name}: (difference, tolerance) {failures}"
