@@ -63,10 +63,16 @@ class Plan:
     peak_repeats: int = PEAK_REPEATS
     point: Point | None = None  # the sweep point; None for a run of one point
     generations: tuple[int, ...] = (1, BATCH_SAMPLES)  # --num-samples of each `generate`
+    cell: str | None = None  # the cell of a run over --cells; None: the default LSTM alone
+
+    @property
+    def where(self) -> str:
+        """records.where_key of this plan's runs: its cell and sweep point."""
+        return records.where_key(self.cell, self.point.key if self.point else "")
 
     @property
     def init_path(self) -> Path:
-        return self.out / (f"init-{self.point.key}.safetensors" if self.point
+        return self.out / (f"init-{self.where.replace(' ', '-')}.safetensors" if self.where
                            else "init.safetensors")
 
     @property
@@ -75,7 +81,9 @@ class Plan:
 
     def run_dir(self, entry: Entry, repeat: int) -> Path:
         where = self.out / "runs" / entry.slug
-        return (where / self.point.key if self.point else where) / str(repeat)
+        for part in self.where.split():
+            where = where / part
+        return where / str(repeat)
 
 
 # ---------------------------------------------------------------------------------------
@@ -275,6 +283,8 @@ def run_framework(entry: Entry, repeat: int, plan: Plan,
     run_dir.mkdir(parents=True)
     env = {**entry.process_env(), **thread_env(plan.settings.threads)}
     point = {"point": plan.point.as_dict()} if plan.point else {}
+    if plan.cell:
+        point["cell"] = plan.cell
     record = records.framework_record(
         entry.name, repeat, entry.env, entry.script, interpreter(entry.env), **point,
         started=records.now(), loadavg_start=records.loadavg())

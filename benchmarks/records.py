@@ -174,8 +174,8 @@ def exit_reason(returncode: int | None) -> str:
 
 
 def run_key(framework: str, point: str = "") -> str:
-    """What a framework's run is known by in progress estimates: its name, and in a sweep
-    its point ("pytorch rnn256-batch64")."""
+    """What a framework's run is known by in progress estimates: its name, and its cell
+    and sweep point (`where_key`: "pytorch rnn256-batch64", "pytorch gru")."""
     return f"{framework} {point}" if point else framework
 
 
@@ -212,10 +212,22 @@ def read_records(path: Path) -> list[dict]:
     return read_jsonl(path) if path.exists() else []
 
 
+def where_key(cell: str | None, point: str = "") -> str:
+    """What sets a framework's run apart besides its name and repeat: the cell of a run
+    over --cells and the point of a sweep ("gru", "rnn256-batch64", "gru rnn256-batch64");
+    "" for a run of the default LSTM alone."""
+    return " ".join(filter(None, (cell or "", point)))
+
+
+def record_where(record: dict) -> str:
+    """`where_key` of a framework record."""
+    return where_key(record.get("cell"), point_key(record))
+
+
 def done_runs(records: list[dict]) -> set[tuple[str, int, str]]:
-    """(framework, repeat, sweep point key or "") of the runs already finished: ok, failed
-    or timed out (not skipped)."""
-    return {(r["framework"], r.get("repeat", 0), point_key(r)) for r in records
+    """(framework, repeat, `where_key`) of the runs already finished: ok, failed or timed
+    out (not skipped)."""
+    return {(r["framework"], r.get("repeat", 0), record_where(r)) for r in records
             if r.get("kind") == "framework" and r.get("status") in ("ok", "failed", "timeout")}
 
 

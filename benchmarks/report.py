@@ -139,10 +139,37 @@ def load_records(results_dir: str | Path) -> tuple[list[dict], pd.DataFrame]:
     if "repeat" not in frameworks:
         frameworks["repeat"] = 0
     frameworks["repeat"] = frameworks["repeat"].fillna(0).astype(int)
-    # A sweep's records are one per point as well (benchmarks.sweep).
+    # A sweep's records are one per point as well (benchmarks.sweep), a run over --cells's
+    # one per cell.
     frameworks["point_key"] = [point_key(r) for r in _records(frameworks)]
-    frameworks = frameworks.drop_duplicates(["framework", "repeat", "point_key"], keep="last")
+    frameworks["cell"] = [cell_of(r) for r in _records(frameworks)]
+    frameworks = frameworks.drop_duplicates(["framework", "repeat", "point_key", "cell"],
+                                            keep="last")
     return runs, frameworks.reset_index(drop=True)
+
+
+def cell_of(record: dict) -> str:
+    """The cell a framework record trained: its own field (a run over --cells), else the
+    model config its log names, else the LSTM (records from before the cells)."""
+    model = _get(record.get("header"), "model_config")
+    return record.get("cell") or _get(model, "cell") or "lstm"
+
+
+def shows_cells(table: pd.DataFrame) -> bool:
+    """Whether the table needs a cell column: a cell other than the LSTM is in it."""
+    return "cell" in table and bool((table["cell"] != "lstm").any())
+
+
+def row_label(row: dict, cells: bool) -> str:
+    """A row's name in plots: "pytorch", or "pytorch gru" when the cells differ."""
+    return f"{row['framework']} {row.get('cell', 'lstm')}" if cells else row["framework"]
+
+
+def with_cell(columns: list[tuple[str, str, str]], table: pd.DataFrame) -> list:
+    """`columns` with the cell after the framework, where the table has other cells."""
+    if not shows_cells(table):
+        return columns
+    return [columns[0], ("cell", "cell", "{}"), *columns[1:]]
 
 
 def _get(d, key, default=None):
@@ -221,7 +248,8 @@ def summarise(record: dict) -> dict:
     versions = header.get("versions") or {}
     loads = [record[key][0] for key in ("loadavg_start", "loadavg_end")
              if isinstance(record.get(key), list) and record[key]]
-    row = {"framework": record["framework"], "repeat": int(record.get("repeat") or 0),
+    row = {"framework": record["framework"], "cell": cell_of(record),
+           "repeat": int(record.get("repeat") or 0),
            "status": record.get("status"), "stage": record.get("stage"),
            "error": record.get("error"),
            "version": next(iter(versions.values()), None),
@@ -302,14 +330,15 @@ def summary_table(frameworks: pd.DataFrame) -> pd.DataFrame:
     rows = pd.DataFrame([summarise(r) for r in _records(frameworks)])
     if rows.empty:
         return rows
-    order = list(dict.fromkeys(rows["framework"]))  # the order they ran in
+    # One row per framework and cell, in the order they ran in.
+    order = list(dict.fromkeys(zip(rows["framework"], rows["cell"])))
     numeric = [c for c in rows.columns if c not in ("framework", "repeat")
                and pd.api.types.is_numeric_dtype(rows[c])]
     ok = rows[rows["status"] == "ok"]
     grouped = []
-    for name in order:
-        runs = rows[rows["framework"] == name]
-        good = ok[ok["framework"] == name]
+    for name, cell in order:
+        runs = rows[(rows["framework"] == name) & (rows["cell"] == cell)]
+        good = ok[(ok["framework"] == name) & (ok["cell"] == cell)]
         base = (good if len(good) else runs).iloc[-1].to_dict()
         base.update(_aggregate(good if len(good) else runs.iloc[-1:], numeric))
         base["repeats"] = len(good)
@@ -370,7 +399,7 @@ def _trained(table: pd.DataFrame) -> list[dict]:
 
 def results_table(table: pd.DataFrame) -> str:
     """The main table, fastest first by s/epoch."""
-    return markdown_table(_trained(table), TABLE)
+    return markdown_table(_trained(table), with_cell(TABLE, table))
 
 
 def flag_notes(table: pd.DataFrame) -> list[str]:
@@ -396,7 +425,8 @@ def problems(table: pd.DataFrame) -> list[str]:
         if row["status"] == "ok":
             continue
         where = f" at {row['stage']}" if isinstance(row.get("stage"), str) else ""
-        lines.append(f"- **{row['framework']}**: {row['status']}{where}: `{row['error']}`")
+        name = row_label(row, shows_cells(table))
+        lines.append(f"- **{name}**: {row['status']}{where}: `{row['error']}`")
     return lines
 
 
@@ -543,7 +573,8 @@ def _batch_samples(table: pd.DataFrame) -> str:
 def timing_section(table: pd.DataFrame) -> list[str]:
     """The step-time distribution and the machine around each row's runs."""
     return [
-        "## Step times and the machine", "", markdown_table(_trained(table), TIMING_TABLE), "",
+        "## Step times and the machine", "",
+        markdown_table(_trained(table), with_cell(TIMING_TABLE, table)), "",
         "*step ms*: the median step after the first (median of the epochs' medians and of the "
         "repeats); *p90*, *p99*, *max*: of the worst epoch (p90 and p99 the median over "
         f"repeats, max the largest); *stalls*: steps over {STALL_FACTOR:g}x the median, all "
@@ -558,7 +589,8 @@ def generation_section(table: pd.DataFrame, gen_length) -> list[str]:
     """One stream, the sampler's own cost, and a batch."""
     batch = _batch_samples(table)
     return [
-        "## Generation", "", markdown_table(_trained(table), GENERATION_TABLE), "",
+        "## Generation", "",
+        markdown_table(_trained(table), with_cell(GENERATION_TABLE, table)), "",
         f"*chars/s*: `generate --length {gen_length}`, one stream, first step included; "
         "*sampler s*: of that time, the time in the sampler (common.sampling, NumPy: the same "
         "code for every framework); *sampler share*: sampler s over the generation time; "
@@ -659,14 +691,15 @@ def update_readme(readme: Path, block: str,
 def curves(frameworks: pd.DataFrame) -> list[Curve]:
     """First successful run of each framework, as loss curves."""
     out, seen = [], set()
+    cells = len(set(frameworks["cell"])) > 1 or shows_cells(frameworks)
     for r in _records(frameworks):
-        epochs = r.get("epochs")
-        if r["framework"] in seen or not isinstance(epochs, list) or not epochs:
+        epochs, label = r.get("epochs"), row_label(r, cells)
+        if label in seen or not isinstance(epochs, list) or not epochs:
             continue
-        seen.add(r["framework"])
+        seen.add(label)
         header = r.get("header") if isinstance(r.get("header"), dict) else {}
         steps = r.get("steps") if isinstance(r.get("steps"), list) else []
-        out.append(Curve(r["framework"], header.get("train_batches"), epochs, steps))
+        out.append(Curve(label, header.get("train_batches"), epochs, steps))
     return out
 
 
@@ -689,7 +722,7 @@ def build(results_dir: str | Path, compare: bool = False) -> tuple[pd.DataFrame,
                 title=f"Loss per epoch ({profile} profile)")
     plot_losses(loss_curves, results_dir / "loss_vs_time.png", x="time",
                 title=f"Loss versus training time ({profile} profile)")
-    rows = [(r["framework"], r.get("chars_per_s"), r.get("gen_chars_per_s"))
+    rows = [(row_label(r, shows_cells(table)), r.get("chars_per_s"), r.get("gen_chars_per_s"))
             for r in table.to_dict("records")]
     plot_throughput(rows, results_dir / "throughput.png",
                     title=f"Characters per second ({profile} profile)")

@@ -63,8 +63,9 @@ from pathlib import Path
 from benchmarks import child, records
 from benchmarks.child import Plan
 from benchmarks.mfu import PEAK_REPEATS, PEAK_SIZE
-from benchmarks.sweep import Grid, Point, parse_sizes, point_key
+from benchmarks.sweep import Grid, Point, parse_sizes
 from common import registry
+from common.config import CELLS
 from common.registry import Entry
 
 # ---------------------------------------------------------------------------------------
@@ -80,6 +81,7 @@ class Profile:
     description: str
     train_args: tuple[str, ...] = ()  # train flags of the profile, before --extra-train-args
     sweep: bool = False  # one run per point of a Grid (benchmarks.sweep)
+    cells: tuple[str, ...] = ("lstm",)  # one run per cell (docs/SPEC.md section 8)
 
 
 # The quick profile must finish in under 15 minutes for all ten frameworks together on
@@ -124,6 +126,13 @@ PROFILES = {
                      "sequences on tinyshakespeare (the first, with any compilation, timed "
                      "apart), no validation, then 1,024 generated characters (one stream) at "
                      "each rnn size", train_args=("--val-fraction", "0"), sweep=True),
+    # One epoch of each cell, as the quick profile trains the LSTM: what a GRU and a vanilla
+    # RNN cost against the LSTM in each framework (0.75x and 0.25x its matrix FLOPs).
+    "cells": Profile(1, None, 900,
+                     "one epoch of each cell (lstm, gru, rnn) on tinyshakespeare with the "
+                     "default model spec otherwise, each cell from its own initial weights "
+                     "(the same in every framework), then one pass over the validation text "
+                     "and 1,024 generated characters", cells=CELLS),
 }
 
 
@@ -149,6 +158,7 @@ class Settings:
     train_batches: int  # per epoch, as common.batching cuts the text
     chars_per_batch: int
     grid: Grid | None = None  # the sweep's points; None for a run of one point
+    cells: tuple[str, ...] = ("lstm",)  # --cells: one run per cell
 
     @property
     def total_steps(self) -> int:
@@ -165,6 +175,10 @@ class Settings:
             d["grid"] = self.grid.as_dict()
         else:
             d.pop("grid")
+        if self.cells == ("lstm",):  # likewise: records from before --cells have none
+            d.pop("cells")
+        else:
+            d["cells"] = list(self.cells)
         return d
 
 
@@ -221,6 +235,22 @@ def sweep_grid(args, profile: Profile) -> Grid | None:
         if args.batch_sizes else grid.batch_sizes)
 
 
+def parse_cells(text: str | None, profile: Profile) -> tuple[str, ...]:
+    """--cells "lstm,gru" -> ("lstm", "gru"), the profile's cells without it; one line
+    naming the flag for an unknown cell, a repeat, or several cells in a sweep."""
+    if text is None:
+        return profile.cells
+    cells = tuple(w.strip() for w in text.split(",") if w.strip())
+    unknown = [c for c in cells if c not in CELLS]
+    if not cells or unknown or len(set(cells)) != len(cells):
+        raise SystemExit(f"error: --cells {text}: expected distinct cells from "
+                         f"{','.join(CELLS)}")
+    if profile.sweep and len(cells) > 1:
+        raise SystemExit("error: --cells: a sweep measures one cell (its report fits one curve "
+                         "per framework); run one sweep per cell with --out")
+    return cells
+
+
 def describe_grid(grid: Grid) -> str:
     """"--rnn-size 64, 128 at --batch-size 64 and --batch-size 1, 16 at --rnn-size 128"."""
     def sizes(values):
@@ -237,9 +267,14 @@ def resolve_settings(args) -> Settings:
     user_extra = tuple(shlex.split(args.extra_train_args))
     extra = profile.train_args + user_extra
     grid = sweep_grid(args, profile)
+    cells = parse_cells(args.cells, profile)
+    if any(w == "--cell" or w.startswith("--cell=") for w in user_extra):
+        raise SystemExit("error: --extra-train-args: choose cells with --cells, which keeps "
+                         "each cell's runs and initial weights apart")
     text_path = Path(args.text_path).resolve() if args.text_path else default_corpus_path()
     custom = ((num_epochs, max_steps) != (profile.num_epochs, profile.max_steps) or user_extra
-              or args.text_path is not None or (grid is not None and grid != Grid()))
+              or args.text_path is not None or (grid is not None and grid != Grid())
+              or cells != profile.cells)
     cfg = train_config_from_args(list(extra))
     train_batches, chars_per_batch, _ = steps_per_epoch_and_vocab(text_path, cfg)
     total = total_steps(num_epochs, max_steps, train_batches)
@@ -252,21 +287,25 @@ def resolve_settings(args) -> Settings:
     if grid:
         what += f", at each point of the sweep ({describe_grid(grid)})" if custom else \
             f"; the points: {describe_grid(grid)}"
+    if custom and cells != ("lstm",):
+        what += f", for each cell of {', '.join(cells)}"
     return Settings(
         profile="custom" if custom else args.profile, description=what, num_epochs=num_epochs,
         max_steps=max_steps, threads=args.threads, random_seed=args.random_seed,
         text_path=str(text_path), text_sha256=hashlib.sha256(text_path.read_bytes()).hexdigest(),
         extra_train_args=extra, device=args.device, gen_length=args.gen_length,
         log_every=choose_log_every(train_batches, total), train_batches=train_batches,
-        chars_per_batch=chars_per_batch, grid=grid)
+        chars_per_batch=chars_per_batch, grid=grid, cells=cells)
 
 
-def point_settings(settings: Settings, point: Point | None) -> Settings:
-    """The settings of one sweep point: its train flags after the run's, and the batches
-    its batch size cuts the text into (the run's own settings outside a sweep)."""
-    if point is None:
+def point_settings(settings: Settings, point: Point | None, cell: str | None = None) -> Settings:
+    """The settings of one sweep point and cell: their train flags after the run's, and the
+    batches its batch size cuts the text into (the run's own settings for the default
+    LSTM outside a sweep)."""
+    if point is None and cell is None:
         return settings
-    extra = settings.extra_train_args + point.train_args()
+    extra = settings.extra_train_args + (point.train_args() if point else ())
+    extra += ("--cell", cell) if cell else ()
     cfg = train_config_from_args(list(extra))
     train_batches, chars_per_batch, _ = steps_per_epoch_and_vocab(Path(settings.text_path), cfg)
     total = total_steps(settings.num_epochs, settings.max_steps, train_batches)
@@ -307,6 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gen-length", type=int, default=1024, help="characters to generate")
     p.add_argument("--timeout", type=float, help="seconds per framework (per point in a "
                    "sweep) for training, and again for generation (default: the profile's)")
+    p.add_argument("--cells", metavar="CELL,...", help="train each of these cells "
+                   f"({','.join(CELLS)}) in every framework, a run each (default: the "
+                   "profile's: lstm, or all three for --profile cells)")
     p.add_argument("--rnn-sizes", metavar="H,H,...", help="with --profile sweep: the rnn sizes, "
                    "at the default batch size (default: "
                    + ",".join(map(str, Grid().rnn_sizes)) + ")")
@@ -369,16 +411,28 @@ def make_plan(args) -> Plan:
                 args.matmul_repeats)
 
 
-def point_plans(plan: Plan) -> dict[Point | None, Plan]:
-    """The plan of each point a framework runs at: the run's own (point None) outside a
-    sweep. In a sweep, generation is one stream and at the rnn sizes only: a batch size
-    does not change the generating model."""
-    grid = plan.settings.grid
-    if grid is None:
-        return {None: plan}
-    return {point: dataclasses.replace(
-        plan, settings=_one_line_errors(point_settings, plan.settings, point), point=point,
-        generations=(1,) if grid.on_rnn_axis(point) else ()) for point in grid.points()}
+Where = tuple[str | None, Point | None]  # (cell, sweep point) of a run; None, None: the default
+
+
+def point_plans(plan: Plan) -> dict[Where, Plan]:
+    """The plan of each cell and point a framework runs at: the run's own (None, None) for
+    the default LSTM outside a sweep. In a sweep, generation is one stream and at the rnn
+    sizes only: a batch size does not change the generating model."""
+    s = plan.settings
+    cells = (None,) if s.cells == ("lstm",) else s.cells
+    points = s.grid.points() if s.grid else [None]
+    plans = {}
+    for cell in cells:
+        for point in points:
+            if cell is None and point is None:
+                plans[cell, point] = plan
+                continue
+            generations = plan.generations if s.grid is None else (
+                (1,) if s.grid.on_rnn_axis(point) else ())
+            plans[cell, point] = dataclasses.replace(
+                plan, settings=_one_line_errors(point_settings, s, point, cell), point=point,
+                cell=cell, generations=generations)
+    return plans
 
 
 # ---------------------------------------------------------------------------------------
@@ -386,11 +440,11 @@ def point_plans(plan: Plan) -> dict[Point | None, Plan]:
 # ---------------------------------------------------------------------------------------
 
 
-def print_commands(entries: list[Entry], plans: dict[Point | None, Plan]) -> None:
-    for point, plan in plans.items():
+def print_commands(entries: list[Entry], plans: dict[Where, Plan]) -> None:
+    for plan in plans.values():
         for entry in entries:
             run_dir = plan.run_dir(entry, 0)
-            print(f"# {entry.name}" + (f" at {point.key}" if point else ""))
+            print(f"# {entry.name}" + (f" ({plan.where})" if plan.where else ""))
             print(shlex.join(child.train_command(entry, plan, run_dir)))
             for num_samples in plan.generations:
                 print(shlex.join(child.generate_command(entry, plan, run_dir, num_samples)))
@@ -419,35 +473,41 @@ def open_records(plan: Plan, resume: bool) -> list[dict]:
 
 @dataclass(frozen=True)
 class Job:
-    """One framework run: a framework, a repeat, and its sweep point (None outside a sweep)."""
+    """One framework run: a framework, a repeat, and its cell and sweep point (None, None
+    for the default LSTM outside a sweep)."""
 
     entry: Entry
     repeat: int
     point: Point | None = None
+    cell: str | None = None
+
+    @property
+    def where(self) -> str:
+        return records.where_key(self.cell, self.point.key if self.point else "")
 
     @property
     def key(self) -> str:
-        """What past run times are kept under: the framework, and its point in a sweep."""
-        return records.run_key(self.entry.name, self.point.key if self.point else "")
+        """What past run times are kept under: the framework, its cell and sweep point."""
+        return records.run_key(self.entry.name, self.where)
 
     def label(self, repeats: int) -> str:
-        return (self.entry.name + (f" at {self.point.key}" if self.point else "")
+        return (self.entry.name + (f" ({self.where})" if self.where else "")
                 + (f" (repeat {self.repeat + 1})" if repeats > 1 else ""))
 
 
 def pending(entries: list[Entry], repeats: int, previous: list[dict],
-            points: list[Point | None] = (None,)) -> list[Job]:
+            wheres: list[Where] = ((None, None),)) -> list[Job]:
     """The runs still to do, round-robin: repeat 0 of every framework, then repeat 1 of
     every framework, ... (A B C A B C), so that a slow spell of a shared machine is
-    spread over the frameworks instead of landing on one's repeats. In a sweep the
-    frameworks take turns at each point (A B C at the first point, then at the next)."""
+    spread over the frameworks instead of landing on one's repeats. Over cells and sweep
+    points the frameworks take turns at each (A B C with the LSTM, then with the GRU)."""
     done = records.done_runs(previous)
     todo = []
     for k in range(repeats):
-        for point in points:
+        for cell, point in wheres:
             for entry in entries:
-                job = Job(entry, k, point)
-                if (entry.name, k, point.key if point else "") in done:
+                job = Job(entry, k, point, cell)
+                if (entry.name, k, job.where) in done:
                     print(f"{job.label(repeats)}: already recorded, skipped (--resume)",
                           file=sys.stderr)
                 else:
@@ -455,9 +515,9 @@ def pending(entries: list[Entry], repeats: int, previous: list[dict],
     return todo
 
 
-def start_run(plan: Plan, plans: dict[Point | None, Plan], args, entries: list[Entry],
+def start_run(plan: Plan, plans: dict[Where, Plan], args, entries: list[Entry],
               resumed: bool) -> None:
-    """Write the initial weights (one file per sweep point) and record the run."""
+    """Write the initial weights (one file per cell and sweep point) and record the run."""
     for each in plans.values():
         write_init_weights(each.init_path, each.settings)
     s = plan.settings
@@ -525,11 +585,12 @@ def past_run_seconds(previous: list[dict]) -> dict[str, list[float]]:
     for r in previous:
         seconds = records.run_seconds(r) if r.get("kind") == "framework" else None
         if seconds is not None and r.get("status") != "skipped":
-            past.setdefault(records.run_key(r["framework"], point_key(r)), []).append(seconds)
+            past.setdefault(records.run_key(r["framework"], records.record_where(r)),
+                            []).append(seconds)
     return past
 
 
-def run_frameworks(todo: list[Job], plans: dict[Point | None, Plan], repeats: int,
+def run_frameworks(todo: list[Job], plans: dict[Where, Plan], repeats: int,
                    previous: list[dict]) -> bool:
     """Run and record each job in turn; whether Ctrl-C (or SIGTERM) stopped it."""
     # A SIGTERM (a cancelled job) stops the run like Ctrl-C: the child is in its own
@@ -540,7 +601,7 @@ def run_frameworks(todo: list[Job], plans: dict[Point | None, Plan], repeats: in
     records_path = next(iter(plans.values())).records_path
     try:
         for i, job in enumerate(todo, 1):
-            entry, plan = job.entry, plans[job.point]
+            entry, plan = job.entry, plans[job.cell, job.point]
             label = f"[{i}/{len(todo)}] {job.label(repeats)}"
             later = [j.key for j in todo[i:]]
             if entry.name not in reasons:

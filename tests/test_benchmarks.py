@@ -192,6 +192,51 @@ def test_resume_does_not_redo_finished_frameworks(bench):
     assert framework_records(out) == before
 
 
+def test_cells_run_each_cell_from_its_own_weights(tmp_path):
+    """--cells: a run per framework and cell, each cell from its own initial weights, the cell
+    a column of the report; --resume skips what is recorded; bad lists are one line."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TEXT, encoding="utf-8")
+    out = tmp_path / "results"
+    proc = runner(out, corpus, "numpy", "--cells", "gru,rnn", "--repeats", "1")
+    assert proc.returncode == 0, proc.stderr
+    found = {r["cell"]: r for r in framework_records(out)}
+    assert list(found) == ["gru", "rnn"]
+    for cell, r in found.items():
+        assert r["status"] == "ok", r["error"]
+        assert r["header"]["model_config"]["cell"] == cell
+        assert f"--init-from init-{cell}.safetensors" in r["train_command"]
+        assert r["train_command"].endswith(f"--cell {cell}")
+    assert (out / "runs" / "numpy" / "gru" / "0").is_dir()
+    table = report.summary_table(report.load_records(out)[1])
+    assert sorted(table["cell"]) == ["gru", "rnn"]
+    assert "| framework | cell | version |" in (out / "report.md").read_text()
+    assert "| numpy | gru |" in proc.stdout
+    resumed = runner(out, corpus, "numpy", "--cells", "gru,rnn", "--resume", "--no-report")
+    assert resumed.returncode == 0 and "numpy (gru): already recorded" in resumed.stderr
+    for bad, says in ((["--cells", "lstm,tree"], "--cells"),
+                      (["--extra-train-args", "--cell gru"], "--cells"),
+                      (["--profile", "sweep", "--cells", "lstm,gru"], "one cell")):
+        proc = subprocess.run([*run_all_command(), *bad, "--text-path", str(corpus),
+                               "--dry-run"], cwd=ROOT,
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode != 0 and says in proc.stderr, (bad, proc.stderr)
+        assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_cells_profile_trains_every_cell(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TEXT * 5, encoding="utf-8")  # one batch of the default 64 x 64
+    proc = subprocess.run([*run_all_command(), "--profile", "cells", "--frameworks",
+                           "numpy,pytorch", "--text-path", str(corpus), "--dry-run"],
+                          cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    headers = [line for line in proc.stdout.splitlines() if line.startswith("# ")]
+    assert headers == [f"# {name} ({cell})" for cell in ("lstm", "gru", "rnn")
+                       for name in ("numpy", "pytorch")]
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_ctrl_c_stops_the_child_and_keeps_what_finished(tmp_path, sig):
     corpus = tmp_path / "corpus.txt"
