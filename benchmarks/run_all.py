@@ -444,7 +444,7 @@ def print_commands(entries: list[Entry], plans: dict[Where, Plan]) -> None:
     for plan in plans.values():
         for entry in entries:
             run_dir = plan.run_dir(entry, 0)
-            print(f"# {entry.name}" + (f" ({plan.where})" if plan.where else ""))
+            print(f"# {describe_where(entry.name, plan.cell, plan.point)}")
             print(shlex.join(child.train_command(entry, plan, run_dir)))
             for num_samples in plan.generations:
                 print(shlex.join(child.generate_command(entry, plan, run_dir, num_samples)))
@@ -491,8 +491,13 @@ class Job:
         return records.run_key(self.entry.name, self.where)
 
     def label(self, repeats: int) -> str:
-        return (self.entry.name + (f" ({self.where})" if self.where else "")
+        return (describe_where(self.entry.name, self.cell, self.point)
                 + (f" (repeat {self.repeat + 1})" if repeats > 1 else ""))
+
+
+def describe_where(name: str, cell: str | None, point: Point | None) -> str:
+    """"pytorch", "pytorch (gru)", "pytorch at rnn256-batch64"."""
+    return name + (f" ({cell})" if cell else "") + (f" at {point.key}" if point else "")
 
 
 def pending(entries: list[Entry], repeats: int, previous: list[dict],

@@ -126,24 +126,25 @@ def test_sweep_settings_and_each_point_s(corpus):
     identity = json.loads(json.dumps(settings.identity()))  # as --resume reads it back
     assert identity == settings.identity() and identity["grid"]["batch_sizes"] == [1, 4]
     plans = run_all.point_plans(run_all.make_plan(args))
-    assert [p.key for p in plans] == ["rnn16-batch64", "rnn32-batch64", "rnn128-batch1",
+    assert [p.key for _, p in plans] == ["rnn16-batch64", "rnn32-batch64", "rnn128-batch1",
                                       "rnn128-batch4"]
-    at = plans[Point(128, 4)]
+    at = plans[None, Point(128, 4)]
     assert at.settings.chars_per_batch == 4 * 8 and at.generations == ()
     assert at.settings.extra_train_args[-4:] == ("--rnn-size", "128", "--batch-size", "4")
-    assert plans[Point(16, 64)].generations == (1,)  # one stream, at the rnn sizes only
+    assert plans[None, Point(16, 64)].generations == (1,)  # one stream, at the rnn sizes only
     assert at.init_path.name == "init-rnn128-batch4.safetensors"
     assert at.run_dir(registry.FRAMEWORKS["numpy"], 0).parts[-3:] == (
         "numpy", "rnn128-batch4", "0")
     # A run of one point keeps its settings, paths and generations.
     quick = run_all.make_plan(run_all.parse_args(["--text-path", str(corpus),
                                                   "--extra-train-args", "--seq-len 8"]))
-    assert run_all.point_plans(quick) == {None: quick} and "grid" not in quick.settings.identity()
+    assert run_all.point_plans(quick) == {(None, None): quick}
+    assert "grid" not in quick.settings.identity()
 
 
 def test_points_take_turns_and_resume_skips_recorded_points(capsys):
     entries = [registry.Entry(name, "numpy_model", "any", "numpy") for name in "ab"]
-    points = [Point(16, 64), Point(128, 1)]
+    points = [(None, Point(16, 64)), (None, Point(128, 1))]
     todo = run_all.pending(entries, 1, [], points)
     assert [(j.entry.name, j.point.key) for j in todo] == [
         ("a", "rnn16-batch64"), ("b", "rnn16-batch64"), ("a", "rnn128-batch1"),
