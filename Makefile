@@ -5,7 +5,7 @@ VENV := .venv
 LEGACY := .venv-legacy
 
 .PHONY: setup lint test test-modern test-legacy bench bench-full reference-results clean \
-	bench-sweep reference-sweep
+	bench-sweep reference-sweep bench-cells reference-cells
 
 # The two environments install side by side (-j2): on a fresh machine that is most of
 # `make test`'s time.
@@ -67,6 +67,19 @@ bench-sweep: setup
 reference-sweep: setup
 	$(VENV)/bin/python -m benchmarks.run_all --profile sweep --no-report
 	$(VENV)/bin/python -m benchmarks.report benchmarks/results/sweep --reference
+
+# What each cell costs (docs/SPEC.md section 8): one epoch of the LSTM, the GRU and the
+# vanilla RNN in every framework, each cell from its own initial weights (about three
+# quick runs' time).
+bench-cells: setup
+	$(VENV)/bin/python -m benchmarks.run_all --profile cells
+
+# The cells table the README shows, committed like the quick reference: published to
+# benchmarks/reference/<machine>/cells/, and the block between README's cells markers
+# rewritten.
+reference-cells: setup
+	$(VENV)/bin/python -m benchmarks.run_all --profile cells --no-report
+	$(VENV)/bin/python -m benchmarks.report benchmarks/results/cells --reference
 
 clean:
 	rm -rf $(VENV) $(LEGACY) .pytest_cache checkpoints

@@ -46,12 +46,14 @@ from benchmarks.mfu import mfu, train_flops_per_step
 from benchmarks.plot import Curve, plot_losses, plot_throughput
 from benchmarks.records import RECORDS_NAME, REFERENCE_ROOT, machine_slug
 from benchmarks.sweep import point_key
+from common.config import CELLS
 from common.fileio import atomic_write_text
 from common.logs import bits, format_duration, read_jsonl
 from common.paths import ROOT
 from common.train import STALL_FACTOR
 
 README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
+CELLS_START, CELLS_END = "<!-- cells:start -->", "<!-- cells:end -->"
 SAMPLE_CHARS = 500  # of each framework's generated text shown in report.md
 
 # The original suite (yxtay/char-rnn-text-generation) published no results table in any
@@ -626,6 +628,10 @@ def render_report(runs: list[dict], table: pd.DataFrame, frameworks: pd.DataFram
         _how_to_read(s, table), "",
         "![loss per epoch](loss_per_epoch.png)", "", "![loss versus time](loss_vs_time.png)", "",
         "![throughput](throughput.png)", "",
+        *(["## Cells", "", "The median step of each cell and its ratio to the LSTM's; the "
+           "GRU has 3/4 of the LSTM's matrix FLOPs and the vanilla RNN 1/4, so a ratio above "
+           "those is per-step overhead.", "", cells_table(table), ""]
+          if shows_cells(table) else []),
         *timing_section(table), *generation_section(table, s.get("gen_length")),
         "## Machine", "", *_machine_lines(run, table, frameworks), "",
         _versions_table(table), ""]
@@ -638,6 +644,47 @@ def render_report(runs: list[dict], table: pd.DataFrame, frameworks: pd.DataFram
                   "(a 64-character seed from the corpus, then the model's continuation):", "",
                   *samples]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def cells_table(table: pd.DataFrame) -> str:
+    """Per framework, the median step of each cell and its ratio to the LSTM's, and each
+    cell's validation loss: what a cell costs here, and that the frameworks agree on it."""
+    trained = pd.DataFrame(_trained(table))
+    if trained.empty:
+        return ""
+    cells = [c for c in CELLS if c in set(trained["cell"])]
+    step = trained.pivot_table(index="framework", columns="cell", values="step_ms",
+                               aggfunc="first")
+    loss = trained.pivot_table(index="framework", columns="cell", values="val_loss",
+                               aggfunc="first")
+    order = step.sort_values(cells[0]).index if cells[0] in step else step.index
+    columns = ([f"{c} step ms" for c in cells] + [f"{c} / lstm" for c in cells if c != "lstm"
+                                                 and "lstm" in cells]
+               + [f"{c} val loss" for c in cells])
+    lines = ["| framework | " + " | ".join(columns) + " |",
+             "|---|" + "---:|" * len(columns)]
+    for name in order:
+        ms = [step.at[name, c] if c in step else None for c in cells]
+        ratios = [step.at[name, c] / step.at[name, "lstm"] for c in cells
+                  if c != "lstm" and "lstm" in cells and c in step]
+        losses = [loss.at[name, c] if c in loss else None for c in cells]
+        lines.append(f"| {name} | " + " | ".join(
+            [_cell(v, "{:,.1f}") for v in ms] + [_cell(v, "{:.2f}x") for v in ratios]
+            + [_cell(v, "{:.4f}") for v in losses]) + " |")
+    return "\n".join(lines)
+
+
+def cells_block(table: pd.DataFrame, run: dict, results_dir: Path, readme: Path) -> str:
+    """The README's cells block: the cost of each cell in each framework."""
+    link = readme_link(results_dir, readme)
+    s, m = run.get("settings", {}), run.get("machine", {})
+    return "\n".join([
+        CELLS_START,
+        f"Profile `{s.get('profile')}` on {m.get('cpu')} ({s.get('threads')} threads), "
+        f"{str(run.get('started', ''))[:10]}: one epoch of each cell, the median training "
+        "step of the default spec otherwise (64 x 64 characters, 2 layers of 128). Full "
+        f"report: [{link('report.md')}]({link('report.md')}).", "",
+        cells_table(table), "", CELLS_END])
 
 
 def readme_link(results_dir: Path, readme: Path) -> Callable[[str], str]:
@@ -774,7 +821,11 @@ def main(argv: list[str] | None = None) -> None:
         print(compare_original(table))
     print(f"\nreport: {results_dir / 'report.md'}")
     if args.reference:
-        if update_readme(readme, readme_block(table, runs[-1], results_dir, readme)):
+        if shows_cells(table):  # the cells profile: its own block, beside the LSTM table
+            if update_readme(readme, cells_block(table, runs[-1], results_dir, readme),
+                             (CELLS_START, CELLS_END)):
+                print(f"updated the cells block of {readme.name}")
+        elif update_readme(readme, readme_block(table, runs[-1], results_dir, readme)):
             print(f"updated the results block of {readme.name}")
 
 

@@ -212,6 +212,11 @@ def test_cells_run_each_cell_from_its_own_weights(tmp_path):
     assert sorted(table["cell"]) == ["gru", "rnn"]
     assert "| framework | cell | version |" in (out / "report.md").read_text()
     assert "| numpy | gru |" in proc.stdout
+    cells = report.cells_table(table)
+    assert cells.splitlines()[0] == ("| framework | gru step ms | rnn step ms | gru val loss "
+                                     "| rnn val loss |")
+    assert cells.splitlines()[2].startswith("| numpy | ")
+    assert "## Cells" in (out / "report.md").read_text()
     resumed = runner(out, corpus, "numpy", "--cells", "gru,rnn", "--resume", "--no-report")
     assert resumed.returncode == 0 and "numpy (gru): already recorded" in resumed.stderr
     for bad, says in ((["--cells", "lstm,tree"], "--cells"),
@@ -698,3 +703,16 @@ def test_read_training_log_keeps_the_last_run_and_times_steps(tmp_path):
 def test_plot_refuses_a_missing_log(tmp_path):
     with pytest.raises(SystemExit, match="no training records"):
         plot.curve_from_log(tmp_path / "nothing.log")
+
+
+def test_cells_table_gives_each_cell_against_the_lstm():
+    table = pd.DataFrame([
+        {"framework": f, "cell": c, "step_ms": ms, "val_loss": 2.0 + i / 10,
+         "duration_s": 1.0}
+        for f, steps in (("slow", (40.0, 30.0, 20.0)), ("fast", (10.0, 9.0, 4.0)))
+        for i, (c, ms) in enumerate(zip(("lstm", "gru", "rnn"), steps))])
+    lines = report.cells_table(table).splitlines()
+    assert lines[0] == ("| framework | lstm step ms | gru step ms | rnn step ms | gru / lstm "
+                        "| rnn / lstm | lstm val loss | gru val loss | rnn val loss |")
+    assert lines[2] == "| fast | 10.0 | 9.0 | 4.0 | 0.90x | 0.40x | 2.0000 | 2.1000 | 2.2000 |"
+    assert lines[3].startswith("| slow | 40.0 | 30.0 | 20.0 | 0.75x | 0.50x |")
