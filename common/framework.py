@@ -63,11 +63,14 @@ def choose_device(requested: str, gpu_names: list[str], no_gpu: str) -> Device:
 
 
 class CharRNN(abc.ABC):
-    """One framework's Embedding -> LSTM x num_layers -> Dense, with Adam and clipping.
+    """One framework's Embedding -> recurrent layer x num_layers -> Dense, with its
+    optimiser and clipping.
 
-    Construction builds the model from canonical weights (docs/SPEC.md section 5) and a
-    fresh Adam state. Every method that takes a `state` returns the new state,
-    already cut from the gradient graph (truncated BPTT).
+    Construction builds `config.cell` (lstm, gru or rnn: docs/SPEC.md section 8) from
+    canonical weights (section 5) and a fresh optimiser of `optim.optimizer` with the
+    penalties of section 9. Every method that takes a `state` returns the new state,
+    already cut from the gradient graph (truncated BPTT); a GRU's and an RNN's c is
+    zeros (section 10).
     """
 
     framework: ClassVar[str]  # registry name, e.g. "pytorch"
@@ -118,16 +121,17 @@ class CharRNN(abc.ABC):
                        state: State) -> tuple[float, Weights, State]:
         """Loss and unclipped canonical gradients for one batch, without updating.
 
-        Gradients are named and shaped like the canonical weights; for a
-        framework with two LSTM biases, "lstm.k.bias" is the gradient of its
-        trained (first) bias. Evaluation mode (no dropout): this is for the
-        conformance tests, not the training loop.
+        Gradients of the whole objective (penalties included), named and shaped like
+        the canonical weights; for a framework with two LSTM or RNN biases,
+        "lstm.k.bias" is the gradient of its trained (first) bias. Evaluation mode
+        (no dropout): this is for the conformance tests, not the training loop.
         """
 
     @abc.abstractmethod
     def train_step(self, x: np.ndarray, y: np.ndarray, state: State) -> tuple[float, State]:
-        """One update: forward (dropout on), backward, global-norm clip, Adam. Returns the
-        batch's mean loss in nats (as a Python float, so the clock is synchronised)."""
+        """One update: forward (dropout on), backward of the cross-entropy plus any
+        penalty, global-norm clip, the optimiser's step. Returns the batch's mean
+        cross-entropy in nats (as a Python float, so the clock is synchronised)."""
 
     def eval_step(self, x: np.ndarray, y: np.ndarray, state: State) -> tuple[float, State]:
         """Mean cross-entropy of one batch in evaluation mode, no update."""
