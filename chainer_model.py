@@ -1,5 +1,6 @@
-"""Chainer: a hand-written LSTM time loop of `F.linear` + `F.lstm` (the plain row) or
-`L.NStepLSTM` (the chainer[nstep] variant), Adam as PyTorch has it, global-norm clipping.
+"""Chainer: a hand-written time loop per layer (the plain row) or `L.NStepLSTM`,
+`L.NStepGRU` and `L.NStepRNNTanh` (the chainer[nstep] variant); Adam as PyTorch has it,
+RMSprop (Chainer's own), SGD with PyTorch's momentum, global-norm clipping.
 
     python chainer_model.py train --num-epochs 1
     python chainer_model.py generate --seed "KING"
@@ -8,19 +9,25 @@ Chainer lives in the legacy environment (.venv-legacy); run from any Python, the
 script re-executes itself there. What differs from the other frameworks:
 
 - The plain row projects the inputs of all T steps with one `F.linear` per layer and
-  runs only the recurrent `F.linear` and `F.lstm` per step: 2.1x the steps/s of
-  `F.n_step_lstm`, which re-stacks its eight per-gate weights with Chainer
-  functions at every step on a CPU, and as fast as the NumPy reference. Its kernels
-  are stored in F.lstm's layout (gates a, i, f, o interleaved per unit), so the
-  reorder happens once, in the canonical <-> native map (`gate_rows`).
+  runs only the recurrent `F.linear` and the cell per step: for the LSTM, `F.lstm`,
+  2.1x the steps/s of `F.n_step_lstm`, which re-stacks its eight per-gate weights
+  with Chainer functions at every step on a CPU, and as fast as the NumPy reference.
+  Its LSTM kernels are stored in F.lstm's layout (gates a, i, f, o interleaved per
+  unit), so the reorder happens once, in the canonical <-> native map (`gate_rows`).
+  Chainer has no fused GRU or RNN step, so those cells are Chainer functions
+  (`F.sigmoid`, `F.tanh`, ...) on the canonical layout, with the same hoisting.
 - NStepLSTM keeps eight weight matrices and eight bias vectors per layer. Its
   docstring names the gates i, f, o, a, but both kernels compute i, f, a, o: the
-  canonical order. Its second bias set (b4..b7) is held at zero and never trained
-  (docs/SPEC.md section 1): the LSTM is given its arrays, not the Parameters.
+  canonical order. NStepGRU keeps six, w0..w2 (input) and w3..w5 (recurrent), gates
+  r, z, n, with six trained biases; NStepRNNTanh keeps w0, w1, b0, b1. The second
+  bias set of the LSTM (b4..b7) and of the RNN (b1) is held at zero and never trained
+  (docs/SPEC.md section 1): the function is given its arrays, not the Parameters.
 - Generation replays one step as a Chainer static graph (`chainer.static_graph`).
 - Chainer's Adam computes lr * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps),
   which is PyTorch's formula only with a step-dependent eps; `TorchAdam` below
-  is the PyTorch formula itself.
+  is the PyTorch formula itself. Chainer's MomentumSGD keeps v = momentum * v - lr * g
+  (the learning rate inside the buffer); `TorchSGD` is b = momentum * b + g,
+  p -= lr * b. Chainer's RMSprop (eps outside the sqrt, not centred) is section 9's.
 """
 
 from common.bootstrap import early_setup
@@ -84,32 +91,103 @@ class LSTMLayer(chainer.Link):
             hs.append(h)
         return F.stack(hs), h, c
 
+    def step(self, x, h, c):
+        """One step: x (B, in), h and c (B, H) -> new h and c."""
+        c, h = F.lstm(c, F.linear(x, self.w_ih, self.bias) + F.linear(h, self.w_hh))
+        return h, c
+
+
+class GRULayer(chainer.Link):
+    """One GRU layer (docs/SPEC.md section 8) in the canonical layout, gates r, z, n."""
+
+    def __init__(self, input_size: int, rnn_size: int):
+        super().__init__()
+        with self.init_scope():
+            self.w_ih = chainer.Parameter(np.zeros((3 * rnn_size, input_size), np.float32))
+            self.w_hh = chainer.Parameter(np.zeros((3 * rnn_size, rnn_size), np.float32))
+            self.b_ih = chainer.Parameter(np.zeros(3 * rnn_size, np.float32))
+            self.b_hh = chainer.Parameter(np.zeros(3 * rnn_size, np.float32))
+
+    def forward(self, xs, h):
+        """xs (T, B, in), h (B, H) -> hs (T, B, H), last h."""
+        # As for the LSTM, the input projection of all T steps is one GEMM, cut once
+        # into the r and z columns, which the recurrent ones are added to, and n's.
+        x_rz, x_n = F.split_axis(F.linear(xs, self.w_ih, self.b_ih, n_batch_axes=2),
+                                 [2 * h.shape[-1]], axis=2)
+        hs = []
+        for x_rz_t, x_n_t in zip(F.separate(x_rz, axis=0), F.separate(x_n, axis=0)):
+            h = self._cell(x_rz_t, x_n_t, h)
+            hs.append(h)
+        return F.stack(hs), h
+
+    def _cell(self, x_rz, x_n, h):
+        """The new h from the input projections x_rz (B, 2H), x_n (B, H) and h (B, H)."""
+        h_rz, h_n = F.split_axis(F.linear(h, self.w_hh, self.b_hh), [2 * h.shape[-1]], axis=1)
+        r, z = F.split_axis(F.sigmoid(x_rz + h_rz), 2, axis=1)  # one sigmoid for both
+        # z * h + (1 - z) * n as one function: three fewer nodes a step than written out.
+        return F.linear_interpolate(z, h, F.tanh(x_n + r * h_n))
+
+    def step(self, x, h):
+        """One step: x (B, in), h (B, H) -> (new h,)."""
+        x_rz, x_n = F.split_axis(F.linear(x, self.w_ih, self.b_ih), [2 * h.shape[-1]], axis=1)
+        return (self._cell(x_rz, x_n, h),)
+
+
+class RNNLayer(chainer.Link):
+    """One vanilla RNN layer, h' = tanh(W_ih x + W_hh h + bias), in the canonical layout."""
+
+    def __init__(self, input_size: int, rnn_size: int):
+        super().__init__()
+        with self.init_scope():
+            self.w_ih = chainer.Parameter(np.zeros((rnn_size, input_size), np.float32))
+            self.w_hh = chainer.Parameter(np.zeros((rnn_size, rnn_size), np.float32))
+            self.bias = chainer.Parameter(np.zeros(rnn_size, np.float32))
+
+    def forward(self, xs, h):
+        """xs (T, B, in), h (B, H) -> hs (T, B, H), last h."""
+        hs = []
+        for x in F.separate(F.linear(xs, self.w_ih, self.bias, n_batch_axes=2), axis=0):
+            h = F.tanh(x + F.linear(h, self.w_hh))
+            hs.append(h)
+        return F.stack(hs), h
+
+    def step(self, x, h):
+        """One step: x (B, in), h (B, H) -> (new h,)."""
+        return (F.tanh(F.linear(x, self.w_ih, self.bias) + F.linear(h, self.w_hh)),)
+
+
+LAYERS = {"lstm": LSTMLayer, "gru": GRULayer, "rnn": RNNLayer}
+
 
 class Net(chainer.Chain):
-    """Embedding -> a hand-written time loop per layer -> Dense, all time-major."""
+    """Embedding -> a hand-written time loop per layer -> Dense, all time-major. The
+    state is (h, c) for the LSTM and (h,) for the GRU and RNN, each (L, B, H)."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
         with self.init_scope():
             self.embedding = L.EmbedID(config.vocab_size, config.embedding_size)
-            self.lstms = chainer.ChainList(*[
-                LSTMLayer(config.embedding_size if k == 0 else config.rnn_size,
-                          config.rnn_size) for k in range(config.num_layers)])
+            # Registered as "lstms", "grus" or "rnns": the LSTM keeps the names that
+            # existing native checkpoints hold.
+            setattr(self, f"{config.cell}s", chainer.ChainList(*[
+                LAYERS[config.cell](config.embedding_size if k == 0 else config.rnn_size,
+                                    config.rnn_size) for k in range(config.num_layers)]))
             self.dense = L.Linear(config.rnn_size, config.vocab_size)
+        self.layers = getattr(self, f"{config.cell}s")
 
-    def forward(self, x, h, c):
-        """x (B, T) int32, h and c (L, B, H) -> logits (T, B, V), new h and c (L, B, H)."""
+    def forward(self, x, *state):
+        """x (B, T) int32, state arrays (L, B, H) -> logits (T, B, V), new state arrays."""
         p = self.config.drop_rate
         out = F.dropout(self.embedding(x.T), p)  # (T, B, E); identity unless config.train
-        new_h, new_c = [], []
-        for k, layer in enumerate(self.lstms):
-            out, h_k, c_k = layer(out, h[k], c[k])
+        new_state = []
+        for k, layer in enumerate(self.layers):
+            out, *state_k = layer(out, *(s[k] for s in state))
             out = F.dropout(out, p)  # (T, B, H)
-            new_h.append(h_k.array)
-            new_c.append(c_k.array)
+            new_state.append([s.array for s in state_k])
         xp = self.xp  # raw arrays: the graph is cut there (truncated BPTT)
-        return self.dense(out, n_batch_axes=2), xp.stack(new_h), xp.stack(new_c)
+        return (self.dense(out, n_batch_axes=2),
+                *(xp.stack(layers) for layers in zip(*new_state)))
 
 
 class StepNet(chainer.Chain):
@@ -122,50 +200,61 @@ class StepNet(chainer.Chain):
         self.net = net  # an attribute, not a child: the optimizer owns its Parameters
 
     @static_graph
-    def __call__(self, ids, h, c):
-        """ids (B,) int32, h and c (L, B, H) -> logits (B, V), new h and c (L, B, H)."""
+    def __call__(self, ids, *state):
+        """ids (B,) int32, state (L, B, H) each -> logits (B, V), new state."""
         # The schedule holds the Parameters' arrays, which every update and load
-        # changes in place (Adam's -=, np.copyto), so it never goes stale.
+        # changes in place (the optimisers' -=, np.copyto), so it never goes stale.
         out = self.net.embedding(ids)  # (B, E)
-        new_h, new_c = [], []
-        for k, layer in enumerate(self.net.lstms):
-            c_k, out = F.lstm(c[k], F.linear(out, layer.w_ih, layer.bias)
-                              + F.linear(h[k], layer.w_hh))
-            new_h.append(out)
-            new_c.append(c_k)
-        return self.net.dense(out), F.stack(new_h), F.stack(new_c)
+        new_state = []
+        for k, layer in enumerate(self.net.layers):
+            state_k = layer.step(out, *(s[k] for s in state))
+            out = state_k[0]  # h
+            new_state.append(state_k)
+        return (self.net.dense(out), *(F.stack(layers) for layers in zip(*new_state)))
+
+
+# The idiomatic links, their functions, and how many of a layer's bias vectors are
+# trained: NStepLSTM's b4..b7 and NStepRNNTanh's b1 are held at zero.
+NSTEP = {"lstm": (L.NStepLSTM, F.n_step_lstm, 4), "gru": (L.NStepGRU, F.n_step_gru, 6),
+         "rnn": (L.NStepRNNTanh, F.n_step_rnn, 1)}
 
 
 class NStepNet(chainer.Chain):
-    """The same network through `L.NStepLSTM`'s parameters and `F.n_step_lstm`."""
+    """The same network through `L.NStepLSTM`'s (`NStepGRU`'s, `NStepRNNTanh`'s)
+    parameters and `F.n_step_lstm` (`n_step_gru`, `n_step_rnn`)."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
+        link, self.n_step, self.trained_biases = NSTEP[config.cell]
         with self.init_scope():
             self.embedding = L.EmbedID(config.vocab_size, config.embedding_size)
-            # NStepLSTM's own dropout acts on the inputs of layers 2..L, i.e. after every
-            # LSTM layer but the last; forward() adds it after the embedding and after
-            # the last layer, so there is dropout after each (docs/SPEC.md section 1).
-            self.lstm = L.NStepLSTM(config.num_layers, config.embedding_size,
-                                    config.rnn_size, config.drop_rate)
+            # The link's own dropout acts on the inputs of layers 2..L, i.e. after every
+            # recurrent layer but the last; forward() adds it after the embedding and
+            # after the last layer, so there is dropout after each (docs/SPEC.md
+            # section 1). Registered as "lstm", "gru" or "rnn", like the LSTM's
+            # existing native checkpoints.
+            setattr(self, config.cell, link(config.num_layers, config.embedding_size,
+                                            config.rnn_size, config.drop_rate))
             self.dense = L.Linear(config.rnn_size, config.vocab_size)
+        self.rnn = getattr(self, config.cell)
 
     def biases(self):
-        """Per layer: the trained Parameters b0..b3, then b4..b7 as raw arrays (zeros)."""
-        # A raw array is a constant to F.n_step_lstm: no gradient reaches b4..b7.
-        return [list(layer[:4]) + [b.array for b in layer[4:]] for layer in self.lstm.bs]
+        """Per layer: the trained bias Parameters, then the held ones as raw arrays (zeros)."""
+        # A raw array is a constant to the function: no gradient reaches it.
+        n = self.trained_biases
+        return [list(layer[:n]) + [b.array for b in layer[n:]] for layer in self.rnn.bs]
 
-    def forward(self, x, h, c):
-        """x (B, T) int32, h and c (L, B, H) -> logits (T, B, V), new h and c (L, B, H)."""
+    def forward(self, x, *state):
+        """x (B, T) int32, state arrays (L, B, H) -> logits (T, B, V), new state arrays."""
         p = self.config.drop_rate
         emb = F.dropout(self.embedding(x.T), p)  # (T, B, E)
         # The function, not the link's __call__: every row has the same length, so the
         # link's sort, permutation and per-row split would be pure overhead.
-        h, c, ys = F.n_step_lstm(self.config.num_layers, p, h, c, self.lstm.ws,
+        *state, ys = self.n_step(self.config.num_layers, p, *state, self.rnn.ws,
                                  self.biases(), F.separate(emb, axis=0))
         out = F.dropout(F.stack(ys), p)  # (T, B, H)
-        return self.dense(out, n_batch_axes=2), h.array, c.array
+        return (self.dense(out, n_batch_axes=2), *(s.array for s in state))
 
 
 class TorchAdam(chainer.optimizer.GradientMethod):
@@ -201,6 +290,45 @@ class TorchAdamRule(chainer.optimizer.UpdateRule):
         v += np.float32(1.0 - hp.beta2) * g * g
         denom = param.device.xp.sqrt(v) / np.float32(np.sqrt(correction2)) + np.float32(hp.eps)
         param.array -= np.float32(hp.lr / correction1) * m / denom
+
+
+class TorchSGD(chainer.optimizer.GradientMethod):
+    """SGD with PyTorch's momentum form (docs/SPEC.md section 9): b = momentum * b + g,
+    p -= lr * b. Chainer's MomentumSGD keeps v = momentum * v - lr * g instead, the
+    learning rate inside the buffer: the same steps only up to rounding, and a buffer
+    that means something else."""
+
+    def __init__(self, lr, momentum):
+        super().__init__()
+        self.hyperparam.lr, self.hyperparam.momentum = lr, momentum
+
+    def create_update_rule(self):
+        return TorchSGDRule(self.hyperparam)
+
+
+class TorchSGDRule(chainer.optimizer.UpdateRule):
+    def init_state(self, param):
+        self.state["b"] = param.device.xp.zeros_like(param.array)
+
+    def update_core(self, param):
+        hp, g = self.hyperparam, param.grad
+        if g is None:
+            return
+        b = self.state["b"]
+        b *= np.float32(hp.momentum)
+        b += g
+        param.array -= np.float32(hp.lr) * b
+
+
+def make_optimizer(optim: OptimConfig) -> chainer.Optimizer:
+    """The optimiser of docs/SPEC.md section 9: Chainer's own RMSprop, whose default
+    (eps outside the sqrt, not centred) is the spec's formula; our Adam and SGD."""
+    if optim.optimizer == "rmsprop":
+        return chainer.optimizers.RMSprop(lr=optim.learning_rate, alpha=optim.decay_rate,
+                                          eps=optim.eps)
+    if optim.optimizer == "sgd":
+        return TorchSGD(optim.learning_rate, optim.momentum)
+    return TorchAdam(optim.learning_rate, optim.beta1, optim.beta2, optim.eps)
 
 
 # ---------------------------------------------------------------------------------------
@@ -239,14 +367,18 @@ class ChainerCharRNN(CharRNN):
         self.net = self.net_cls(config)
         self._load_canonical(weights)
         self.net.to_device(self.chainer_device)
-        self.optimizer = TorchAdam(optim.learning_rate, optim.beta1, optim.beta2, optim.eps)
+        self.optimizer = make_optimizer(optim)
         self.optimizer.setup(self.net)
         # Sums the squares of every gradient into one norm: global, not per tensor.
         self.optimizer.add_hook(optimizer_hooks.GradientClipping(optim.clip_norm))
-        for _, zeroed in self._native().values():
+        native = self._native()
+        for _, zeroed in native.values():
             for param in zeroed:
                 param.update_rule.enabled = False  # the second bias is held at zero
+        # The native Parameters holding the kernels that --l1 and --l2 penalise.
+        self._kernels = [p for name in config.kernel_names() for p in native[name][0]]
         self._step_net = None  # the static one-step graph, traced at the first step()
+        self._num_states = 2 if config.cell == "lstm" else 1  # (h, c) or (h,)
 
     @classmethod
     def versions(cls):
@@ -265,14 +397,17 @@ class ChainerCharRNN(CharRNN):
     # ---- weights: canonical <-> native -----------------------------------------------
     def _native(self) -> dict[str, tuple[list, list]]:
         """Canonical name -> (trained Parameters, held-at-zero Parameters): one Parameter
-        each here, the LSTM kernels and biases with their rows in `gate_rows` order."""
+        each here, the LSTM kernels and biases with their rows in `gate_rows` order, the
+        GRU's and RNN's in the canonical order."""
         net = self.net
         native = {"embedding": ([net.embedding.W], []), "dense.w": ([net.dense.W], []),
                   "dense.b": ([net.dense.b], [])}
-        for k, layer in enumerate(net.lstms):
-            native[f"lstm.{k}.w_ih"] = ([layer.w_ih], [])
-            native[f"lstm.{k}.w_hh"] = ([layer.w_hh], [])
-            native[f"lstm.{k}.bias"] = ([layer.bias], [])
+        for k, layer in enumerate(net.layers):
+            prefix = self.config.layer(k)
+            native[f"{prefix}.w_ih"] = ([layer.w_ih], [])
+            native[f"{prefix}.w_hh"] = ([layer.w_hh], [])
+            for bias in self.config.bias_names():  # "bias", or GRU's "b_ih" and "b_hh"
+                native[f"{prefix}.{bias}"] = ([getattr(layer, bias)], [])
         return native
 
     def _rows(self, name: str):
@@ -304,18 +439,20 @@ class ChainerCharRNN(CharRNN):
                 weights[name] += self._canonical(name, [p.array for p in zeroed])
         return weights
 
-    # ---- state: (h, c) device arrays (L, B, H), never Variables, so no graph is kept ----
+    # ---- state: device arrays (L, B, H), never Variables, so no graph is kept --------
+    # (h, c) for the LSTM; (h,) for the GRU and RNN, which have no cell state.
     def zero_state(self, batch_size):
         shape = (self.config.num_layers, batch_size, self.config.rnn_size)
         xp = self.chainer_device.xp
-        return xp.zeros(shape, np.float32), xp.zeros(shape, np.float32)
+        return tuple(xp.zeros(shape, np.float32) for _ in range(self._num_states))
 
     def state_to_numpy(self, state):
-        return tuple(np.array(cuda.to_cpu(s), np.float32) for s in state)
+        h, *c = (np.array(cuda.to_cpu(s), np.float32) for s in state)
+        return h, (c[0] if c else np.zeros_like(h))
 
     def state_from_numpy(self, h, c):
         send = self.chainer_device.send
-        return send(np.array(h, np.float32)), send(np.array(c, np.float32))
+        return tuple(send(np.array(s, np.float32)) for s in (h, c)[:self._num_states])
 
     def _ids(self, a):
         return self.chainer_device.send(np.ascontiguousarray(a, np.int32))
@@ -323,8 +460,8 @@ class ChainerCharRNN(CharRNN):
     # ---- compute ---------------------------------------------------------------------
     def forward(self, x, state):
         with chainer.using_config("train", False), chainer.no_backprop_mode():
-            logits, h, c = self.net(self._ids(x), *state)  # (T, B, V)
-        return np.ascontiguousarray(cuda.to_cpu(logits.array).transpose(1, 0, 2)), (h, c)
+            logits, *state = self.net(self._ids(x), *state)  # (T, B, V)
+        return np.ascontiguousarray(cuda.to_cpu(logits.array).transpose(1, 0, 2)), tuple(state)
 
     def step(self, ids, state):
         if self._step_net is None:
@@ -333,23 +470,34 @@ class ChainerCharRNN(CharRNN):
         # time it traces a schedule; it is swallowed.
         with chainer.using_config("train", False), chainer.no_backprop_mode(), \
                 contextlib.redirect_stdout(io.StringIO()):
-            logits, h, c = self._step_net(chainer.Variable(self._ids(ids)),
-                                          chainer.Variable(state[0]),
-                                          chainer.Variable(state[1]))
+            logits, *state = self._step_net(chainer.Variable(self._ids(ids)),
+                                            *(chainer.Variable(s) for s in state))
         # Copies: the outputs are the schedule's own buffers, rewritten by the next call.
-        return cuda.to_cpu(logits.array).copy(), (h.array.copy(), c.array.copy())
+        return cuda.to_cpu(logits.array).copy(), tuple(s.array.copy() for s in state)
 
     def _loss(self, x, y, state):
-        logits, h, c = self.net(self._ids(x), *state)  # (T, B, V): the labels go time-major
+        logits, *state = self.net(self._ids(x), *state)  # (T, B, V): labels go time-major
         loss = F.softmax_cross_entropy(logits.reshape(-1, self.config.vocab_size),
                                        self._ids(y.T).reshape(-1))  # mean over B x T
-        return loss, (h, c)
+        return loss, tuple(state)
+
+    def _add_penalty_grads(self):
+        """+ l1 * sign(W) + 2 * l2 * W on the kernels' gradients (docs/SPEC.md section 9;
+        sign(0) = 0): the penalties' gradient terms, before clipping sees the gradients."""
+        o = self.optim
+        if not o.penalised:
+            return
+        xp = self.chainer_device.xp
+        for param in self._kernels:
+            w = param.array
+            param.grad += np.float32(o.l1) * xp.sign(w) + np.float32(2.0 * o.l2) * w
 
     def loss_and_grads(self, x, y, state):
         with chainer.using_config("train", False):
             self.net.cleargrads()
             loss, state = self._loss(x, y, state)
             loss.backward()
+        self._add_penalty_grads()
         # The trained Parameters' gradients; the second bias is a constant, without one.
         grads = {name: self._canonical(name, [p.grad for p in trained])
                  for name, (trained, _) in self._native().items()}
@@ -362,7 +510,8 @@ class ChainerCharRNN(CharRNN):
             self.net.cleargrads()
             loss, state = self._loss(x, y, state)
             loss.backward()
-        self.optimizer.update()  # hooks (clipping) first, then TorchAdamRule per parameter
+        self._add_penalty_grads()
+        self.optimizer.update()  # hooks (clipping) first, then the update rule per parameter
         return float(loss.array), state  # float() copies to the host: synchronised
 
     # ---- native checkpoints ------------------------------------------------------------
@@ -386,8 +535,9 @@ class ChainerCharRNN(CharRNN):
 
 class NStepCharRNN(ChainerCharRNN):
     """The idiomatic API, kept as the variant row chainer[nstep]: `L.NStepLSTM`'s
-    parameters through `F.n_step_lstm`, which re-stacks the eight per-gate weights
-    with Chainer functions at every time step on a CPU."""
+    (`NStepGRU`'s, `NStepRNNTanh`'s) parameters through `F.n_step_lstm` (`n_step_gru`,
+    `n_step_rnn`), which re-stack the per-gate weights with Chainer functions at every
+    time step on a CPU."""
 
     framework = "chainer[nstep]"
     net_cls = NStepNet
@@ -395,25 +545,32 @@ class NStepCharRNN(ChainerCharRNN):
     def _native(self):
         """Canonical name -> (trained Parameters, held-at-zero Parameters).
 
-        NStepLSTM keeps four per-gate (H, in) blocks in the order i, f, a, o: since a
-        is g, concatenated they are the canonical (4H, in) kernel. Only "lstm.k.bias"
-        has a second list, b4..b7.
+        The links keep one (H, in) or (H, H) block per gate, in the canonical order:
+        NStepLSTM's i, f, a, o (a is g), NStepGRU's r, z, n, so concatenated they are the
+        canonical kernels. Only the LSTM's and the RNN's "bias" have a second list,
+        b4..b7 and b1; the GRU's six biases are its b_ih and b_hh.
         """
-        net = self.net
+        net, config = self.net, self.config
         native = {"embedding": ([net.embedding.W], []), "dense.w": ([net.dense.W], []),
                   "dense.b": ([net.dense.b], [])}
-        for k, layer in enumerate(net.lstm):
-            ws = [getattr(layer, f"w{j}") for j in range(8)]
-            bs = [getattr(layer, f"b{j}") for j in range(8)]
-            native[f"lstm.{k}.w_ih"] = (ws[:4], [])
-            native[f"lstm.{k}.w_hh"] = (ws[4:], [])
-            native[f"lstm.{k}.bias"] = (bs[:4], bs[4:])
+        n = config.gates
+        for k, layer in enumerate(net.rnn):
+            prefix = config.layer(k)
+            ws = [getattr(layer, f"w{j}") for j in range(2 * n)]
+            bs = [getattr(layer, f"b{j}") for j in range(2 * n)]
+            native[f"{prefix}.w_ih"] = (ws[:n], [])
+            native[f"{prefix}.w_hh"] = (ws[n:], [])
+            if config.cell == "gru":
+                native[f"{prefix}.b_ih"] = (bs[:n], [])
+                native[f"{prefix}.b_hh"] = (bs[n:], [])
+            else:
+                native[f"{prefix}.bias"] = (bs[:n], bs[n:])
         return native
 
     def _rows(self, name):
         return slice(None)  # the canonical order as it is
 
-    step = CharRNN.step  # forward() at T = 1: NStepLSTM itself
+    step = CharRNN.step  # forward() at T = 1: the NStep function itself
 
 
 MODEL = ChainerCharRNN  # what common.registry loads

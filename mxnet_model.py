@@ -1,5 +1,6 @@
-"""MXNet Gluon: the fused `gluon.rnn.LSTM` operator (oneDNN on a CPU, cuDNN on a GPU),
-hybridized, with Adam as PyTorch has it and global-norm clipping.
+"""MXNet Gluon: the fused `gluon.rnn.LSTM`, `GRU` and `RNN` operators (oneDNN on a CPU,
+cuDNN on a GPU), hybridized, with Adam, RMSprop and SGD as PyTorch has them and
+global-norm clipping.
 
     python mxnet_model.py train --num-epochs 1 --threads 2
     python mxnet_model.py generate --seed "KING"
@@ -7,16 +8,20 @@ hybridized, with Adam as PyTorch has it and global-norm clipping.
 MXNet lives in the legacy environment (.venv-legacy); run from any Python, the
 script re-executes itself there. What differs from the other frameworks:
 
-- The LSTM's gate order is i, f, c, o with (4H, in) kernels: the canonical layout
-  as it is. It keeps two biases per layer; `h2h_bias` is held at zero with
-  grad_req "null", so it is neither trained nor counted (docs/SPEC.md section 1).
-- One fused single-layer LSTM per layer, because the oneDNN CPU kernel ignores the
-  fused operator's between-layer dropout; generation runs LSTMCells that share
-  the same Parameters, since the fused operator's per-call set-up dominates at T = 1
-  (3-10x fewer chars/s, measured).
+- The LSTM's gate order is i, f, c, o with (4H, in) kernels, the GRU's r, z, n with
+  (3H, in): the canonical layouts as they are. Each keeps two biases per layer; the
+  GRU's are its canonical b_ih and b_hh, while the LSTM's and the RNN's `h2h_bias` is
+  held at zero with grad_req "null", so it is neither trained nor counted
+  (docs/SPEC.md section 1).
+- One fused single-layer operator per layer, because the oneDNN CPU kernel ignores the
+  fused operator's between-layer dropout; generation runs LSTMCells (GRUCells,
+  RNNCells) that share the same Parameters, since the fused operator's per-call set-up
+  dominates at T = 1 (3-10x fewer chars/s, measured for the LSTM).
 - MXNet's Adam computes lr * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps),
-  PyTorch's formula only with a step-dependent eps; `TorchAdam` below is a
-  registered optimizer with PyTorch's formula itself.
+  PyTorch's formula only with a step-dependent eps; its RMSProp divides by
+  sqrt(v + eps), eps inside the sqrt; its SGD keeps b = momentum * b + lr * g, the
+  learning rate inside the buffer. `TorchAdam`, `TorchRMSProp` and `TorchSGD` below
+  are registered optimizers with the formulas of docs/SPEC.md sections 4 and 9.
 - The engine is asynchronous: `train_step` returns `loss.asscalar()`, which
   waits for the step, so the clock measures the work.
 """
@@ -53,66 +58,75 @@ from common.weights import Weights
 # ---------------------------------------------------------------------------------------
 
 
+# Per cell: the fused layer, the cell that shares its Parameters for generation, and
+# the arguments both take.
+CELLS = {"lstm": (rnn.LSTM, rnn.LSTMCell, {}), "gru": (rnn.GRU, rnn.GRUCell, {}),
+         "rnn": (rnn.RNN, rnn.RNNCell, {"activation": "tanh"})}
+
+
 class Net(gluon.HybridBlock):
+    """Embedding -> one fused layer per recurrent layer -> Dense. The state is (h, c) for
+    the LSTM and (h,) for the GRU and RNN, each (L, B, H)."""
+
     def __init__(self, config: ModelConfig, **block_kwargs):
         super().__init__(**block_kwargs)  # prefix and params, to share another Net's
+        fused, _, kwargs = CELLS[config.cell]
         with self.name_scope():
             self.embedding = nn.Embedding(config.vocab_size, config.embedding_size)
             self.drop = nn.Dropout(config.drop_rate)
-            # One fused single-layer LSTM per layer, with our own dropout after each:
+            # One fused single-layer operator per layer, with our own dropout after each:
             # the fused operator's between-layer dropout is silently skipped by the
             # oneDNN CPU kernel (apache/mxnet#16604, oneDNN#807).
-            self.lstms = []
+            self.layers = []
             for k in range(config.num_layers):
-                layer = rnn.LSTM(config.rnn_size, 1, layout="NTC", input_size=(
-                    config.embedding_size if k == 0 else config.rnn_size))
-                self.register_child(layer, f"lstm{k}")
-                self.lstms.append(layer)
+                layer = fused(config.rnn_size, 1, layout="NTC", input_size=(
+                    config.embedding_size if k == 0 else config.rnn_size), **kwargs)
+                self.register_child(layer, f"{config.cell}{k}")  # "lstm0": saved names
+                self.layers.append(layer)
             self.dense = nn.Dense(config.vocab_size, flatten=False, in_units=config.rnn_size)
 
-    def hybrid_forward(self, F, x, h, c):
-        """x (B, T) ids, h and c (L, B, H) -> logits (B, T, V), new h, new c."""
+    def hybrid_forward(self, F, x, *state):
+        """x (B, T) ids, state (L, B, H) each -> logits (B, T, V), new state."""
         out = self.drop(self.embedding(x))  # (B, T, E)
-        new_h, new_c = [], []
-        for k, layer in enumerate(self.lstms):
-            state = [F.slice_axis(s, axis=0, begin=k, end=k + 1) for s in (h, c)]  # (1, B, H)
-            out, (h_k, c_k) = layer(out, state)
+        new_state = []
+        for k, layer in enumerate(self.layers):
+            state_k = [F.slice_axis(s, axis=0, begin=k, end=k + 1) for s in state]  # (1, B, H)
+            out, state_k = layer(out, state_k)
             out = self.drop(out)  # (B, T, H)
-            new_h.append(h_k)
-            new_c.append(c_k)
-        return self.dense(out), F.concat(*new_h, dim=0), F.concat(*new_c, dim=0)
+            new_state.append(state_k)
+        return (self.dense(out), *(F.concat(*layers, dim=0) for layers in zip(*new_state)))
 
 
 class StepNet(gluon.HybridBlock):
-    """One generation step through the same Parameters, compiled into one graph: an
-    LSTMCell per layer named like the fused layer's l0_* weights shares them (gate
-    order i, f, c, o too)."""
+    """One generation step through the same Parameters, compiled into one graph: a cell
+    per layer named like the fused layer's l0_* weights shares them (the same gate
+    order, i, f, c, o or r, z, n, too)."""
 
     def __init__(self, net: Net, config: ModelConfig):
         super().__init__()
+        _, cell_cls, kwargs = CELLS[config.cell]
         self.embedding, self.dense = net.embedding, net.dense
         self.cells = []
-        for k, layer in enumerate(net.lstms):
+        for k, layer in enumerate(net.layers):
             # A container with the layer's prefix and Parameters, so that the cell's
             # "l0_i2h_weight" etc. resolve to the layer's own Parameter objects.
             cell = rnn.HybridSequentialRNNCell(prefix=layer.prefix, params=layer.params)
             with cell.name_scope():
-                cell.add(rnn.LSTMCell(config.rnn_size, prefix="l0_", input_size=(
-                    config.embedding_size if k == 0 else config.rnn_size)))
+                cell.add(cell_cls(config.rnn_size, prefix="l0_", input_size=(
+                    config.embedding_size if k == 0 else config.rnn_size), **kwargs))
             self.register_child(cell, f"cell{k}")
             self.cells.append(cell)
 
-    def hybrid_forward(self, F, x, h, c):
-        """x (B,) ids, h and c (L, B, H) -> logits (B, V), new h, new c."""
+    def hybrid_forward(self, F, x, *state):
+        """x (B,) ids, state (L, B, H) each -> logits (B, V), new state."""
         out = self.embedding(x)  # (B, E)
-        new_h, new_c = [], []
+        new_state = []
         for k, cell in enumerate(self.cells):
-            state = [F.squeeze(F.slice_axis(s, axis=0, begin=k, end=k + 1), axis=0)
-                     for s in (h, c)]  # (B, H)
-            out, (h_k, c_k) = cell(out, state)
-            new_h.append(h_k)
-            new_c.append(c_k)
-        return self.dense(out), F.stack(*new_h, axis=0), F.stack(*new_c, axis=0)
+            state_k = [F.squeeze(F.slice_axis(s, axis=0, begin=k, end=k + 1), axis=0)
+                       for s in state]  # (B, H)
+            out, state_k = cell(out, state_k)
+            new_state.append(state_k)
+        return (self.dense(out), *(F.stack(*layers, axis=0) for layers in zip(*new_state)))
 
 
 @mx.optimizer.register
@@ -142,11 +156,65 @@ class TorchAdam(mx.optimizer.Optimizer):
         weight[:] = weight - (lr / correction1) * m / denom
 
 
+@mx.optimizer.register
+class TorchRMSProp(mx.optimizer.Optimizer):
+    """RMSprop with eps outside the sqrt, not centred (docs/SPEC.md section 9; PyTorch's
+    too): v = rho * v + (1 - rho) * g^2, p -= lr * g / (sqrt(v) + eps). MXNet's own
+    divides by sqrt(v + eps)."""
+
+    def __init__(self, learning_rate=0.001, rho=0.95, epsilon=1e-8, **kwargs):
+        super().__init__(learning_rate=learning_rate, **kwargs)
+        self.rho, self.epsilon = rho, epsilon
+
+    def create_state(self, index, weight):
+        return nd.zeros(weight.shape, weight.context, dtype=weight.dtype)
+
+    def update(self, index, weight, grad, state):
+        self._update_count(index)
+        lr = self._get_lr(index)
+        g = grad * self.rescale_grad if self.rescale_grad != 1.0 else grad
+        state[:] = state * self.rho + (1.0 - self.rho) * g * g
+        weight[:] = weight - lr * g / (nd.sqrt(state) + self.epsilon)
+
+
+@mx.optimizer.register
+class TorchSGD(mx.optimizer.Optimizer):
+    """SGD with PyTorch's momentum form (docs/SPEC.md section 9): b = momentum * b + g,
+    p -= lr * b. MXNet's own keeps b = momentum * b + lr * g, the learning rate inside
+    the buffer."""
+
+    def __init__(self, learning_rate=0.001, momentum=0.0, **kwargs):
+        super().__init__(learning_rate=learning_rate, **kwargs)
+        self.momentum = momentum
+
+    def create_state(self, index, weight):
+        return nd.zeros(weight.shape, weight.context, dtype=weight.dtype)
+
+    def update(self, index, weight, grad, state):
+        self._update_count(index)
+        lr = self._get_lr(index)
+        g = grad * self.rescale_grad if self.rescale_grad != 1.0 else grad
+        state[:] = state * self.momentum + g
+        weight[:] = weight - lr * state
+
+
+def make_optimizer(optim: OptimConfig) -> mx.optimizer.Optimizer:
+    """The optimiser of docs/SPEC.md sections 4 and 9."""
+    if optim.optimizer == "rmsprop":
+        return TorchRMSProp(learning_rate=optim.learning_rate, rho=optim.decay_rate,
+                            epsilon=optim.eps)
+    if optim.optimizer == "sgd":
+        return TorchSGD(learning_rate=optim.learning_rate, momentum=optim.momentum)
+    return TorchAdam(learning_rate=optim.learning_rate, beta1=optim.beta1,
+                     beta2=optim.beta2, epsilon=optim.eps)
+
+
 # Trainer.save_states pickles the optimizer by module and class name. Run as a
 # script this module is __main__; naming it mxnet_model keeps the states loadable
 # both from the command line and after `import mxnet_model`.
 sys.modules.setdefault("mxnet_model", sys.modules[__name__])
-TorchAdam.__module__ = "mxnet_model"
+for _optimizer in (TorchAdam, TorchRMSProp, TorchSGD):
+    _optimizer.__module__ = "mxnet_model"
 
 # ---------------------------------------------------------------------------------------
 # The model
@@ -172,9 +240,11 @@ class MxnetCharRNN(CharRNN):
         self.loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()  # sparse labels, softmax on -1
         self.loss_fn.hybridize(static_alloc=True, static_shape=True)
         self.params = [p for p in self.net.collect_params().values() if p.grad_req != "null"]
-        self.trainer = gluon.Trainer(
-            self.params, TorchAdam(learning_rate=optim.learning_rate, beta1=optim.beta1,
-                                   beta2=optim.beta2, epsilon=optim.eps), kvstore=None)
+        self.trainer = gluon.Trainer(self.params, make_optimizer(optim), kvstore=None)
+        native = self._native()
+        # The Parameters holding the kernels that --l1 and --l2 penalise.
+        self._kernels = [native[name][0] for name in config.kernel_names()]
+        self._num_states = 2 if config.cell == "lstm" else 1  # (h, c) or (h,)
 
     @classmethod
     def versions(cls):
@@ -193,17 +263,23 @@ class MxnetCharRNN(CharRNN):
         return choose_device(device, gpu_names, "this MXNet sees no CUDA GPU (it needs a "
                              "CUDA build such as mxnet-cu112 and a GPU)")
 
-    # ---- weights: canonical <-> gluon.rnn.LSTM (same gate order i, f, c, o; same layout) --
+    # ---- weights: canonical <-> the fused layers (same gate order, same layout) -------
     def _native(self) -> dict[str, tuple[gluon.Parameter, gluon.Parameter | None]]:
-        """Canonical name -> (trained Parameter, held-at-zero Parameter or None): only
-        "lstm.k.bias" has the second, the layer's h2h_bias beside its i2h_bias."""
-        net = self.net
+        """Canonical name -> (trained Parameter, held-at-zero Parameter or None): only the
+        LSTM's and the RNN's "bias" has the second, the layer's h2h_bias beside its
+        i2h_bias; the GRU's two biases are its b_ih and b_hh."""
+        net, config = self.net, self.config
         native = {"embedding": (net.embedding.weight, None), "dense.w": (net.dense.weight, None),
                   "dense.b": (net.dense.bias, None)}
-        for k, layer in enumerate(net.lstms):
-            native[f"lstm.{k}.w_ih"] = (layer.l0_i2h_weight, None)
-            native[f"lstm.{k}.w_hh"] = (layer.l0_h2h_weight, None)
-            native[f"lstm.{k}.bias"] = (layer.l0_i2h_bias, layer.l0_h2h_bias)
+        for k, layer in enumerate(net.layers):
+            prefix = config.layer(k)
+            native[f"{prefix}.w_ih"] = (layer.l0_i2h_weight, None)
+            native[f"{prefix}.w_hh"] = (layer.l0_h2h_weight, None)
+            if config.cell == "gru":
+                native[f"{prefix}.b_ih"] = (layer.l0_i2h_bias, None)
+                native[f"{prefix}.b_hh"] = (layer.l0_h2h_bias, None)
+            else:
+                native[f"{prefix}.bias"] = (layer.l0_i2h_bias, layer.l0_h2h_bias)
         return native
 
     def _load_canonical(self, w: Weights):
@@ -224,17 +300,19 @@ class MxnetCharRNN(CharRNN):
                 weights[name] += zeroed.data().asnumpy()
         return weights
 
-    # ---- state: (h, c) NDArrays (L, B, H), detached from any graph ------------------
+    # ---- state: NDArrays (L, B, H), detached from any graph ------------------------
+    # (h, c) for the LSTM; (h,) for the GRU and RNN, which have no cell state.
     def zero_state(self, batch_size):
         shape = (self.config.num_layers, batch_size, self.config.rnn_size)
-        return nd.zeros(shape, ctx=self.ctx), nd.zeros(shape, ctx=self.ctx)
+        return tuple(nd.zeros(shape, ctx=self.ctx) for _ in range(self._num_states))
 
     def state_to_numpy(self, state):
-        return tuple(s.asnumpy().astype(np.float32) for s in state)
+        h, *c = (s.asnumpy().astype(np.float32) for s in state)
+        return h, (c[0] if c else np.zeros_like(h))
 
     def state_from_numpy(self, h, c):
-        return (nd.array(h, ctx=self.ctx, dtype=np.float32),
-                nd.array(c, ctx=self.ctx, dtype=np.float32))
+        return tuple(nd.array(s, ctx=self.ctx, dtype=np.float32)
+                     for s in (h, c)[:self._num_states])
 
     def _ids(self, a):
         # Embedding and the loss take ids as float32 NDArrays (exact up to 2^24).
@@ -242,21 +320,32 @@ class MxnetCharRNN(CharRNN):
 
     # ---- compute ---------------------------------------------------------------------
     def forward(self, x, state):
-        logits, h, c = self.net(self._ids(x), *state)  # not recording: evaluation mode
-        return logits.asnumpy(), (h, c)
+        logits, *state = self.net(self._ids(x), *state)  # not recording: evaluation mode
+        return logits.asnumpy(), tuple(state)
 
     def step(self, ids, state):
-        logits, h, c = self.step_net(self._ids(ids), *state)
-        return logits.asnumpy(), (h, c)  # (B, V): the one wait of the step
+        logits, *state = self.step_net(self._ids(ids), *state)
+        return logits.asnumpy(), tuple(state)  # (B, V): the one wait of the step
 
     def _loss(self, net, x, y, state):
         # Always recorded in training mode: only then does the oneDNN LSTM keep what its
         # backward needs (in predict mode the backward fails, vector::_M_range_check).
         with autograd.record(train_mode=True):
-            logits, h, c = net(self._ids(x), *state)
+            logits, *state = net(self._ids(x), *state)
             loss = self.loss_fn(logits, self._ids(y)).mean()  # per-row means, then all
         loss.backward()
-        return loss, (h.detach(), c.detach())  # cut the graph: truncated BPTT
+        self._add_penalty_grads()
+        return loss, tuple(s.detach() for s in state)  # cut the graph: truncated BPTT
+
+    def _add_penalty_grads(self):
+        """+ l1 * sign(W) + 2 * l2 * W on the kernels' gradients (docs/SPEC.md section 9;
+        sign(0) = 0): the penalties' gradient terms, before clipping sees the gradients."""
+        o = self.optim
+        if not o.penalised:
+            return
+        for param in self._kernels:
+            w, g = param.data(), param.grad()
+            g += o.l1 * nd.sign(w) + 2.0 * o.l2 * w
 
     def loss_and_grads(self, x, y, state):
         # Evaluation mode means no dropout: with drop_rate > 0, a dropout-free twin that
