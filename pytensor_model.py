@@ -1,13 +1,16 @@
 """PyTensor (the maintained successor of Theano): a symbolic graph with `pytensor.scan`,
-`pytensor.grad`, and clipping plus Adam written as update expressions on shared variables.
+`pytensor.grad`, and clipping plus the optimiser (Adam, RMSprop or SGD) written as update
+expressions on shared variables.
 
     python pytensor_model.py train --num-epochs 1
     python pytensor_model.py generate --seed "KING"
 
 The original CharLSTM was a Theano program; this is the same idea with today's
 PyTensor. Parameters live in shared variables in the canonical layout (gate order
-i, f, g, o), so nothing is converted at the edge. Batch size and sequence length
-are symbolic: each function compiles once, on its first call.
+i, f, g, o; GRU r, z, n), so nothing is converted at the edge. PyTensor has no fused
+recurrent layer: each cell (LSTM, GRU, vanilla RNN) is a scan over its step function.
+Batch size and sequence length are symbolic: each function compiles once, on its first
+call.
 """
 
 from common.bootstrap import early_setup
@@ -37,7 +40,7 @@ MODE = "NUMBA"
 
 # ---------------------------------------------------------------------------------------
 # Graph. Shapes: B batch_size, T seq_len, E embedding_size, H rnn_size, V vocab_size,
-# L num_layers. The LSTM runs time-major, (T, B, ...), so scan walks the first axis.
+# L num_layers. The layers run time-major, (T, B, ...), so scan walks the first axis.
 # ---------------------------------------------------------------------------------------
 
 
@@ -59,6 +62,40 @@ def lstm_layer(x, h0, c0, w_ih, w_hh, bias):
     return hs, hs[-1], cs[-1]
 
 
+def gru_cell(x_proj, h, w_hh, b_hh):
+    """One GRU step (SPEC section 8): x_proj (B, 3H) = x @ w_ih.T + b_ih, precomputed."""
+    H = h.shape[-1]
+    h_proj = pt.dot(h, w_hh.T) + b_hh  # (B, 3H): r multiplies its n block, bias included
+    rz = pt.sigmoid(x_proj[:, :2 * H] + h_proj[:, :2 * H])
+    r, z = rz[:, :H], rz[:, H:]
+    n = pt.tanh(x_proj[:, 2 * H:] + r * h_proj[:, 2 * H:])
+    return (1.0 - z) * n + z * h
+
+
+def gru_layer(x, h0, w_ih, w_hh, b_ih, b_hh):
+    """x (T, B, in) -> outputs (T, B, H) and the final h (B, H); the input projection
+    hoisted out of the scan like the LSTM's."""
+    x_proj = pt.dot(x, w_ih.T) + b_ih  # (T, B, 3H)
+    hs = pytensor.scan(gru_cell, sequences=[x_proj], outputs_info=[h0],
+                       non_sequences=[w_hh, b_hh], strict=True, return_updates=False)
+    return hs, hs[-1]
+
+
+def rnn_cell(x_proj, h, w_hh):
+    """One vanilla RNN step: x_proj (B, H) = x @ w_ih.T + bias, precomputed."""
+    return pt.tanh(x_proj + pt.dot(h, w_hh.T))
+
+
+def rnn_layer(x, h0, w_ih, w_hh, bias):
+    """x (T, B, in) -> outputs (T, B, H) and the final h (B, H)."""
+    hs = pytensor.scan(rnn_cell, sequences=[pt.dot(x, w_ih.T) + bias], outputs_info=[h0],
+                       non_sequences=[w_hh], strict=True, return_updates=False)
+    return hs, hs[-1]
+
+
+LAYERS = {"gru": gru_layer, "rnn": rnn_layer}  # the cells without a cell state
+
+
 class Graph:
     """The symbolic model over the shared parameters `p` (canonical names)."""
 
@@ -74,30 +111,51 @@ class Graph:
                                         dtype="float32").owner.outputs
         return a * pt.cast(u >= rate, "float32") / np.float32(1.0 - rate), next_rng
 
+    def weights(self, k: int) -> list:
+        """Layer k's shared variables in the order its functions take them: w_ih, w_hh,
+        then the bias (GRU: b_ih, b_hh)."""
+        prefix = self.config.layer(k)
+        return [self.p[f"{prefix}.{n}"] for n in ("w_ih", "w_hh", *self.config.bias_names())]
+
+    @staticmethod
+    def cell_state(cs: list, c0):
+        """The stacked c of the LSTM's layers; GRU and RNN have no cell state, so their
+        c comes out as zeros, whatever came in (SPEC section 10)."""
+        return pt.stack(cs) if cs else pt.zeros_like(c0)
+
     def forward(self, x, h0, c0, train: bool):
         """x (B, T) int32, h0 and c0 (L, B, H) -> logits (T, B, V), h, c, next rng."""
-        p, rng = self.p, self.rng
+        p, rng, cell = self.p, self.rng, self.config.cell
         out, rng = self.dropout(p["embedding"][x.T], train, rng)  # (T, B, E)
         hs, cs = [], []
         for k in range(self.config.num_layers):
-            out, h, c = lstm_layer(out, h0[k], c0[k], p[f"lstm.{k}.w_ih"],
-                                   p[f"lstm.{k}.w_hh"], p[f"lstm.{k}.bias"])
+            if cell == "lstm":
+                out, h, c = lstm_layer(out, h0[k], c0[k], *self.weights(k))
+                cs.append(c)
+            else:
+                out, h = LAYERS[cell](out, h0[k], *self.weights(k))
             out, rng = self.dropout(out, train, rng)  # (T, B, H)
             hs.append(h)
-            cs.append(c)
         logits = pt.dot(out, p["dense.w"].T) + p["dense.b"]  # (T, B, V)
-        return logits, pt.stack(hs), pt.stack(cs), rng
+        return logits, pt.stack(hs), self.cell_state(cs, c0), rng
 
     def step(self, ids, h0, c0):
         """ids (B,) -> logits (B, V), h, c: one time step, no scan."""
-        p = self.p
+        p, cell = self.p, self.config.cell
         out, hs, cs = p["embedding"][ids], [], []
         for k in range(self.config.num_layers):
-            out, c = lstm_cell(pt.dot(out, p[f"lstm.{k}.w_ih"].T) + p[f"lstm.{k}.bias"],
-                               h0[k], c0[k], p[f"lstm.{k}.w_hh"])
+            w_ih, w_hh, *biases = self.weights(k)
+            x_proj = pt.dot(out, w_ih.T) + biases[0]
+            if cell == "lstm":
+                out, c = lstm_cell(x_proj, h0[k], c0[k], w_hh)
+                cs.append(c)
+            elif cell == "gru":
+                out = gru_cell(x_proj, h0[k], w_hh, biases[1])
+            else:
+                out = rnn_cell(x_proj, h0[k], w_hh)
             hs.append(out)
-            cs.append(c)
-        return pt.dot(out, p["dense.w"].T) + p["dense.b"], pt.stack(hs), pt.stack(cs)
+        return (pt.dot(out, p["dense.w"].T) + p["dense.b"], pt.stack(hs),
+                self.cell_state(cs, c0))
 
 
 def losses_of(logits, y):
@@ -125,11 +183,11 @@ class PytensorCharRNN(NumpyState, CharRNN):
         super().__init__(config, weights, optim, device, seed)
         weights = {name: np.array(a, np.float32) for name, a in weights.items()}  # copies
         self.p = {name: pytensor.shared(a, name=name) for name, a in weights.items()}
-        self.adam_m = {n: pytensor.shared(np.zeros_like(a), name=f"m.{n}")
-                       for n, a in weights.items()}
-        self.adam_v = {n: pytensor.shared(np.zeros_like(a), name=f"v.{n}")
-                       for n, a in weights.items()}
-        self.adam_t = pytensor.shared(np.int64(0), name="adam_t")
+        # The optimiser's per-parameter state (Adam's m and v, RMSprop's v, SGD's b), zero
+        # at the start, and the number of updates made (Adam's bias corrections use it).
+        self.slots = {slot: {n: pytensor.shared(np.zeros_like(a), name=f"{slot}.{n}")
+                             for n, a in weights.items()} for slot in optim.slots()}
+        self.count = pytensor.shared(np.int64(0), name="count")
         self.rng = pytensor.shared(np.random.default_rng(seed), name="dropout_rng")
         self.graph = Graph(config, self.p, self.rng)
         self._compiled: dict[str, object] = {}
@@ -163,33 +221,61 @@ class PytensorCharRNN(NumpyState, CharRNN):
         # several ulps); the float32 mean is what is differentiated.
         return losses.mean(), pt.cast(losses, "float64").mean(), h, c, rng
 
+    def _objective(self, loss):
+        """What is differentiated: the mean cross-entropy plus l1 * sum|W| + l2 * sum W^2
+        over the kernels (SPEC section 9), each term only when its weight is non-zero, so
+        an unpenalised run's graph is the plain loss. |W|'s gradient at 0 is 0."""
+        kernels = [self.p[name] for name in self.config.kernel_names()]
+        if self.optim.l1:
+            loss = loss + np.float32(self.optim.l1) * sum(pt.sum(pt.abs(w)) for w in kernels)
+        if self.optim.l2:
+            loss = loss + np.float32(self.optim.l2) * sum(pt.sum(pt.sqr(w)) for w in kernels)
+        return loss
+
     def _build_train(self):
         x, y, h0, c0 = self._inputs()
         loss, report, h, c, next_rng = self._loss(x, y, h0, c0, train=True)
         params = list(self.p.values())
-        grads = pytensor.grad(loss, params)  # h0, c0 are inputs: truncated BPTT
+        # h0, c0 are inputs: truncated BPTT. The reported loss stays the cross-entropy.
+        grads = pytensor.grad(self._objective(loss), params)
         o = self.optim
-        # Global-norm clipping (SPEC section 4), the norm summed in float64.
+        # Global-norm clipping (SPEC section 4) of the whole gradient, penalty included,
+        # the norm summed in float64.
         norm = pt.sqrt(sum(pt.sum(pt.sqr(pt.cast(g, "float64"))) for g in grads))
         scale = pt.cast(pt.switch(norm > o.clip_norm, o.clip_norm / norm, 1.0), "float32")
-        # Adam, PyTorch's formula: bias corrections in float64, applied in float32.
-        t = self.adam_t + 1
-        step_size = pt.cast(o.learning_rate / (1.0 - o.beta1 ** t), "float32")
-        root_c2 = pt.cast(pt.sqrt(1.0 - o.beta2 ** t), "float32")
-        updates = [(self.adam_t, t), (self.rng, next_rng)]
+        t = self.count + 1
+        updates = [(self.count, t), (self.rng, next_rng)]
         for (name, param), g in zip(self.p.items(), grads):
-            g = g * scale
-            m = np.float32(o.beta1) * self.adam_m[name] + np.float32(1 - o.beta1) * g
-            v = np.float32(o.beta2) * self.adam_v[name] + np.float32(1 - o.beta2) * g * g
-            denom = pt.sqrt(v) / root_c2 + np.float32(o.eps)
-            updates += [(self.adam_m[name], m), (self.adam_v[name], v),
-                        (param, param - step_size * m / denom)]
+            updates += self._update(name, param, g * scale, t)
         return pytensor.function([x, y, h0, c0], [report, h, c], updates=updates, mode=MODE)
+
+    def _update(self, name, param, g, t):
+        """The update expressions of one parameter and its slots, from its clipped gradient
+        g and the update count t: section 9's formulas written out, as the file holds no
+        optimiser objects."""
+        o, slots = self.optim, self.slots
+        if o.optimizer == "adam":
+            # PyTorch's formula: bias corrections in float64, applied in float32.
+            step_size = pt.cast(o.learning_rate / (1.0 - o.beta1 ** t), "float32")
+            root_c2 = pt.cast(pt.sqrt(1.0 - o.beta2 ** t), "float32")
+            m = np.float32(o.beta1) * slots["m"][name] + np.float32(1 - o.beta1) * g
+            v = np.float32(o.beta2) * slots["v"][name] + np.float32(1 - o.beta2) * g * g
+            denom = pt.sqrt(v) / root_c2 + np.float32(o.eps)
+            return [(slots["m"][name], m), (slots["v"][name], v),
+                    (param, param - step_size * m / denom)]
+        lr = np.float32(o.learning_rate)
+        if o.optimizer == "rmsprop":  # not centred, no momentum, eps outside the sqrt
+            v = (np.float32(o.decay_rate) * slots["v"][name]
+                 + np.float32(1 - o.decay_rate) * g * g)
+            return [(slots["v"][name], v),
+                    (param, param - lr * g / (pt.sqrt(v) + np.float32(o.eps)))]
+        b = np.float32(o.momentum) * slots["b"][name] + g  # sgd, PyTorch's momentum form
+        return [(slots["b"][name], b), (param, param - lr * b)]
 
     def _build_grads(self):
         x, y, h0, c0 = self._inputs()
         loss, report, h, c, _ = self._loss(x, y, h0, c0, train=False)
-        grads = pytensor.grad(loss, list(self.p.values()))
+        grads = pytensor.grad(self._objective(loss), list(self.p.values()))
         return pytensor.function([x, y, h0, c0], [report, h, c, *grads], mode=MODE)
 
     def _build_forward(self):
@@ -234,19 +320,18 @@ class PytensorCharRNN(NumpyState, CharRNN):
         save_arrays_and_slots(
             directory / "pytensor_model.safetensors",
             {name: v.get_value() for name, v in self.p.items()},
-            {"m": {name: v.get_value() for name, v in self.adam_m.items()},
-             "v": {name: v.get_value() for name, v in self.adam_v.items()}},
-            int(self.adam_t.get_value()), self.rng.get_value().bit_generator.state)
+            {slot: {name: v.get_value() for name, v in values.items()}
+             for slot, values in self.slots.items()},
+            int(self.count.get_value()), self.rng.get_value().bit_generator.state)
 
     def load_native(self, directory: Path):
-        params, slots, adam_t, rng_state = load_arrays_and_slots(
+        params, slots, count, rng_state = load_arrays_and_slots(
             directory / "pytensor_model.safetensors", self.p)
-        adam_m, adam_v = slots["m"], slots["v"]
         for name in self.p:
             self.p[name].set_value(params[name])
-            self.adam_m[name].set_value(adam_m[name])
-            self.adam_v[name].set_value(adam_v[name])
-        self.adam_t.set_value(np.int64(adam_t))
+            for slot, values in self.slots.items():
+                values[name].set_value(slots[slot][name])
+        self.count.set_value(np.int64(count))
         rng = np.random.default_rng()
         rng.bit_generator.state = rng_state
         self.rng.set_value(rng)
