@@ -1,4 +1,5 @@
-"""JAX + Flax NNX + Optax: `nnx.RNN` over `nnx.OptimizedLSTMCell`, each step one `jax.jit`.
+"""JAX + Flax NNX + Optax: `nnx.RNN` over `nnx.OptimizedLSTMCell` (GRU: this file's
+`GRUCell`; RNN: `nnx.SimpleCell`), each step one `jax.jit`.
 
     python jax_model.py train --num-epochs 1
     python jax_model.py generate --seed "KING"
@@ -7,8 +8,9 @@ Flax NNX is the API Flax recommends for new code (Linen stays supported). The ne
 is built once as an abstract graph; its weights live in an `nnx.State` pytree that
 Optax updates, and every compiled function is a plain `jax.jit` of (graphdef, params),
 so no NNX bookkeeping runs per call. The time loop is the `jax.lax.scan` inside
-`nnx.RNN`. The whole train step (forward, loss, grad, clip, Adam, the dropout key
-split) is one compiled call.
+`nnx.RNN`. The whole train step (forward, loss and penalties, grad, clip, the
+optimiser, the dropout key split) is one compiled call. Optax's adam, rmsprop (with
+eps_in_sqrt=False) and sgd are SPEC section 9's formulas exactly.
 """
 
 from common.bootstrap import early_setup
@@ -16,6 +18,8 @@ from common.bootstrap import early_setup
 early_setup(__file__)  # XLA reads XLA_FLAGS when its backend starts, not at import
 
 import ctypes
+import functools
+import operator
 from pathlib import Path
 
 import flax
@@ -39,8 +43,42 @@ from common.weights import Weights, in_out_layout
 # ---------------------------------------------------------------------------------------
 
 
+class GRUCell(nnx.RNNCellBase):
+    """The GRU of SPEC section 8 (PyTorch's, Keras' reset_after=True): one (in, 3H) input
+    kernel with b_ih and one (H, 3H) recurrent kernel with b_hh, gates r, z, n side by
+    side, the canonical layout transposed.
+
+    `nnx.GRUCell` cannot hold this model: its recurrent projection has no bias, so it
+    lacks b_hn inside r * (W_hn h + b_hn) (b_hr and b_hz could fold into b_ih; b_hn
+    cannot). Like OptimizedLSTMCell, each step is two matmuls and elementwise gates.
+    """
+
+    def __init__(self, in_features: int, hidden_features: int, *, rngs: nnx.Rngs):
+        self.dense_i = nnx.Linear(in_features, 3 * hidden_features, rngs=rngs)
+        self.dense_h = nnx.Linear(hidden_features, 3 * hidden_features, rngs=rngs)
+
+    def __call__(self, h, x):
+        x_r, x_z, x_n = jnp.split(self.dense_i(x), 3, axis=-1)
+        h_r, h_z, h_n = jnp.split(self.dense_h(h), 3, axis=-1)
+        r = nnx.sigmoid(x_r + h_r)
+        z = nnx.sigmoid(x_z + h_z)
+        n = jnp.tanh(x_n + r * h_n)
+        h = (1.0 - z) * n + z * h
+        return h, h
+
+    @property
+    def num_feature_axes(self) -> int:
+        return 1
+
+
+# The cell of each --cell. nnx.SimpleCell is SPEC section 8's RNN as it stands:
+# tanh(W_i x + b + W_h h), its one bias on the input projection.
+CELLS = {"lstm": nnx.OptimizedLSTMCell, "gru": GRUCell, "rnn": nnx.SimpleCell}
+
+
 class Net(nnx.Module):
-    """Embedding -> num_layers x LSTM -> Dense, inverted dropout after all but the Dense.
+    """Embedding -> num_layers x LSTM (GRU, RNN) -> Dense, inverted dropout after all but
+    the Dense.
 
     OptimizedLSTMCell holds one (in, 4H) input kernel and one (H, 4H) recurrent kernel
     with the bias, gates i, f, g, o side by side: the canonical layout transposed. (The
@@ -50,14 +88,21 @@ class Net(nnx.Module):
 
     def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
         E, H = config.embedding_size, config.rnn_size
+        self.cell = config.cell
         self.embedding = nnx.Embed(config.vocab_size, E, rngs=rngs)
         self.drop = nnx.Dropout(config.drop_rate)  # no stored RNG: keys come per call
         # rngs=False: the carry is always passed in, so nnx.RNN needs no RNG state.
-        self.lstm = nnx.List([
-            nnx.RNN(nnx.OptimizedLSTMCell(E if k == 0 else H, H, rngs=rngs),
+        # Held under the cell's name ("lstm", "gru", "rnn"), so the parameter paths read
+        # like the canonical names and LSTM checkpoints keep theirs.
+        setattr(self, config.cell, nnx.List([
+            nnx.RNN(CELLS[config.cell](E if k == 0 else H, H, rngs=rngs),
                     return_carry=True, rngs=False)
-            for k in range(config.num_layers)])
+            for k in range(config.num_layers)]))
         self.dense = nnx.Linear(H, config.vocab_size, rngs=rngs)
+
+    def _state(self, hs, cs, c0):
+        """The new (h, c) from each layer's; GRU and RNN have no cell state: c is zeros."""
+        return jnp.stack(hs), (jnp.stack(cs) if self.cell == "lstm" else jnp.zeros_like(c0))
 
     def _drop(self, a, key):
         return a if key is None else self.drop(a, rngs=key)
@@ -68,47 +113,62 @@ class Net(nnx.Module):
         Dropout is on when `dropout_key` is given: one key per dropout site.
         """
         h0, c0 = state
-        keys = [None] * (len(self.lstm) + 1)
+        layers = getattr(self, self.cell)
+        keys = [None] * (len(layers) + 1)
         if dropout_key is not None:
-            keys = list(jax.random.split(dropout_key, len(self.lstm) + 1))
+            keys = list(jax.random.split(dropout_key, len(layers) + 1))
         out = self._drop(self.embedding(x), keys[0])  # (B, T, E)
         hs, cs = [], []
-        for k, rnn in enumerate(self.lstm):
-            # Flax carries (c, h), the reverse of PyTorch's (h, c).
-            (c, h), out = rnn(out, initial_carry=(c0[k], h0[k]))  # out (B, T, H)
+        for k, rnn in enumerate(layers):
+            if self.cell == "lstm":  # Flax carries (c, h), the reverse of PyTorch's (h, c).
+                (c, h), out = rnn(out, initial_carry=(c0[k], h0[k]))  # out (B, T, H)
+                cs.append(c)
+            else:  # GRU and RNN carry h alone
+                h, out = rnn(out, initial_carry=h0[k])
             out = self._drop(out, keys[k + 1])
             hs.append(h)
-            cs.append(c)
-        return self.dense(out), (jnp.stack(hs), jnp.stack(cs))
+        return self.dense(out), self._state(hs, cs, c0)
 
     def step(self, ids, state):
         """One generation step without the scan: ids (B,) -> logits (B, V), new state."""
         h0, c0 = state
         out = self.embedding(ids)  # (B, E)
         hs, cs = [], []
-        for k, rnn in enumerate(self.lstm):
-            (c, h), out = rnn.cell((c0[k], h0[k]), out)
+        for k, rnn in enumerate(getattr(self, self.cell)):
+            if self.cell == "lstm":
+                (c, h), out = rnn.cell((c0[k], h0[k]), out)
+                cs.append(c)
+            else:
+                h, out = rnn.cell(h0[k], out)
             hs.append(h)
-            cs.append(c)
-        return self.dense(out), (jnp.stack(hs), jnp.stack(cs))
+        return self.dense(out), self._state(hs, cs, c0)
 
 
-def flax_paths(num_layers: int) -> dict[str, tuple]:
-    """Canonical name -> its path in the pure-dict form of Net's nnx.State."""
+def flax_paths(config: ModelConfig) -> dict[str, tuple]:
+    """Canonical name -> its path in the pure-dict form of Net's nnx.State. Kernels are
+    (in, G*H), gates in the canonical order. The one LSTM bias sits on dense_h, the one
+    RNN bias (SimpleCell's) on dense_i; GRU's b_ih and b_hh on dense_i and dense_h."""
     paths = {"embedding": ("embedding", "embedding"), "dense.w": ("dense", "kernel"),
              "dense.b": ("dense", "bias")}
-    for k in range(num_layers):
-        cell = ("lstm", k, "cell")
-        paths |= {f"lstm.{k}.w_ih": (*cell, "dense_i", "kernel"),  # (in, 4H)
-                  f"lstm.{k}.w_hh": (*cell, "dense_h", "kernel"),  # (H, 4H)
-                  f"lstm.{k}.bias": (*cell, "dense_h", "bias")}
+    biases = {"lstm": {"bias": "dense_h"}, "gru": {"b_ih": "dense_i", "b_hh": "dense_h"},
+              "rnn": {"bias": "dense_i"}}[config.cell]
+    for k in range(config.num_layers):
+        layer, cell = config.layer(k), (config.cell, k, "cell")
+        paths |= {f"{layer}.w_ih": (*cell, "dense_i", "kernel"),
+                  f"{layer}.w_hh": (*cell, "dense_h", "kernel")}
+        paths |= {f"{layer}.{bias}": (*cell, dense, "bias") for bias, dense in biases.items()}
     return paths
 
 
-def to_flax(w: Weights, num_layers: int) -> dict:
+def at(tree, path: tuple):
+    """The node at `path` in a nested dict (or list)."""
+    return functools.reduce(operator.getitem, path, tree)
+
+
+def to_flax(w: Weights, config: ModelConfig) -> dict:
     """Canonical weights -> the pure-dict form of Net's nnx.State."""
     tree: dict = {}
-    for name, path in flax_paths(num_layers).items():
+    for name, path in flax_paths(config).items():
         node = tree
         for key in path[:-1]:
             node = node.setdefault(key, {})
@@ -116,16 +176,45 @@ def to_flax(w: Weights, num_layers: int) -> dict:
     return tree
 
 
-def from_flax(tree: nnx.State, num_layers: int) -> Weights:
+def from_flax(tree: nnx.State, config: ModelConfig) -> Weights:
     """Inverse of `to_flax`, for weights and gradients alike, as float32 NumPy copies."""
     p = nnx.to_pure_dict(tree)
-    w = {}
-    for name, path in flax_paths(num_layers).items():
-        node = p
-        for key in path:
-            node = node[key]
-        w[name] = np.ascontiguousarray(in_out_layout(name, np.array(node, np.float32)))
-    return w
+    return {name: np.ascontiguousarray(in_out_layout(name, np.array(at(p, path), np.float32)))
+            for name, path in flax_paths(config).items()}
+
+
+def make_optimizer(optim: OptimConfig) -> optax.GradientTransformation:
+    """Global-norm clipping, then Optax's own optimiser: each is SPEC section 9's formula
+    with these arguments. adam: PyTorch's (bias-corrected, eps outside the sqrt).
+    rmsprop: eps_in_sqrt=False (its default puts eps inside the sqrt), initial_scale 0,
+    uncentred, no momentum. sgd: `trace`, b = momentum b + g (nesterov off); with
+    momentum 0 no buffer at all."""
+    if optim.optimizer == "rmsprop":
+        tx = optax.rmsprop(optim.learning_rate, decay=optim.decay_rate, eps=optim.eps,
+                           eps_in_sqrt=False)
+    elif optim.optimizer == "sgd":
+        tx = optax.sgd(optim.learning_rate, momentum=optim.momentum or None)
+    else:
+        tx = optax.adam(optim.learning_rate, optim.beta1, optim.beta2, eps=optim.eps)
+    return optax.chain(optax.clip_by_global_norm(optim.clip_norm), tx)
+
+
+def penalty_fn(config: ModelConfig, optim: OptimConfig):
+    """params -> l1 * sum |W| + l2 * sum W^2 over the kernels (SPEC section 9), traced
+    into the loss. |W| is written W * sign(W) with the sign held constant: the same
+    value, but the gradient at 0 is sign(0) = 0 as the section asks (jnp.abs' is 1)."""
+    paths = [flax_paths(config)[name] for name in config.kernel_names()]
+
+    def penalty(params):
+        p = nnx.to_pure_dict(params)
+        total = 0.0
+        for w in (at(p, path) for path in paths):
+            if optim.l1:
+                total = total + optim.l1 * jnp.sum(w * jax.lax.stop_gradient(jnp.sign(w)))
+            if optim.l2:
+                total = total + optim.l2 * jnp.sum(w * w)
+        return total
+    return penalty
 
 
 def flat_names(tree) -> dict[str, object]:
@@ -179,30 +268,30 @@ class JaxCharRNN(CharRNN):
         # eval_shape: the graph and shapes only, no throw-away random initialisation.
         abstract = nnx.eval_shape(lambda: Net(config, nnx.Rngs(0)))
         graphdef, params = nnx.split(abstract)  # Params only: Net holds no other state
-        nnx.replace_by_pure_dict(params, to_flax(weights, config.num_layers))
+        nnx.replace_by_pure_dict(params, to_flax(weights, config))
         self.params = self._put(params)
-        # optax's adam is the PyTorch formula (bias-corrected, eps outside the sqrt).
-        tx = optax.chain(optax.clip_by_global_norm(optim.clip_norm),
-                         optax.adam(optim.learning_rate, optim.beta1, optim.beta2,
-                                    eps=optim.eps))
+        tx = make_optimizer(optim)
+        penalty = penalty_fn(config, optim)
         self.opt_state = self._put(tx.init(self.params))
         self.key = self._put(jax.random.key(seed))  # dropout; split once per train step
 
         def loss_fn(params, x, y, state, dropout_key=None):
-            """Mean loss (what is differentiated), and (per-character losses, new state)."""
+            """What is differentiated (the mean loss, plus the penalties when one is on),
+            and (per-character losses, new state)."""
             logits, state = nnx.merge(graphdef, params)(x, state, dropout_key)
             losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)  # (B, T)
-            return losses.mean(), (losses, state)
+            objective = losses.mean() + penalty(params) if optim.penalised else losses.mean()
+            return objective, (losses, state)
 
         def train(params, opt_state, key, x, y, state):
             key, dropout_key = jax.random.split(key)
             (_, (losses, state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
                 params, x, y, state, dropout_key)
-            updates, opt_state = tx.update(grads, opt_state, params)  # clip, then Adam
+            updates, opt_state = tx.update(grads, opt_state, params)  # clip, then step
             return optax.apply_updates(params, updates), opt_state, key, losses, state
 
         # One compile per input shape (training, validation and generation batches may
-        # differ); params and Adam moments are donated so XLA updates them in place. The
+        # differ); params and optimiser slots are donated so XLA updates them in place. The
         # state returned is a fresh output, outside any gradient trace: truncated BPTT.
         self._train = jax.jit(train, donate_argnums=(0, 1, 2))
         self._grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
@@ -236,7 +325,7 @@ class JaxCharRNN(CharRNN):
 
     # ---- weights ---------------------------------------------------------------------
     def get_weights(self):
-        return from_flax(self.params, self.config.num_layers)
+        return from_flax(self.params, self.config)
 
     # ---- state -----------------------------------------------------------------------
     def zero_state(self, batch_size):
@@ -247,7 +336,10 @@ class JaxCharRNN(CharRNN):
         return tuple(np.array(s, np.float32) for s in state)
 
     def state_from_numpy(self, h, c):
-        return self._put((np.asarray(h, np.float32), np.asarray(c, np.float32)))
+        h = np.asarray(h, np.float32)
+        if self.config.cell != "lstm":  # no cell state: c is zeros whatever came in
+            c = np.zeros_like(h)
+        return self._put((h, np.asarray(c, np.float32)))
 
     # ---- compute ---------------------------------------------------------------------
     def forward(self, x, state):
@@ -270,7 +362,7 @@ class JaxCharRNN(CharRNN):
     def loss_and_grads(self, x, y, state):
         (_, (losses, state)), grads = self._grads(self.params, np.asarray(x, np.int32),
                                                   np.asarray(y, np.int32), state)
-        return mean_loss(losses), from_flax(grads, self.config.num_layers), state
+        return mean_loss(losses), from_flax(grads, self.config), state
 
     def train_step(self, x, y, state):
         self.params, self.opt_state, self.key, losses, state = self._train(
@@ -279,10 +371,11 @@ class JaxCharRNN(CharRNN):
         return mean_loss(losses), state  # reading the losses waits for the device
 
     # ---- native checkpoints ------------------------------------------------------------
-    # Flax-layout parameters, every leaf of the Optax state (Adam count, mu, nu) and the raw
-    # PRNG key, as named arrays in one safetensors file: no pickle, no extra dependency,
-    # and a resume continues bit-for-bit. (Orbax would add a heavy import and its own
-    # directory management on top of common/'s atomic checkpoint directories.)
+    # Flax-layout parameters, every leaf of the Optax state (Adam's count, mu, nu; RMSprop's
+    # nu; SGD's momentum trace) and the raw PRNG key, as named arrays in one safetensors
+    # file: no pickle, no extra dependency, and a resume continues bit-for-bit. (Orbax
+    # would add a heavy import and its own directory management on top of common/'s
+    # atomic checkpoint directories.)
     def save_native(self, directory: Path):
         arrays = {f"params.{n}": a for n, a in flat_names(self.params).items()}
         arrays.update({f"opt.{n}": a for n, a in flat_names(self.opt_state).items()})

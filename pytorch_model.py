@@ -1,10 +1,15 @@
-"""PyTorch: `nn.LSTM` (the fused kernel, cuDNN on a GPU), Adam, global-norm clipping.
+"""PyTorch: `nn.LSTM`, `nn.GRU` or `nn.RNN` (the fused kernels, cuDNN on a GPU),
+torch.optim's Adam, RMSprop or SGD, global-norm clipping.
 
     python pytorch_model.py train --num-epochs 1
     python pytorch_model.py generate --seed "KING"
 
-nn.LSTM keeps two bias vectors; the second (bias_hh) is held at zero and not
-trained, so the model is the canonical one (SPEC section 1).
+nn.LSTM and nn.RNN keep two bias vectors; the second (bias_hh) is held at zero and
+not trained, so the model is the canonical one (SPEC sections 1 and 8). nn.GRU's two
+biases are both canonical (b_hn sits inside r * (W_hn h + b_hn)) and both trained.
+torch.optim's three optimisers are SPEC section 9's formulas exactly: Adam and RMSprop
+add eps outside the sqrt (RMSprop uncentred, without momentum), SGD's momentum buffer
+is b = momentum b + g with dampening 0.
 """
 
 from common.bootstrap import early_setup
@@ -28,37 +33,75 @@ from common.weights import Weights
 # ---------------------------------------------------------------------------------------
 
 
+RECURRENT = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}  # nn.RNN: tanh by default
+
+
 class Net(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
+        self.cell = config.cell
         self.embedding = nn.Embedding(config.vocab_size, config.embedding_size)
         self.drop = nn.Dropout(config.drop_rate)
-        # nn.LSTM's own dropout acts between layers; self.drop adds it after the last.
-        self.lstm = nn.LSTM(config.embedding_size, config.rnn_size, config.num_layers,
-                            batch_first=True, dropout=config.drop_rate)
+        # Registered under the cell's name ("lstm", "gru", "rnn"), so the parameter names
+        # read like the canonical ones and LSTM checkpoints keep theirs. The layer's own
+        # dropout acts between layers; self.drop adds it after the last.
+        self.add_module(config.cell, RECURRENT[config.cell](
+            config.embedding_size, config.rnn_size, config.num_layers, batch_first=True,
+            dropout=config.drop_rate))
         self.dense = nn.Linear(config.rnn_size, config.vocab_size)
 
     def forward(self, x, state):
-        """x (B, T) int64, state (h, c) each (L, B, H) -> logits (B, T, V), new state."""
-        out, state = self.lstm(self.drop(self.embedding(x)), state)
+        """x (B, T) int64, state (h, c) each (L, B, H) -> logits (B, T, V), new state.
+
+        nn.GRU and nn.RNN carry h alone: c passes through, the zeros it came in as."""
+        x = self.drop(self.embedding(x))
+        if self.cell == "lstm":
+            out, state = self.lstm(x, state)
+        else:
+            h, c = state
+            out, h = getattr(self, self.cell)(x, h)
+            state = (h, c)
         return self.dense(self.drop(out)), state
 
 
-def native_names(num_layers: int) -> dict[str, str]:
+def native_names(config: ModelConfig) -> dict[str, str]:
     """Canonical name -> the `Net` parameter holding it: same layout, same gate order
-    i, f, g, o. The canonical bias is bias_ih; its twin bias_hh is `zero_biases`."""
+    (i, f, g, o; GRU r, z, n). The canonical LSTM and RNN bias is bias_ih (its twin
+    bias_hh is `zero_biases`); GRU's b_ih and b_hh are bias_ih and bias_hh."""
     names = {"embedding": "embedding.weight", "dense.w": "dense.weight",
              "dense.b": "dense.bias"}
-    for k in range(num_layers):
-        names |= {f"lstm.{k}.w_ih": f"lstm.weight_ih_l{k}",
-                  f"lstm.{k}.w_hh": f"lstm.weight_hh_l{k}", f"lstm.{k}.bias": f"lstm.bias_ih_l{k}"}
+    biases = {"b_ih": "bias_ih", "b_hh": "bias_hh"} if config.cell == "gru" else {
+        "bias": "bias_ih"}
+    for k in range(config.num_layers):
+        layer = config.layer(k)
+        names |= {f"{layer}.w_ih": f"{config.cell}.weight_ih_l{k}",
+                  f"{layer}.w_hh": f"{config.cell}.weight_hh_l{k}"}
+        names |= {f"{layer}.{bias}": f"{config.cell}.{native}_l{k}"
+                  for bias, native in biases.items()}
     return names
 
 
-def zero_biases(num_layers: int) -> dict[str, str]:
-    """Canonical bias name -> nn.LSTM's second bias of that layer, held at zero and not
-    trained; exported, the canonical bias is the sum of the two."""
-    return {f"lstm.{k}.bias": f"lstm.bias_hh_l{k}" for k in range(num_layers)}
+def zero_biases(config: ModelConfig) -> dict[str, str]:
+    """Canonical bias name -> nn.LSTM's or nn.RNN's second bias of that layer, held at
+    zero and not trained; exported, the canonical bias is the sum of the two. nn.GRU
+    has none: both its biases are canonical."""
+    if config.cell == "gru":
+        return {}
+    return {f"{config.layer(k)}.bias": f"{config.cell}.bias_hh_l{k}"
+            for k in range(config.num_layers)}
+
+
+def make_optimizer(params, optim: OptimConfig) -> torch.optim.Optimizer:
+    """torch.optim's own optimiser for `optim.optimizer`: each is SPEC section 9's formula
+    as it stands (RMSprop: eps outside the sqrt, centered=False, momentum=0; SGD:
+    dampening=0, nesterov=False), so none is written by hand."""
+    if optim.optimizer == "rmsprop":
+        return torch.optim.RMSprop(params, lr=optim.learning_rate, alpha=optim.decay_rate,
+                                   eps=optim.eps)
+    if optim.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=optim.learning_rate, momentum=optim.momentum)
+    return torch.optim.Adam(params, lr=optim.learning_rate, betas=(optim.beta1, optim.beta2),
+                            eps=optim.eps)
 
 
 # ---------------------------------------------------------------------------------------
@@ -75,20 +118,24 @@ class TorchCharRNN(CharRNN):
         torch.manual_seed(seed)  # dropout masks
         self.torch_device = torch.device(f"cuda:{device.index}" if device.is_gpu else "cpu")
         self.net = Net(config).to(self.torch_device)
-        self.names = native_names(config.num_layers)
-        self.zero_biases = zero_biases(config.num_layers)
+        self.names = native_names(config)
+        self.zero_biases = zero_biases(config)
         self._load_canonical(weights)
         named = dict(self.net.named_parameters())
         for native in self.zero_biases.values():
             named[native].requires_grad_(False)
         self.params = [p for p in self.net.parameters() if p.requires_grad]
-        # (w_ih, w_hh, bias) of each layer for `step`: the parameters themselves, which
-        # Adam and load_state_dict update in place (bias_hh is held at zero).
-        self.cells = [tuple(named[f"lstm.{kind}_l{k}"] for kind in ("weight_ih", "weight_hh",
-                                                                   "bias_ih"))
+        # What --l1 and --l2 penalise: the recurrent and dense kernels.
+        self.kernels = [named[self.names[name]] for name in config.kernel_names()]
+        # (w_ih, w_hh, bias) of each layer for `step` (GRU: w_ih, w_hh, b_ih, b_hh): the
+        # parameters themselves, which the optimiser and load_state_dict update in place
+        # (a zero twin bias_hh is left out).
+        self.cells = [tuple(named[self.names[f"{config.layer(k)}.{name}"]]
+                            for name in ("w_ih", "w_hh", *config.bias_names()))
                       for k in range(config.num_layers)]
-        self.optimizer = torch.optim.Adam(self.params, lr=optim.learning_rate,
-                                          betas=(optim.beta1, optim.beta2), eps=optim.eps)
+        self._layer_step = {"lstm": self._lstm_step, "gru": self._gru_step,
+                            "rnn": self._rnn_step}[config.cell]
+        self.optimizer = make_optimizer(self.params, optim)
 
     @classmethod
     def versions(cls):
@@ -102,13 +149,13 @@ class TorchCharRNN(CharRNN):
         return choose_device(device, gpu_names, f"PyTorch {torch.__version__} sees no CUDA GPU "
                                                 "(a CPU-only build of torch, or no NVIDIA driver)")
 
-    # ---- weights: canonical <-> nn.LSTM, through `native_names` and `zero_biases` ------
+    # ---- weights: canonical <-> nn.LSTM/GRU/RNN, through `native_names`, `zero_biases` --
     def _load_canonical(self, w: Weights):
         tensors = {native: w[name] for name, native in self.names.items()}
         tensors |= {native: np.zeros_like(w[name]) for name, native in self.zero_biases.items()}
         state = {name: torch.from_numpy(np.array(a, np.float32)) for name, a in tensors.items()}
         self.net.load_state_dict(state)
-        self.net.lstm.flatten_parameters()
+        getattr(self.net, self.config.cell).flatten_parameters()
 
     def get_weights(self):
         sd = {name: t.detach().cpu().numpy() for name, t in self.net.state_dict().items()}
@@ -127,8 +174,10 @@ class TorchCharRNN(CharRNN):
         return tuple(s.detach().cpu().numpy().copy() for s in state)
 
     def state_from_numpy(self, h, c):
-        return (torch.tensor(np.asarray(h, np.float32), device=self.torch_device),
-                torch.tensor(np.asarray(c, np.float32), device=self.torch_device))
+        h = torch.tensor(np.asarray(h, np.float32), device=self.torch_device)
+        if self.config.cell != "lstm":  # no cell state: c is zeros whatever came in
+            return h, torch.zeros_like(h)
+        return h, torch.tensor(np.asarray(c, np.float32), device=self.torch_device)
 
     def _ids(self, a):
         return torch.from_numpy(np.asarray(a, np.int64)).to(self.torch_device)
@@ -142,14 +191,15 @@ class TorchCharRNN(CharRNN):
 
     @torch.inference_mode()
     def step(self, ids, state):
-        """One character by hand on nn.LSTM's own parameters, on one CPU thread.
+        """One character by hand on nn.LSTM's (GRU's, RNN's) own parameters, on one CPU
+        thread.
 
-        The same maths as nn.LSTM: per layer two addmm and the gate nonlinearities.
-        Measured per character (CPU time, 1 thread, this 2-core machine): nn.LSTM
-        called for one step 329 us, this 114 us; torch.jit.trace of it was within 5%,
-        torch.compile slower per step (plus 3 s to compile). At batch 1 every op is
-        tiny and a second OpenMP thread only adds fork/join: on the busy machine,
-        2 threads made each step 10x slower or worse.
+        The same maths as the fused layer: per layer two matrix products and the gate
+        nonlinearities. Measured for the LSTM per character (CPU time, 1 thread, this
+        2-core machine): nn.LSTM called for one step 329 us, this 114 us;
+        torch.jit.trace of it was within 5%, torch.compile slower per step (plus 3 s to
+        compile). At batch 1 every op is tiny and a second OpenMP thread only adds
+        fork/join: on the busy machine, 2 threads made each step 10x slower or worse.
         """
         if self.device.is_gpu:
             return self._cell_steps(ids, state)
@@ -163,29 +213,64 @@ class TorchCharRNN(CharRNN):
     def _cell_steps(self, ids, state):
         """ids (B,) -> logits (B, V); state (h, c) each (L, B, H)."""
         h0, c0 = state
-        h, c = torch.empty_like(h0), torch.empty_like(c0)
+        h = torch.empty_like(h0)
+        # GRU and RNN have no cell state: their c passes through, all zeros.
+        c = torch.empty_like(c0) if self.config.cell == "lstm" else c0
         x = self.net.embedding.weight[self._ids(ids)]  # (B, E)
-        for k, (w_ih, w_hh, bias) in enumerate(self.cells):
-            z = F.linear(x, w_ih, bias).addmm_(h0[k], w_hh.t())  # (B, 4H): i, f, g, o
-            i, f, _, o = torch.sigmoid(z).chunk(4, 1)
-            g = torch.tanh(z[:, 2 * self.config.rnn_size:3 * self.config.rnn_size])
-            torch.addcmul(f * c0[k], i, g, out=c[k])
-            x = torch.mul(o, torch.tanh(c[k]), out=h[k])
+        for k, weights in enumerate(self.cells):
+            x = self._layer_step(x, h0[k], c0[k], h[k], c[k], *weights)
         return F.linear(x, self.net.dense.weight, self.net.dense.bias).cpu().numpy(), (h, c)
 
+    def _lstm_step(self, x, h0, c0, h, c, w_ih, w_hh, bias):
+        """One LSTM layer: writes the new h and c, returns h."""
+        z = F.linear(x, w_ih, bias).addmm_(h0, w_hh.t())  # (B, 4H): i, f, g, o
+        i, f, _, o = torch.sigmoid(z).chunk(4, 1)
+        g = torch.tanh(z[:, 2 * self.config.rnn_size:3 * self.config.rnn_size])
+        torch.addcmul(f * c0, i, g, out=c)
+        return torch.mul(o, torch.tanh(c), out=h)
+
+    def _gru_step(self, x, h0, c0, h, c, w_ih, w_hh, b_ih, b_hh):
+        """One GRU layer (SPEC section 8): the two projections apart, as r multiplies
+        the recurrent one; h' = (1 - z) * n + z * h is lerp(n, h, z)."""
+        H = self.config.rnn_size
+        xp, hp = F.linear(x, w_ih, b_ih), F.linear(h0, w_hh, b_hh)  # (B, 3H): r, z, n
+        r, z = xp[:, :2 * H].add_(hp[:, :2 * H]).sigmoid_().chunk(2, 1)
+        n = xp[:, 2 * H:].addcmul_(r, hp[:, 2 * H:]).tanh_()
+        return torch.lerp(n, h0, z, out=h)
+
+    def _rnn_step(self, x, h0, c0, h, c, w_ih, w_hh, bias):
+        """One vanilla RNN layer: h' = tanh(W_ih x + bias + W_hh h)."""
+        return torch.tanh(F.linear(x, w_ih, bias).addmm_(h0, w_hh.t()), out=h)
+
     def _loss(self, x, y, state):
+        """The cross-entropy (what is reported), the objective (what is differentiated:
+        the cross-entropy plus the --l1/--l2 penalties, built only when one is on) and
+        the new state."""
         logits, state = self.net(self._ids(x), state)
         loss = F.cross_entropy(logits.reshape(-1, self.config.vocab_size),
                                self._ids(y).reshape(-1))
-        return loss, tuple(s.detach() for s in state)  # cut the graph: truncated BPTT
+        objective = loss + self._penalty() if self.optim.penalised else loss
+        return loss, objective, tuple(s.detach() for s in state)  # truncated BPTT
+
+    def _penalty(self):
+        """l1 * sum |W| + l2 * sum W^2 over the kernels (SPEC section 9). abs' gradient
+        at 0 is sign(0) = 0, as the section asks."""
+        o = self.optim
+        penalty = 0.0
+        for w in self.kernels:
+            if o.l1:
+                penalty = penalty + o.l1 * w.abs().sum()
+            if o.l2:
+                penalty = penalty + o.l2 * w.square().sum()
+        return penalty
 
     def loss_and_grads(self, x, y, state):
         self.net.eval()
         self.optimizer.zero_grad(set_to_none=True)
-        loss, state = self._loss(x, y, state)
-        loss.backward()
+        loss, objective, state = self._loss(x, y, state)
+        objective.backward()
         named = dict(self.net.named_parameters())
-        # The canonical bias's gradient is bias_ih's: the zero twin is not trained.
+        # An LSTM or RNN bias's gradient is bias_ih's: the zero twin is not trained.
         grads = {name: named[native].grad.detach().cpu().numpy().copy()
                  for name, native in self.names.items()}
         self.optimizer.zero_grad(set_to_none=True)
@@ -194,8 +279,8 @@ class TorchCharRNN(CharRNN):
     def train_step(self, x, y, state):
         self.net.train()
         self.optimizer.zero_grad(set_to_none=True)
-        loss, state = self._loss(x, y, state)
-        loss.backward()
+        loss, objective, state = self._loss(x, y, state)
+        objective.backward()
         nn.utils.clip_grad_norm_(self.params, self.optim.clip_norm)
         self.optimizer.step()
         return loss.item(), state  # .item() synchronises the device
