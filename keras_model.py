@@ -1,22 +1,27 @@
-"""Keras 3: `Embedding`, `LSTM` and `Dense` layers, one file for the TensorFlow, JAX and
-PyTorch backends (chosen the Keras way, with KERAS_BACKEND; TensorFlow by default).
+"""Keras 3: `Embedding`, `LSTM` (`GRU`, `SimpleRNN`) and `Dense` layers, one file for the
+TensorFlow, JAX and PyTorch backends (chosen the Keras way, with KERAS_BACKEND;
+TensorFlow by default).
 
     python keras_model.py train --num-epochs 1
+    KERAS_BACKEND=jax python keras_model.py train --cell gru --optimizer rmsprop --l2 1e-5
     KERAS_BACKEND=jax python keras_model.py generate --seed "KING"
 
 The (h, c) state is an explicit input and output of the functional model rather than
 `stateful=True` layers: stateful layers fix the batch size in their state variables,
 while the same model must also evaluate and generate with any batch (the training loop
-samples one text after each epoch). Keras' Adam is subclassed to put epsilon where
-PyTorch does (SPEC section 4). `fit` cannot return the carried state, so each backend
-computes gradients its own way (GradientTape, jax.grad, autograd); everything else
-(layers, loss, optimizer, clipping, saving) is backend-agnostic Keras.
+samples one text after each epoch). Keras' Adam, RMSprop and SGD are subclassed to
+update as SPEC sections 4 and 9 (and PyTorch) do; --l1 and --l2 are Keras regularizers.
+`fit` cannot return the carried state, so each backend computes gradients its own way
+(GradientTape, jax.grad, autograd); everything else (layers, loss, optimizer, clipping,
+penalties, saving) is backend-agnostic Keras.
 """
 
 from common.bootstrap import early_setup
 
 early_setup(__file__)  # before the backend loads its thread pools
 
+import functools
+import itertools
 import json
 from pathlib import Path
 
@@ -43,34 +48,65 @@ elif BACKEND == "torch":
 # Network. Shapes: B batch_size, T seq_len, H rnn_size, V vocab_size, L num_layers.
 # ---------------------------------------------------------------------------------------
 
+# Each cell's Keras layer (SPEC section 8: the GRU is Keras' reset_after=True, PyTorch's
+# formulation) and the names of its states: the LSTM carries h and c, the others h alone.
+RECURRENT = {"lstm": (layers.LSTM, ("h", "c")),
+             "gru": (functools.partial(layers.GRU, reset_after=True), ("h",)),
+             "rnn": (layers.SimpleRNN, ("h",))}
 
-def build_net(config: ModelConfig, seed: int) -> keras.Model:
-    """[x (B, T) int32, h_0..h_L-1, c_0..c_L-1 each (B, H)] -> [logits (B, T, V), h.., c..]."""
+
+def build_net(config: ModelConfig, optim: OptimConfig, seed: int) -> keras.Model:
+    """[x (B, T) int32, then the states, each (B, H): h_0..h_L-1 (and c_0..c_L-1 for the
+    LSTM)] -> [logits (B, T, V), the new states in the same order].
+
+    --l1 and --l2 are the kernels' Keras regularizers, whose losses the gradient functions
+    add to the cross-entropy (L1L2 is l1 * sum|W| + l2 * sum W^2, SPEC section 9's
+    penalty); unpenalised layers have none, so cost nothing."""
     L, H = config.num_layers, config.rnn_size
+    layer_cls, state_names = RECURRENT[config.cell]
+    penalty = keras.regularizers.L1L2(optim.l1, optim.l2) if optim.penalised else None
     x = keras.Input((None,), dtype="int32", name="x")
-    h_in = [keras.Input((H,), name=f"h_{k}") for k in range(L)]
-    c_in = [keras.Input((H,), name=f"c_{k}") for k in range(L)]
+    state_in = [keras.Input((H,), name=f"{s}_{k}") for s in state_names for k in range(L)]
     out = layers.Embedding(config.vocab_size, config.embedding_size, name="embedding")(x)
     out = layers.Dropout(config.drop_rate, seed=seed, name="dropout_0")(out)
-    h_out, c_out = [], []
+    state_out = []  # per layer: [h] or [h, c]
     for k in range(L):
-        lstm = layers.LSTM(H, return_sequences=True, return_state=True, name=f"lstm_{k}")
-        out, h, c = lstm(out, initial_state=[h_in[k], c_in[k]])  # out (B, T, H)
+        rnn = layer_cls(H, return_sequences=True, return_state=True, name=f"{config.cell}_{k}",
+                        kernel_regularizer=penalty, recurrent_regularizer=penalty)
+        out, *state = rnn(out, initial_state=state_in[k::L])  # out (B, T, H)
         out = layers.Dropout(config.drop_rate, seed=seed + k + 1, name=f"dropout_{k + 1}")(out)
-        h_out.append(h)
-        c_out.append(c)
-    logits = layers.Dense(config.vocab_size, name="dense")(out)
-    return keras.Model([x, *h_in, *c_in], [logits, *h_out, *c_out], name="char_rnn")
+        state_out.append(state)
+    logits = layers.Dense(config.vocab_size, kernel_regularizer=penalty, name="dense")(out)
+    return keras.Model([x, *state_in], [logits, *itertools.chain(*zip(*state_out))],
+                       name="char_rnn")
 
 
-def native_places(num_layers: int) -> dict[str, tuple[str, int]]:
-    """Canonical name -> (layer name, index in its trainable weights) in `build_net`'s model.
-    Same gate order i, f, g(c), o; the layouts differ as `native_layout` says."""
-    places = {"embedding": ("embedding", 0), "dense.w": ("dense", 0), "dense.b": ("dense", 1)}
-    for k in range(num_layers):
-        places |= {f"lstm.{k}.{part}": (f"lstm_{k}", i)  # kernel, recurrent kernel, bias
-                   for i, part in enumerate(("w_ih", "w_hh", "bias"))}
+def native_places(config: ModelConfig) -> dict[str, tuple[str, int, int | None]]:
+    """The canonical<->Keras name map: canonical name -> (layer name, index in its
+    trainable weights, row of that weight or None). The GRU's two biases are the rows of
+    Keras' one (2, 3H) bias, input bias first; the layouts differ as `in_out_layout` and
+    `keras_gates` say."""
+    places = {"embedding": ("embedding", 0, None), "dense.w": ("dense", 0, None),
+              "dense.b": ("dense", 1, None)}
+    for k in range(config.num_layers):
+        layer, native = config.layer(k), f"{config.cell}_{k}"
+        places |= {f"{layer}.w_ih": (native, 0, None),  # kernel
+                   f"{layer}.w_hh": (native, 1, None)}  # recurrent kernel
+        if config.cell == "gru":
+            places |= {f"{layer}.b_ih": (native, 2, 0), f"{layer}.b_hh": (native, 2, 1)}
+        else:
+            places[f"{layer}.bias"] = (native, 2, None)
     return places
+
+
+def keras_gates(name: str, a: np.ndarray) -> np.ndarray:
+    """A GRU array in the (in, out) layout with its gate blocks swapped between the
+    canonical r, z, n and Keras' z, r, h (the gate axis is the last; the swap is its own
+    inverse). The LSTM and the RNN share the canonical order: unchanged."""
+    if not name.startswith("gru."):
+        return a
+    H = a.shape[-1] // 3
+    return np.concatenate([a[..., H:2 * H], a[..., :H], a[..., 2 * H:]], axis=-1)
 
 
 def to_numpy(a) -> np.ndarray:
@@ -84,6 +120,12 @@ def to_numpy(a) -> np.ndarray:
 
 def mean_cross_entropy(logits, y):
     return ops.mean(ops.sparse_categorical_crossentropy(y, logits, from_logits=True))
+
+
+def objective(loss, penalties):
+    """What training minimises: the cross-entropy `loss` (what is returned and logged),
+    plus the regularizers' losses, the --l1/--l2 penalty, when the model has any."""
+    return loss + sum(penalties) if penalties else loss
 
 
 class TorchAdam(keras.optimizers.Adam):
@@ -105,6 +147,51 @@ class TorchAdam(keras.optimizers.Adam):
         self.assign_sub(variable, step_size * m / (ops.sqrt(v) / sqrt_c2 + self.epsilon))
 
 
+class TorchRMSprop(keras.optimizers.RMSprop):
+    """RMSprop as SPEC section 9 (and PyTorch) write it, v = rho v + (1 - rho) g^2,
+    p -= lr g / (sqrt(v) + eps).
+
+    Keras' own divides by sqrt(v + eps), eps inside the square root: with eps 1e-8 that is
+    a floor of 1e-4 under the denominator, far from section 9's wherever v is small."""
+
+    def update_step(self, gradient, variable, learning_rate):
+        dtype = variable.dtype
+        gradient = ops.cast(gradient, dtype)
+        v = self._velocities[self._get_variable_index(variable)]
+        self.assign(v, self.rho * v + (1.0 - self.rho) * ops.square(gradient))
+        self.assign_sub(variable, ops.cast(learning_rate, dtype) * gradient
+                        / (ops.sqrt(v) + self.epsilon))
+
+
+class TorchSGD(keras.optimizers.SGD):
+    """SGD with PyTorch's momentum, b = momentum b + g, p -= lr b (SPEC section 9).
+
+    Keras' own keeps m = momentum m - lr g and adds it: the same steps while the learning
+    rate stays fixed (its 20-step conformance curve is within 1.1e-6 of NumPy's, like this
+    one's), but its buffer carries the learning rates of the steps that filled it, so a
+    run resumed with another --learning-rate would move otherwise than section 9 says.
+    Without momentum both are p -= lr g: Keras' own step is kept."""
+
+    def update_step(self, gradient, variable, learning_rate):
+        if self.momentum == 0:
+            return super().update_step(gradient, variable, learning_rate)
+        dtype = variable.dtype
+        b = self.momentums[self._get_variable_index(variable)]
+        self.assign(b, self.momentum * b + ops.cast(gradient, dtype))
+        self.assign_sub(variable, ops.cast(learning_rate, dtype) * b)
+
+
+def build_optimizer(optim: OptimConfig) -> keras.optimizers.Optimizer:
+    """The optimiser of `optim`, with global-norm clipping (not per-tensor clipnorm) over
+    the whole gradient, penalties included."""
+    common = {"learning_rate": optim.learning_rate, "global_clipnorm": optim.clip_norm}
+    if optim.optimizer == "adam":
+        return TorchAdam(beta_1=optim.beta1, beta_2=optim.beta2, epsilon=optim.eps, **common)
+    if optim.optimizer == "rmsprop":
+        return TorchRMSprop(rho=optim.decay_rate, epsilon=optim.eps, **common)
+    return TorchSGD(momentum=optim.momentum, **common)
+
+
 # ---------------------------------------------------------------------------------------
 # The model
 # ---------------------------------------------------------------------------------------
@@ -121,32 +208,44 @@ class KerasCharRNN(CharRNN):
         self.keras_device = (device.kind if BACKEND == "torch"
                              else f"{device.kind}:{device.index}")
         with keras.device(self.keras_device):
-            self.net = build_net(config, seed)
-            self.optimizer = TorchAdam(learning_rate=optim.learning_rate, beta_1=optim.beta1,
-                                       beta_2=optim.beta2, epsilon=optim.eps,
-                                       global_clipnorm=optim.clip_norm)  # not per-tensor clipnorm
+            self.net = build_net(config, optim, seed)
+            self.optimizer = build_optimizer(optim)
             self._load_canonical(weights)
             self.optimizer.build(self.net.trainable_variables)
-        self.net.compile(optimizer=self.optimizer)  # so the weights file holds Adam's state too
+        # So the weights file holds the optimiser's state (slots and iterations) too.
+        self.net.compile(optimizer=self.optimizer)
         self.dropouts = [layer for layer in self.net.layers if isinstance(layer, layers.Dropout)]
-        self.cells = [self.net.get_layer(f"lstm_{k}").cell for k in range(config.num_layers)]
+        self.cells = [self.net.get_layer(f"{config.cell}_{k}").cell
+                      for k in range(config.num_layers)]
         getattr(self, f"_compile_{BACKEND}")()
 
-    # ---- weights: canonical <-> Keras, through `native_places` and `native_layout` ------
+    # ---- weights: canonical <-> Keras, through `native_places`, `in_out_layout` and
+    # ---- `keras_gates` -----------------------------------------------------------------
     def _load_canonical(self, w: Weights):
-        variables = {}
-        for name, (layer, i) in native_places(self.config.num_layers).items():
-            variables[name] = self.net.get_layer(layer).trainable_weights[i]
-            variables[name].assign(in_out_layout(name, w[name]))
-        # Canonical names in `net.trainable_variables` order, the order of the gradients;
-        # a KeyError here means the map above missed a variable.
-        by_id = {id(v): name for name, v in variables.items()}
-        self.names = [by_id[id(v)] for v in self.net.trainable_variables]
+        """Assign the canonical weights, and keep where each canonical array lives:
+        `self.places`, name -> (position in `net.trainable_variables`, the order of the
+        gradients; row of that variable or None)."""
+        variables = self.net.trainable_variables
+        position = {id(v): j for j, v in enumerate(variables)}
+        self.places, values = {}, {}
+        for name, (layer, i, row) in native_places(self.config).items():
+            variable = self.net.get_layer(layer).trainable_weights[i]
+            j = position[id(variable)]
+            self.places[name] = (j, row)
+            a = keras_gates(name, in_out_layout(name, w[name]))
+            if row is None:
+                values[j] = a
+            else:
+                values.setdefault(j, np.empty(variable.shape, np.float32))[row] = a
+        for j, variable in enumerate(variables):
+            variable.assign(values[j])  # a KeyError: the map above missed a variable
 
     def _canonical(self, arrays) -> Weights:
         """Arrays in `net.trainable_variables` order -> canonical names and layout."""
-        return {name: in_out_layout(name, to_numpy(a).astype(np.float32)).copy()
-                for name, a in zip(self.names, arrays)}
+        arrays = [to_numpy(a).astype(np.float32) for a in arrays]
+        return {name: in_out_layout(name, keras_gates(
+                    name, arrays[j] if row is None else arrays[j][row])).copy()
+                for name, (j, row) in self.places.items()}
 
     def get_weights(self):
         return self._canonical(self.net.trainable_variables)
@@ -175,21 +274,22 @@ class KerasCharRNN(CharRNN):
                                                 f"CPU-only {BACKEND} build, or no GPU driver)")
 
     def _step_fn(self, ids, *state):
-        """ids (B,) int32, h_0..h_L-1, c_0..c_L-1 (B, H) -> logits (B, V), then the new
-        state: one character through the model's own layers and LSTMCells, without the
-        functional graph and the LSTM layer's time loop. `call`, not `__call__`: on the
-        torch backend, where it runs eagerly, the wrapper cost a third of the step."""
+        """ids (B,) int32 and the states (B, H) in `build_net`'s order -> logits (B, V),
+        then the new states: one character through the model's own layers and their
+        cells (LSTMCell, GRUCell, SimpleRNNCell), without the functional graph and the
+        recurrent layer's time loop. `call`, not `__call__`: on the torch backend, where
+        it runs eagerly, the wrapper cost a third of the step."""
         L = self.config.num_layers
         out = self.net.get_layer("embedding").call(ids)  # (B, E)
-        new_h, new_c = [], []
+        new_state = []  # per layer: [h] or [h, c]
         for k, cell in enumerate(self.cells):
-            out, (h, c) = cell.call(out, [state[k], state[L + k]])
-            new_h.append(h)
-            new_c.append(c)
-        return self.net.get_layer("dense").call(out), *new_h, *new_c
+            out, layer_state = cell.call(out, list(state[k::L]))
+            new_state.append(layer_state)
+        return self.net.get_layer("dense").call(out), *itertools.chain(*zip(*new_state))
 
     # ---- compiled functions, one small branch per backend. x, y (B, T) int32;
-    # ---- state = (h_0..h_L-1, c_0..c_L-1), each (B, H) backend tensors. ------------
+    # ---- state = (h_0..h_L-1, and c_0..c_L-1 for the LSTM), each (B, H) backend tensors;
+    # ---- the objective adds the regularizers' losses (the penalty) when there are any. --
     def _compile_tensorflow(self):
         net, opt = self.net, self.optimizer
 
@@ -197,13 +297,14 @@ class KerasCharRNN(CharRNN):
             with tf.GradientTape() as tape:
                 logits, *state = net([x, *state], training=training)
                 loss = mean_cross_entropy(logits, y)
-            # The embedding's gradient comes as IndexedSlices; Adam wants it dense.
-            g = [tf.convert_to_tensor(g) for g in tape.gradient(loss, net.trainable_variables)]
+                total = objective(loss, net.losses)
+            # The embedding's gradient comes as IndexedSlices; the optimiser wants it dense.
+            g = [tf.convert_to_tensor(g) for g in tape.gradient(total, net.trainable_variables)]
             return loss, g, state
 
         def train(x, y, state):
             loss, g, state = grads(x, y, state, True)
-            opt.apply(g, net.trainable_variables)  # global-norm clip, then Adam
+            opt.apply(g, net.trainable_variables)  # global-norm clip, then the update
             return loss, state
 
         def evaluate(x, y, state):
@@ -211,8 +312,8 @@ class KerasCharRNN(CharRNN):
             return mean_cross_entropy(logits, y), state
 
         ids = tf.TensorSpec([None, None], tf.int32)
-        state = [tf.TensorSpec([None, self.config.rnn_size], tf.float32)] * (
-            2 * self.config.num_layers)
+        state = [tf.TensorSpec([None, self.config.rnn_size], tf.float32)] * len(
+            self.net.inputs[1:])  # one per state input of the model
         # jit_compile=False: as in tf_model.py, XLA's CPU while loop measured slower here.
         self._train = tf.function(train, input_signature=[ids, ids, state])
         self._grads = tf.function(lambda x, y, s: grads(x, y, s, False),
@@ -229,27 +330,29 @@ class KerasCharRNN(CharRNN):
         # the new values are assigned back to the Keras variables after each step.
         net, opt = self.net, self.optimizer
 
-        def loss_fn(tv, ntv, x, y, state, training):
-            (logits, *state), ntv = net.stateless_call(tv, ntv, [x, *state], training=training)
-            return mean_cross_entropy(logits, y), (state, ntv)
+        def objective_fn(tv, ntv, x, y, state, training):
+            (logits, *state), ntv, penalties = net.stateless_call(
+                tv, ntv, [x, *state], training=training, return_losses=True)
+            loss = mean_cross_entropy(logits, y)
+            return objective(loss, penalties), (loss, state, ntv)
 
-        value_and_grad = jax.value_and_grad(loss_fn, has_aux=True)
+        value_and_grad = jax.value_and_grad(objective_fn, has_aux=True)
 
         @jax.jit
         def train(tv, ntv, ov, x, y, state):
-            (loss, (state, ntv)), g = value_and_grad(tv, ntv, x, y, state, True)
+            (_, (loss, state, ntv)), g = value_and_grad(tv, ntv, x, y, state, True)
             tv, ov = opt.stateless_apply(ov, g, tv)
             return loss, state, tv, ntv, ov
 
         @jax.jit
         def grads(tv, ntv, x, y, state):
-            (loss, (state, _)), g = value_and_grad(tv, ntv, x, y, state, False)
+            (_, (loss, state, _)), g = value_and_grad(tv, ntv, x, y, state, False)
             return loss, g, state
 
         @jax.jit
         def evaluate(tv, ntv, x, y, state):
-            loss, (state, _) = loss_fn(tv, ntv, x, y, state, False)
-            return loss, state
+            (logits, *state), _ = net.stateless_call(tv, ntv, [x, *state])
+            return mean_cross_entropy(logits, y), state
 
         @jax.jit
         def step(tv, ids, *state):
@@ -294,7 +397,7 @@ class KerasCharRNN(CharRNN):
             net.zero_grad()
             logits, *state = net([x, *state], training=training)
             loss = mean_cross_entropy(logits, y)
-            loss.backward()
+            objective(loss, net.losses).backward()
             return loss.detach(), [v.value.grad for v in net.trainable_variables], [
                 s.detach() for s in state]
 
@@ -322,12 +425,14 @@ class KerasCharRNN(CharRNN):
 
     def state_to_numpy(self, state):
         L = self.config.num_layers
-        h, c = state[:L], state[L:]
-        return np.stack([to_numpy(s) for s in h]), np.stack([to_numpy(s) for s in c])
+        h = np.stack([to_numpy(s) for s in state[:L]])
+        # GRU and RNN carry no cell state: their c is zeros (SPEC section 10).
+        return h, np.stack([to_numpy(s) for s in state[L:]]) if state[L:] else np.zeros_like(h)
 
     def state_from_numpy(self, h, c):
+        states = [*h, *c] if self.config.cell == "lstm" else [*h]  # GRU and RNN ignore c
         with keras.device(self.keras_device):
-            return tuple(ops.convert_to_tensor(np.asarray(s, np.float32)) for s in [*h, *c])
+            return tuple(ops.convert_to_tensor(np.asarray(s, np.float32)) for s in states)
 
     # ---- compute ---------------------------------------------------------------------
     def _ids(self, a):
@@ -358,7 +463,7 @@ class KerasCharRNN(CharRNN):
         return float(loss), tuple(state)
 
     # ---- native checkpoints: the Keras weights file (layers AND the compiled-in
-    # ---- optimizer's m, v and iteration count), plus the dropout generators' seeds --
+    # ---- optimizer's slots and iteration count), plus the dropout generators' seeds --
     def save_native(self, directory: Path):
         self.net.save_weights(directory / "keras_model.weights.h5")
         seeds = {layer.name: to_numpy(layer.seed_generator.state).tolist()

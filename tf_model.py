@@ -1,12 +1,15 @@
-"""TensorFlow 2 without Keras: variables in a `tf.Module`, the LSTM in TF ops, a compiled
-train step with `tf.GradientTape`, global-norm clipping and Adam written out (SPEC section 4).
+"""TensorFlow 2 without Keras: variables in a `tf.Module`, the LSTM, GRU and RNN cells in
+TF ops, a compiled train step with `tf.GradientTape`, global-norm clipping and the
+optimisers written out (SPEC sections 4, 8 and 9).
 
     python tf_model.py train --num-epochs 1
+    python tf_model.py train --cell gru --optimizer rmsprop --l2 1e-5
     python tf_model.py generate --seed "KING"
 
-Kernels are held as (in, 4H), the transpose of the canonical layout, so every product
-is x @ kernel; the gate order is the canonical i, f, g, o. Keras' Adam is not used
-because it puts epsilon elsewhere (it adds eps to sqrt(v) before the bias correction).
+Kernels are held as (in, G*H), the transpose of the canonical layout, so every product
+is x @ kernel; the gate orders are the canonical i, f, g, o (LSTM) and r, z, n (GRU).
+Keras' optimisers are not used: its Adam adds eps to sqrt(v) before the bias correction,
+its RMSprop puts eps inside the square root, and its SGD keeps -lr * b instead of b.
 """
 
 from common.bootstrap import early_setup
@@ -61,30 +64,69 @@ def lstm_layer(x, h, c, w_ih, w_hh, bias, seq_len):
     return tf.concat(hs, axis=0), h, c
 
 
+def gru_cell(x_proj, h_proj, h):
+    """x_proj and h_proj (B, 3H) the input and recurrent projections, biases included, gates
+    r, z, n; h (B, H) -> new h (SPEC section 8: n = tanh(x_n + r * h_n), PyTorch's GRU)."""
+    x_rz, x_n = tf.split(x_proj, [-1, h.shape[-1]], axis=1)
+    h_rz, h_n = tf.split(h_proj, [-1, h.shape[-1]], axis=1)
+    r, z = tf.split(tf.sigmoid(x_rz + h_rz), 2, axis=1)
+    n = tf.tanh(x_n + r * h_n)
+    return n + z * (h - n)  # (1 - z) * n + z * h
+
+
+def gru_layer(x, h, w_ih, w_hh, b_ih, b_hh, seq_len):
+    """`lstm_layer` for the GRU: the input projection hoisted out of the unrolled loop, the
+    recurrent one (which r gates inside n) per step. Returns outputs (T*B, H) and final h."""
+    x_proj = tf.split(tf.matmul(x, w_ih) + b_ih, seq_len, axis=0)  # T x (B, 3H)
+    hs = []
+    for x_t in x_proj:
+        h = gru_cell(x_t, tf.matmul(h, w_hh) + b_hh, h)
+        hs.append(h)
+    return tf.concat(hs, axis=0), h
+
+
+def rnn_layer(x, h, w_ih, w_hh, bias, seq_len):
+    """`lstm_layer` for the vanilla RNN, h' = tanh(x W_ih + h W_hh + bias)."""
+    x_proj = tf.split(tf.matmul(x, w_ih) + bias, seq_len, axis=0)  # T x (B, H)
+    hs = []
+    for x_t in x_proj:
+        h = tf.tanh(x_t + tf.matmul(h, w_hh))
+        hs.append(h)
+    return tf.concat(hs, axis=0), h
+
+
 class Net(tf.Module):
-    """The trainable variables and the forward pass."""
+    """The trainable variables and the forward pass, for any cell."""
 
     def __init__(self, config: ModelConfig, weights: Weights):
         super().__init__(name="char_rnn")
         self.config = config
         L = config.num_layers
-        # Canonical names in a fixed order shared by the variables, the gradients and
-        # Adam's moments (`params`).
-        self.names = ["embedding", *(f"lstm.{k}.w_ih" for k in range(L)),
-                      *(f"lstm.{k}.w_hh" for k in range(L)),
-                      *(f"lstm.{k}.bias" for k in range(L)), "dense.w", "dense.b"]
+        # The canonical<->native name map: one attribute per part of a layer, named by the
+        # canonical short name (w_ih, w_hh, then bias, or GRU's b_ih and b_hh), each a list
+        # over layers. `names` is the fixed order shared by the variables, the gradients
+        # and the optimiser's slots (`params`).
+        parts = ("w_ih", "w_hh", *config.bias_names())
+        self.names = ["embedding", *(f"{config.layer(k)}.{part}" for part in parts
+                                     for k in range(L)), "dense.w", "dense.b"]
 
         def variable(name, label):
             return tf.Variable(in_out_layout(name, weights[name]), name=label)
 
         self.embedding = variable("embedding", "embedding")  # (V, E)
-        self.w_ih = [variable(f"lstm.{k}.w_ih", f"w_ih_{k}") for k in range(L)]  # (in, 4H)
-        self.w_hh = [variable(f"lstm.{k}.w_hh", f"w_hh_{k}") for k in range(L)]  # (H, 4H)
-        self.bias = [variable(f"lstm.{k}.bias", f"bias_{k}") for k in range(L)]  # (4H,)
+        for part in parts:  # kernels (in, G*H) and (H, G*H), biases (G*H,)
+            setattr(self, part, [variable(f"{config.layer(k)}.{part}", f"{part}_{k}")
+                                 for k in range(L)])
         self.dense_w = variable("dense.w", "dense_w")  # (H, V)
         self.dense_b = variable("dense.b", "dense_b")  # (V,)
-        self.params = [self.embedding, *self.w_ih, *self.w_hh, *self.bias,
-                       self.dense_w, self.dense_b]
+        self.params = [self.embedding, *(getattr(self, part)[k] for part in parts
+                                         for k in range(L)), self.dense_w, self.dense_b]
+        # What --l1 and --l2 penalise (config.kernel_names()): every w_ih, w_hh and dense.w.
+        self.kernels = [*self.w_ih, *self.w_hh, self.dense_w]
+
+    def layer_params(self, k):
+        """Layer k's variables: w_ih, w_hh, then its biases in config.bias_names() order."""
+        return [getattr(self, part)[k] for part in ("w_ih", "w_hh", *self.config.bias_names())]
 
     def _dropout(self, a, seed, k):
         """Inverted dropout; `seed` (2,) int64 differs per step, k per site."""
@@ -96,29 +138,42 @@ class Net(tf.Module):
     def __call__(self, x, h, c, seed=None):
         """x (T, B) int32 TIME-MAJOR, h and c (L, B, H) -> logits (T, B, V), new h and c.
 
-        Dropout is on only when `seed` is given (training)."""
+        Dropout is on only when `seed` is given (training). GRU and RNN have no cell
+        state: their c (zeros, SPEC section 10) passes through untouched."""
         seq_len = x.shape[0]
         out = self._dropout(tf.gather(self.embedding, tf.reshape(x, [-1])), seed, 0)  # (T*B, E)
         new_h, new_c = [], []
         for k in range(self.config.num_layers):
-            out, hk, ck = lstm_layer(out, h[k], c[k], self.w_ih[k], self.w_hh[k], self.bias[k],
-                                     seq_len)
+            if self.config.cell == "lstm":
+                out, hk, ck = lstm_layer(out, h[k], c[k], *self.layer_params(k), seq_len)
+                new_c.append(ck)
+            else:
+                layer = gru_layer if self.config.cell == "gru" else rnn_layer
+                out, hk = layer(out, h[k], *self.layer_params(k), seq_len)
             out = self._dropout(out, seed, k + 1)  # (T*B, H)
             new_h.append(hk)
-            new_c.append(ck)
         logits = tf.matmul(out, self.dense_w) + self.dense_b  # (T*B, V)
-        return tf.reshape(logits, [seq_len, -1, logits.shape[-1]]), tf.stack(new_h), tf.stack(new_c)
+        return (tf.reshape(logits, [seq_len, -1, logits.shape[-1]]), tf.stack(new_h),
+                tf.stack(new_c) if new_c else c)
 
     def step(self, ids, h, c):
         """ids (B,) -> logits (B, V): one character through each layer's cell, no scan."""
         out = tf.gather(self.embedding, ids)  # (B, E)
         new_h, new_c = [], []
         for k in range(self.config.num_layers):
-            z = tf.matmul(out, self.w_ih[k]) + tf.matmul(h[k], self.w_hh[k]) + self.bias[k]
-            out, ck = lstm_cell(z, c[k])
+            w_ih, w_hh, *bias = self.layer_params(k)
+            if self.config.cell == "lstm":
+                z = tf.matmul(out, w_ih) + tf.matmul(h[k], w_hh) + bias[0]
+                out, ck = lstm_cell(z, c[k])
+                new_c.append(ck)
+            elif self.config.cell == "gru":
+                out = gru_cell(tf.matmul(out, w_ih) + bias[0], tf.matmul(h[k], w_hh) + bias[1],
+                               h[k])
+            else:
+                out = tf.tanh(tf.matmul(out, w_ih) + tf.matmul(h[k], w_hh) + bias[0])
             new_h.append(out)
-            new_c.append(ck)
-        return tf.matmul(out, self.dense_w) + self.dense_b, tf.stack(new_h), tf.stack(new_c)
+        return (tf.matmul(out, self.dense_w) + self.dense_b, tf.stack(new_h),
+                tf.stack(new_c) if new_c else c)
 
 
 def mean_cross_entropy(logits, y):
@@ -126,16 +181,35 @@ def mean_cross_entropy(logits, y):
     return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits))
 
 
-class Adam(tf.Module):
-    """Adam with PyTorch's epsilon placement:
-    p -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps)."""
+def penalty(kernels, l1, l2):
+    """l1 * sum|W| + l2 * sum W^2 over the kernels (SPEC section 9), a term only where its
+    coefficient is non-zero. tf.abs's gradient is sign(W), 0 at 0, as the spec asks."""
+    terms = []
+    for w in kernels:
+        if l1:
+            terms.append(l1 * tf.reduce_sum(tf.abs(w)))
+        if l2:
+            terms.append(l2 * tf.reduce_sum(tf.square(w)))
+    return tf.add_n(terms)
+
+
+class Optimizer(tf.Module):
+    """The update count t (which also seeds dropout) and the per-parameter slots of
+    `OptimConfig.slots()` (Adam's m and v, RMSprop's v, SGD's b), zero at the start; a
+    subclass writes `apply`, SPEC sections 4 and 9's formula."""
 
     def __init__(self, params, optim: OptimConfig):
-        super().__init__(name="adam")
+        super().__init__(name=optim.optimizer)
         self.optim = optim
         self.t = tf.Variable(0, dtype=tf.int64, trainable=False, name="t")
-        self.m = [tf.Variable(tf.zeros_like(p), trainable=False, name="m") for p in params]
-        self.v = [tf.Variable(tf.zeros_like(p), trainable=False, name="v") for p in params]
+        for slot in optim.slots():
+            setattr(self, slot, [tf.Variable(tf.zeros_like(p), trainable=False, name=slot)
+                                 for p in params])
+
+
+class Adam(Optimizer):
+    """Adam with PyTorch's epsilon placement:
+    p -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps)."""
 
     def apply(self, params, grads):
         o = self.optim
@@ -147,6 +221,31 @@ class Adam(tf.Module):
             m.assign(o.beta1 * m + (1.0 - o.beta1) * g)
             v.assign(o.beta2 * v + (1.0 - o.beta2) * tf.square(g))
             p.assign_sub(step_size * m / (tf.sqrt(v) / sqrt_c2 + o.eps))
+
+
+class RMSprop(Optimizer):
+    """v = rho v + (1 - rho) g^2, p -= lr g / (sqrt(v) + eps): eps outside the square root,
+    not centred, no momentum."""
+
+    def apply(self, params, grads):
+        o = self.optim
+        self.t.assign_add(1)
+        for p, g, v in zip(params, grads, self.v):
+            v.assign(o.decay_rate * v + (1.0 - o.decay_rate) * tf.square(g))
+            p.assign_sub(o.learning_rate * g / (tf.sqrt(v) + o.eps))
+
+
+class SGD(Optimizer):
+    """PyTorch's momentum: b = momentum b + g, p -= lr b."""
+
+    def apply(self, params, grads):
+        o = self.optim
+        self.t.assign_add(1)
+        for p, g, b in zip(params, grads, self.b):
+            p.assign_sub(o.learning_rate * b.assign(o.momentum * b + g))
+
+
+OPTIMIZERS = {"adam": Adam, "rmsprop": RMSprop, "sgd": SGD}
 
 
 # ---------------------------------------------------------------------------------------
@@ -164,7 +263,7 @@ class TFCharRNN(CharRNN):
         L, H = config.num_layers, config.rnn_size
         with tf.device(self.tf_device):
             self.net = Net(config, {n: np.asarray(a, np.float32) for n, a in weights.items()})
-            self.adam = Adam(self.net.params, optim)
+            self.optimizer = OPTIMIZERS[optim.optimizer](self.net.params, optim)
         self.dropout_seed = tf.constant([seed, 0], tf.int64)
         # The sequence functions trace once per (B, T) shape: the unrolled time loop needs a
         # static T, and a static B drops the broadcast-gradient Sums of every elementwise op
@@ -197,18 +296,20 @@ class TFCharRNN(CharRNN):
     def _grads_fn(self, x, y, h, c, seed=None):
         with tf.GradientTape() as tape:
             logits, h, c = self.net(x, h, c, seed)
-            loss = mean_cross_entropy(logits, y)
-        # The embedding's gradient is IndexedSlices; Adam needs it dense.
-        grads = [tf.convert_to_tensor(g) for g in tape.gradient(loss, self.net.params)]
+            loss = mean_cross_entropy(logits, y)  # what is returned and logged
+            objective = (loss + penalty(self.net.kernels, self.optim.l1, self.optim.l2)
+                         if self.optim.penalised else loss)
+        # The embedding's gradient is IndexedSlices; the optimisers need it dense.
+        grads = [tf.convert_to_tensor(g) for g in tape.gradient(objective, self.net.params)]
         return loss, grads, h, c
 
     def _train_fn(self, x, y, h, c):
         # A fresh dropout seed per step, derived from (seed, step), so masks need no saved RNG.
         sites = self.config.num_layers + 1
-        seed = self.dropout_seed + tf.stack([tf.constant(0, tf.int64), sites * self.adam.t])
+        seed = self.dropout_seed + tf.stack([tf.constant(0, tf.int64), sites * self.optimizer.t])
         loss, grads, h, c = self._grads_fn(x, y, h, c, seed)
         grads, _ = tf.clip_by_global_norm(grads, self.optim.clip_norm)
-        self.adam.apply(self.net.params, grads)
+        self.optimizer.apply(self.net.params, grads)
         return loss, h, c
 
     def _eval_fn(self, x, y, h, c):
@@ -224,7 +325,9 @@ class TFCharRNN(CharRNN):
         return tuple(s.numpy().copy() for s in state)
 
     def state_from_numpy(self, h, c):
-        return tf.constant(h, tf.float32), tf.constant(c, tf.float32)
+        h = tf.constant(h, tf.float32)
+        # GRU and RNN have no cell state: their c is zeros, whatever comes in (SPEC section 10).
+        return h, tf.constant(c, tf.float32) if self.config.cell == "lstm" else tf.zeros_like(h)
 
     # ---- compute ---------------------------------------------------------------------
     def _run(self, fn, *args):
@@ -269,10 +372,12 @@ class TFCharRNN(CharRNN):
                 for name, p in zip(self.net.names, self.net.params)}
 
     def _checkpoint(self):
-        return tf.train.Checkpoint(net=self.net, adam=self.adam)
+        # Keyed by the optimiser's name ("adam", as before the other optimisers came):
+        # restoring another optimiser's checkpoint fails in assert_consumed.
+        return tf.train.Checkpoint(net=self.net, **{self.optim.optimizer: self.optimizer})
 
     def save_native(self, directory: Path):
-        # Weights, Adam's m and v and its step count (which also seeds dropout).
+        # Weights, the optimiser's slots and its step count (which also seeds dropout).
         self._checkpoint().write(str(directory / "tf_model"))
 
     def load_native(self, directory: Path):
