@@ -129,27 +129,37 @@ class StepNet(gluon.HybridBlock):
         return (self.dense(out), *(F.stack(*layers, axis=0) for layers in zip(*new_state)))
 
 
+class SpecOptimizer(mx.optimizer.Optimizer):
+    """An update of docs/SPEC.md sections 4 and 9: `slots` zero arrays per weight, and
+    `apply` given the step count, the learning rate, the weight, the gradient and the
+    slots. Subclasses are registered, so Trainer can save them."""
+
+    slots = 1
+
+    def create_state(self, index, weight):
+        return tuple(nd.zeros(weight.shape, weight.context, dtype=weight.dtype)
+                     for _ in range(self.slots))
+
+    def update(self, index, weight, grad, state):
+        self._update_count(index)
+        g = grad * self.rescale_grad if self.rescale_grad != 1.0 else grad
+        self.apply(self._index_update_count[index], self._get_lr(index), weight, g, *state)
+
+
 @mx.optimizer.register
-class TorchAdam(mx.optimizer.Optimizer):
+class TorchAdam(SpecOptimizer):
     """Adam with PyTorch's bias correction and eps placement (docs/SPEC.md section 4),
-    in the NumPy reference's order of operations. Registered, so Trainer can save it."""
+    in the NumPy reference's order of operations."""
+
+    slots = 2
 
     def __init__(self, learning_rate=0.001, beta1=0.9, beta2=0.999, epsilon=1e-8, **kwargs):
         super().__init__(learning_rate=learning_rate, **kwargs)
         self.beta1, self.beta2, self.epsilon = beta1, beta2, epsilon
 
-    def create_state(self, index, weight):
-        return (nd.zeros(weight.shape, weight.context, dtype=weight.dtype),
-                nd.zeros(weight.shape, weight.context, dtype=weight.dtype))
-
-    def update(self, index, weight, grad, state):
-        self._update_count(index)
-        t = self._index_update_count[index]
-        lr = self._get_lr(index)
+    def apply(self, t, lr, weight, g, m, v):
         correction1 = 1.0 - self.beta1 ** t
         correction2 = 1.0 - self.beta2 ** t
-        m, v = state
-        g = grad * self.rescale_grad if self.rescale_grad != 1.0 else grad
         m[:] = m * self.beta1 + (1.0 - self.beta1) * g
         v[:] = v * self.beta2 + (1.0 - self.beta2) * g * g
         denom = nd.sqrt(v) / float(np.sqrt(correction2)) + self.epsilon
@@ -157,7 +167,7 @@ class TorchAdam(mx.optimizer.Optimizer):
 
 
 @mx.optimizer.register
-class TorchRMSProp(mx.optimizer.Optimizer):
+class TorchRMSProp(SpecOptimizer):
     """RMSprop with eps outside the sqrt, not centred (docs/SPEC.md section 9; PyTorch's
     too): v = rho * v + (1 - rho) * g^2, p -= lr * g / (sqrt(v) + eps). MXNet's own
     divides by sqrt(v + eps)."""
@@ -166,19 +176,13 @@ class TorchRMSProp(mx.optimizer.Optimizer):
         super().__init__(learning_rate=learning_rate, **kwargs)
         self.rho, self.epsilon = rho, epsilon
 
-    def create_state(self, index, weight):
-        return nd.zeros(weight.shape, weight.context, dtype=weight.dtype)
-
-    def update(self, index, weight, grad, state):
-        self._update_count(index)
-        lr = self._get_lr(index)
-        g = grad * self.rescale_grad if self.rescale_grad != 1.0 else grad
-        state[:] = state * self.rho + (1.0 - self.rho) * g * g
-        weight[:] = weight - lr * g / (nd.sqrt(state) + self.epsilon)
+    def apply(self, t, lr, weight, g, v):
+        v[:] = v * self.rho + (1.0 - self.rho) * g * g
+        weight[:] = weight - lr * g / (nd.sqrt(v) + self.epsilon)
 
 
 @mx.optimizer.register
-class TorchSGD(mx.optimizer.Optimizer):
+class TorchSGD(SpecOptimizer):
     """SGD with PyTorch's momentum form (docs/SPEC.md section 9): b = momentum * b + g,
     p -= lr * b. MXNet's own keeps b = momentum * b + lr * g, the learning rate inside
     the buffer."""
@@ -187,15 +191,9 @@ class TorchSGD(mx.optimizer.Optimizer):
         super().__init__(learning_rate=learning_rate, **kwargs)
         self.momentum = momentum
 
-    def create_state(self, index, weight):
-        return nd.zeros(weight.shape, weight.context, dtype=weight.dtype)
-
-    def update(self, index, weight, grad, state):
-        self._update_count(index)
-        lr = self._get_lr(index)
-        g = grad * self.rescale_grad if self.rescale_grad != 1.0 else grad
-        state[:] = state * self.momentum + g
-        weight[:] = weight - lr * state
+    def apply(self, t, lr, weight, g, b):
+        b[:] = b * self.momentum + g
+        weight[:] = weight - lr * b
 
 
 def make_optimizer(optim: OptimConfig) -> mx.optimizer.Optimizer:
@@ -213,7 +211,7 @@ def make_optimizer(optim: OptimConfig) -> mx.optimizer.Optimizer:
 # script this module is __main__; naming it mxnet_model keeps the states loadable
 # both from the command line and after `import mxnet_model`.
 sys.modules.setdefault("mxnet_model", sys.modules[__name__])
-for _optimizer in (TorchAdam, TorchRMSProp, TorchSGD):
+for _optimizer in (SpecOptimizer, TorchAdam, TorchRMSProp, TorchSGD):
     _optimizer.__module__ = "mxnet_model"
 
 # ---------------------------------------------------------------------------------------

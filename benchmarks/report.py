@@ -674,14 +674,19 @@ def cells_table(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def run_line(run: dict) -> str:
+    """"Profile `quick` on <cpu> (2 threads), <date>": how a README block begins."""
+    s, m = run.get("settings", {}), run.get("machine", {})
+    return (f"Profile `{s.get('profile')}` on {m.get('cpu')} ({s.get('threads')} threads), "
+            f"{str(run.get('started', ''))[:10]}")
+
+
 def cells_block(table: pd.DataFrame, run: dict, results_dir: Path, readme: Path) -> str:
     """The README's cells block: the cost of each cell in each framework."""
     link = readme_link(results_dir, readme)
-    s, m = run.get("settings", {}), run.get("machine", {})
     return "\n".join([
         CELLS_START,
-        f"Profile `{s.get('profile')}` on {m.get('cpu')} ({s.get('threads')} threads), "
-        f"{str(run.get('started', ''))[:10]}: one epoch of each cell, the median training "
+        f"{run_line(run)}: one epoch of each cell, the median training "
         "step of the default spec otherwise (64 x 64 characters, 2 layers of 128). Full "
         f"report: [{link('report.md')}]({link('report.md')}).", "",
         cells_table(table), "", CELLS_END])
@@ -699,11 +704,9 @@ def readme_link(results_dir: Path, readme: Path) -> Callable[[str], str]:
 def readme_block(table: pd.DataFrame, run: dict, results_dir: Path, readme: Path) -> str:
     """The README's results block: the table and links to the plots and the full report."""
     link = readme_link(results_dir, readme)
-    s, m = run.get("settings", {}), run.get("machine", {})
     return "\n".join([
         README_START,
-        f"Profile `{s.get('profile')}` on {m.get('cpu')} ({s.get('threads')} threads), "
-        f"{str(run.get('started', ''))[:10]}; full report: "
+        f"{run_line(run)}; full report: "
         f"[{link('report.md')}]({link('report.md')}). Ranked by *s/epoch*, the median step "
         "times the batches of an epoch (the framework, not the machine's hiccups; MFU and "
         "chars/s use the same median step); *wall s/epoch* is the clock."
