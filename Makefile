@@ -32,8 +32,11 @@ lint: setup
 # Lint first: a style error fails in seconds, before the 10-minute suite.
 test: setup lint test-modern test-legacy
 
+# Two workers: the tests are tiny models, mostly single-threaded Python, so two at a time
+# use both cores (measured on a slow day: 24.8 -> 18.3 minutes). Each framework's conformance
+# cases stay on one worker (xdist_group), which compiles its graphs once.
 test-modern:
-	$(VENV)/bin/python -m pytest
+	$(VENV)/bin/python -m pytest -n 2 --dist loadgroup
 
 test-legacy:
 	$(LEGACY)/bin/python -m pytest

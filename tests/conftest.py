@@ -33,10 +33,13 @@ def in_this_env(name: str) -> bool:
     return registry.FRAMEWORKS[name].env in (CURRENT_ENV, "any")
 
 
-def framework_params(env_only: bool = True):
-    """pytest params over registered frameworks (those of this environment by default)."""
-    return [pytest.param(name, id=name) for name in registry.names()
-            if not env_only or in_this_env(name)]
+def framework_params(env_only: bool = True, grouped: bool = False):
+    """pytest params over registered frameworks (those of this environment by default).
+    `grouped`: each framework's tests go to one pytest-xdist worker (`--dist loadgroup`),
+    so a framework's graphs compile, and a Keras backend's worker process starts, once."""
+    return [pytest.param(name, id=name,
+                         marks=[pytest.mark.xdist_group(name)] if grouped else [])
+            for name in registry.names() if not env_only or in_this_env(name)]
 
 
 def require(name: str):

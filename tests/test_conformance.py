@@ -32,7 +32,7 @@ def _result(name: str, case: str) -> dict:
 
 
 @pytest.mark.parametrize("case", list(CASES))
-@pytest.mark.parametrize("name", framework_params())
+@pytest.mark.parametrize("name", framework_params(grouped=True))
 def test_matches_numpy_reference(name, case):
     result = _result(name, case)
     assert result["grads_missing"] == []
