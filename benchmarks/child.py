@@ -51,6 +51,11 @@ BATCH_SAMPLES = 64  # streams of the batch generation figure (generate --num-sam
 WATCH_EVERY_S = 1.0  # how often a training child's log is looked at for new epochs
 
 
+def where_of(cell: str | None, point: Point | None) -> str:
+    """records.where_key of a cell and a sweep point."""
+    return records.where_key(cell, point.key if point else "")
+
+
 @dataclass(frozen=True)
 class Plan:
     """What every framework of a run (or of one sweep point) shares."""
@@ -68,7 +73,7 @@ class Plan:
     @property
     def where(self) -> str:
         """records.where_key of this plan's runs: its cell and sweep point."""
-        return records.where_key(self.cell, self.point.key if self.point else "")
+        return where_of(self.cell, self.point)
 
     @property
     def init_path(self) -> Path:

@@ -681,12 +681,19 @@ def run_line(run: dict) -> str:
             f"{str(run.get('started', ''))[:10]}")
 
 
+def _cell_training(run: dict) -> str:
+    """"one epoch of each cell", or the steps a --max-steps run trained of each."""
+    steps = run.get("settings", {}).get("max_steps")
+    return (f"{steps} training steps of each cell (`--max-steps {steps}`)" if steps
+            else "one epoch of each cell")
+
+
 def cells_block(table: pd.DataFrame, run: dict, results_dir: Path, readme: Path) -> str:
     """The README's cells block: the cost of each cell in each framework."""
     link = readme_link(results_dir, readme)
     return "\n".join([
         CELLS_START,
-        f"{run_line(run)}: one epoch of each cell, the median training "
+        f"{run_line(run)}: {_cell_training(run)}, the median training "
         "step of the default spec otherwise (64 x 64 characters, 2 layers of 128). Full "
         f"report: [{link('report.md')}]({link('report.md')}).", "",
         cells_table(table), "", CELLS_END])

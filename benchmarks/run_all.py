@@ -483,7 +483,7 @@ class Job:
 
     @property
     def where(self) -> str:
-        return records.where_key(self.cell, self.point.key if self.point else "")
+        return child.where_of(self.cell, self.point)
 
     @property
     def key(self) -> str:
