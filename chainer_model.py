@@ -351,6 +351,10 @@ def _gpu_names() -> list[str]:
 
 class ChainerCharRNN(CharRNN):
     framework = "chainer"
+    # ChainerMN is Chainer's data parallelism; it runs over MPI (mpi4py built against an
+    # MPI library), which neither environment installs.
+    data_parallel_refusal = ("ChainerMN, Chainer's data parallelism, needs MPI (an MPI "
+                             "library and mpi4py built against it), which is not set up here")
     net_cls = Net
 
     def __init__(self, config: ModelConfig, weights: Weights, optim: OptimConfig,

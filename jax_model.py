@@ -30,9 +30,11 @@ import optax
 import safetensors.numpy
 from flax import nnx
 from jax._src import xla_bridge  # no public "has the backend started" query
+from jax.experimental import multihost_utils
 
 from common.cli import main
 from common.config import ModelConfig, OptimConfig
+from common.distributed import World
 from common.errors import CharRnnError
 from common.framework import CPU, CharRNN, Device, choose_device
 from common.threads import limit_xla_threads
@@ -264,7 +266,8 @@ class JaxCharRNN(CharRNN):
     def __init__(self, config: ModelConfig, weights: Weights, optim: OptimConfig,
                  device: Device = CPU, seed: int = 0):
         super().__init__(config, weights, optim, device, seed)
-        self.jax_device = jax.devices(device.kind)[device.index]  # kind "cpu" or "gpu"
+        # This process's own device (a data-parallel world lists every process's).
+        self.jax_device = jax.local_devices(backend=device.kind)[device.index]
         # eval_shape: the graph and shapes only, no throw-away random initialisation.
         abstract = nnx.eval_shape(lambda: Net(config, nnx.Rngs(0)))
         graphdef, params = nnx.split(abstract)  # Params only: Net holds no other state
@@ -283,17 +286,27 @@ class JaxCharRNN(CharRNN):
             objective = losses.mean() + penalty(params) if optim.penalised else losses.mean()
             return objective, (losses, state)
 
-        def train(params, opt_state, key, x, y, state):
+        def gradient(params, key, x, y, state):
             key, dropout_key = jax.random.split(key)
             (_, (losses, state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
                 params, x, y, state, dropout_key)
+            return grads, key, losses, state
+
+        def update(params, opt_state, grads):
             updates, opt_state = tx.update(grads, opt_state, params)  # clip, then step
-            return optax.apply_updates(params, updates), opt_state, key, losses, state
+            return optax.apply_updates(params, updates), opt_state
+
+        def train(params, opt_state, key, x, y, state):
+            grads, key, losses, state = gradient(params, key, x, y, state)
+            return *update(params, opt_state, grads), key, losses, state
 
         # One compile per input shape (training, validation and generation batches may
         # differ); params and optimiser slots are donated so XLA updates them in place. The
         # state returned is a fresh output, outside any gradient trace: truncated BPTT.
         self._train = jax.jit(train, donate_argnums=(0, 1, 2))
+        if self.world.size > 1:  # the same two halves, with the world's mean between them
+            self._gradient = jax.jit(gradient, donate_argnums=(1,))
+            self._update = jax.jit(update, donate_argnums=(0, 1))
         self._grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
         self._eval = jax.jit(lambda *args: loss_fn(*args)[1])
         self._forward = jax.jit(lambda params, x, state: nnx.merge(graphdef, params)(x, state))
@@ -307,6 +320,43 @@ class JaxCharRNN(CharRNN):
     def _put(self, tree):
         return jax.device_put(tree, self.jax_device)
 
+    # ---- data parallel: jax.distributed (docs/SPEC.md section 11) ----------------------
+    @classmethod
+    def init_world(cls, world: World, device: str, timeout_s: float) -> None:
+        """jax.distributed's coordination service at the world's coordinator (rank 0
+        serves it); on the CPU, JAX's cross-process collectives go through gloo. Before
+        `setup_device`: the backend must not have started."""
+        if device != "gpu":
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(world.coordinator, world.size, world.rank,
+                                   initialization_timeout=max(1, round(timeout_s)))
+        cls.world = world
+
+    @classmethod
+    def _allgather(cls, flat: np.ndarray) -> np.ndarray:
+        """(n,) of each rank -> (W, n) on every rank: `process_allgather`, an XLA
+        all-gather across the processes' devices."""
+        return np.asarray(multihost_utils.process_allgather(flat))
+
+    @classmethod
+    def all_sum(cls, values):
+        if cls.world.size == 1:
+            return values
+        # float64 crosses as pairs of uint32: JAX keeps 64-bit floats off by default.
+        values = np.asarray(values, np.float64)
+        raw = cls._allgather(np.ascontiguousarray(values).reshape(-1).view(np.uint32))
+        return raw.view(np.float64).sum(axis=0).reshape(values.shape)
+
+    def _world_mean(self, grads):
+        """The gradients averaged over the world: each rank's is the mean over its
+        equal share of the batch, so their mean is the whole batch's."""
+        leaves, treedef = jax.tree.flatten(grads)
+        flat = np.concatenate([np.asarray(leaf, np.float32).reshape(-1) for leaf in leaves])
+        mean = self._allgather(flat).mean(axis=0, dtype=np.float64).astype(np.float32)
+        sizes = np.cumsum([leaf.size for leaf in leaves])[:-1]
+        return self._put(jax.tree.unflatten(treedef, [
+            part.reshape(leaf.shape) for part, leaf in zip(np.split(mean, sizes), leaves)]))
+
     @classmethod
     def versions(cls):
         return {"jax": jax.__version__, "flax": flax.__version__, "optax": optax.__version__}
@@ -314,14 +364,16 @@ class JaxCharRNN(CharRNN):
     @classmethod
     def setup_device(cls, device, threads):
         # First: jax.devices() starts the backend, and then its thread pools are fixed.
-        limit_xla_threads(threads, xla_bridge.backends_are_initialized())
+        limit_xla_threads(threads, xla_bridge.backends_are_initialized(),
+                          cls.world.local_rank)
         keep_freed_memory()
         try:
-            gpu_names = [d.device_kind for d in jax.devices("gpu")]
+            gpu_names = [d.device_kind for d in jax.local_devices(backend="gpu")]
         except RuntimeError:  # no GPU platform in this jaxlib
             gpu_names = []
         return choose_device(device, gpu_names, "JAX sees no GPU (this jaxlib is CPU-only "
-                                                "unless installed as jax[cuda12])")
+                                                "unless installed as jax[cuda12])",
+                             cls.world.local_rank if len(gpu_names) > 1 else 0)
 
     # ---- weights ---------------------------------------------------------------------
     def get_weights(self):
@@ -365,6 +417,12 @@ class JaxCharRNN(CharRNN):
         return mean_loss(losses), from_flax(grads, self.config), state
 
     def train_step(self, x, y, state):
+        if self.world.size > 1:
+            grads, self.key, losses, state = self._gradient(
+                self.params, self.key, np.asarray(x, np.int32), np.asarray(y, np.int32), state)
+            self.params, self.opt_state = self._update(self.params, self.opt_state,
+                                                       self._world_mean(grads))
+            return mean_loss(losses), state
         self.params, self.opt_state, self.key, losses, state = self._train(
             self.params, self.opt_state, self.key, np.asarray(x, np.int32),
             np.asarray(y, np.int32), state)

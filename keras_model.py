@@ -199,6 +199,11 @@ def build_optimizer(optim: OptimConfig) -> keras.optimizers.Optimizer:
 
 class KerasCharRNN(CharRNN):
     framework = "keras"
+    # Not attempted: keras.distribution.DataParallel (JAX backend) lays out the variables
+    # and batches of Keras' own `fit`; this file's step is its own jax.jit/tf.function.
+    data_parallel_refusal = ("not implemented for Keras here (keras.distribution.DataParallel "
+                             "would need this file's own train step ported to it); train "
+                             "data-parallel with tf_model.py, jax_model.py or pytorch_model.py")
 
     def __init__(self, config: ModelConfig, weights: Weights, optim: OptimConfig,
                  device: Device = CPU, seed: int = 0):

@@ -221,6 +221,11 @@ for _optimizer in (SpecOptimizer, TorchAdam, TorchRMSProp, TorchSGD):
 
 class MxnetCharRNN(CharRNN):
     framework = "mxnet"
+    # MXNet trains data-parallel across processes through a dist_sync kvstore, started by
+    # its parameter-server launcher (tools/launch.py), which the pip package lacks.
+    data_parallel_refusal = ("MXNet's multi-process training needs a dist_sync kvstore "
+                             "started by its parameter-server launcher (tools/launch.py, "
+                             "not in the pip package)")
 
     def __init__(self, config: ModelConfig, weights: Weights, optim: OptimConfig,
                  device: Device = CPU, seed: int = 0):

@@ -270,6 +270,8 @@ def softmax_cross_entropy(logits, y):
 
 class NumpyCharRNN(NumpyState, CharRNN):
     framework = "numpy"
+    data_parallel_refusal = ("the NumPy reference is one process by design: it has no "
+                             "collective communication to average gradients with")
 
     def __init__(self, config: ModelConfig, weights: Weights, optim: OptimConfig,
                  device: Device = CPU, seed: int = 0):

@@ -177,6 +177,8 @@ class PytensorCharRNN(NumpyState, CharRNN):
     """
 
     framework = "pytensor"
+    data_parallel_refusal = ("PyTensor has no collectives across processes (Theano's "
+                             "multi-GPU platoon was not carried over)")
 
     def __init__(self, config: ModelConfig, weights: Weights, optim: OptimConfig,
                  device: Device = CPU, seed: int = 0):

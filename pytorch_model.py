@@ -16,15 +16,19 @@ from common.bootstrap import early_setup
 
 early_setup(__file__)  # before torch loads its OpenMP pool
 
+import datetime
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from common.cli import main
 from common.config import ModelConfig, OptimConfig
+from common.distributed import World
 from common.framework import CPU, CharRNN, Device, choose_device
 from common.weights import Weights
 
@@ -136,6 +140,12 @@ class TorchCharRNN(CharRNN):
         self._layer_step = {"lstm": self._lstm_step, "gru": self._gru_step,
                             "rnn": self._rnn_step}[config.cell]
         self.optimizer = make_optimizer(self.params, optim)
+        # Data parallel: DDP averages the gradients across the ranks during backward
+        # (bucketed all-reduces, gloo or NCCL), before `train_step` clips them.
+        self.train_net = self.net
+        if self.world.size > 1:
+            self.train_net = DistributedDataParallel(
+                self.net, device_ids=[device.index] if device.is_gpu else None)
 
     @classmethod
     def versions(cls):
@@ -147,7 +157,36 @@ class TorchCharRNN(CharRNN):
             torch.set_num_threads(threads)
         gpu_names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
         return choose_device(device, gpu_names, f"PyTorch {torch.__version__} sees no CUDA GPU "
-                                                "(a CPU-only build of torch, or no NVIDIA driver)")
+                                                "(a CPU-only build of torch, or no NVIDIA driver)",
+                             cls.world.local_rank)
+
+    # ---- data parallel: torch.distributed (docs/SPEC.md section 11) -------------------
+    _host_group = None  # gloo group for the loop's host arrays when the gradients use NCCL
+
+    @classmethod
+    def init_world(cls, world: World, device: str, timeout_s: float) -> None:
+        """gloo on the CPU, NCCL on GPUs (then a gloo group for the loop's host arrays).
+        torchrun's variables are read as torchrun means them (env://, its agent's
+        store); a world set by JAX's or TF's variables rendezvouses at its coordinator
+        (tcp://)."""
+        timeout = datetime.timedelta(seconds=timeout_s)
+        gpu = device == "gpu" or (device == "auto" and torch.cuda.is_available())
+        if gpu:
+            torch.cuda.set_device(world.local_rank)
+        init = "env://" if world.source == "WORLD_SIZE" else f"tcp://{world.coordinator}"
+        dist.init_process_group("nccl" if gpu else "gloo", init_method=init, rank=world.rank,
+                                world_size=world.size, timeout=timeout)
+        if gpu:
+            cls._host_group = dist.new_group(backend="gloo", timeout=timeout)
+        cls.world = world
+
+    @classmethod
+    def all_sum(cls, values):
+        if cls.world.size == 1:
+            return values
+        total = torch.from_numpy(np.array(values, np.float64))
+        dist.all_reduce(total, group=cls._host_group)
+        return total.numpy()
 
     # ---- weights: canonical <-> nn.LSTM/GRU/RNN, through `native_names`, `zero_biases` --
     def _load_canonical(self, w: Weights):
@@ -246,7 +285,7 @@ class TorchCharRNN(CharRNN):
         """The cross-entropy (what is reported), the objective (what is differentiated:
         the cross-entropy plus the --l1/--l2 penalties, built only when one is on) and
         the new state."""
-        logits, state = self.net(self._ids(x), state)
+        logits, state = self.train_net(self._ids(x), state)
         loss = F.cross_entropy(logits.reshape(-1, self.config.vocab_size),
                                self._ids(y).reshape(-1))
         objective = loss + self._penalty() if self.optim.penalised else loss

@@ -16,6 +16,8 @@ from common.bootstrap import early_setup
 
 early_setup(__file__)  # before TensorFlow reads TF_NUM_*_THREADS
 
+import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +25,7 @@ import tensorflow as tf
 
 from common.cli import main
 from common.config import ModelConfig, OptimConfig
+from common.distributed import World
 from common.framework import CPU, CharRNN, Device, choose_device
 from common.threads import set_tf_threads
 from common.weights import Weights, in_out_layout
@@ -269,6 +272,9 @@ class TFCharRNN(CharRNN):
         # static T, and a static B drops the broadcast-gradient Sums of every elementwise op
         # (about 1,000 of them per step; 4% of a step's CPU time). The train loop has one shape.
         self._train = tf.function(self._train_fn, jit_compile=JIT_COMPILE)
+        if self.world.size > 1:  # each worker's step, with the gradients averaged between
+            self._train = tf.function(lambda *args: self.strategy.run(self._train_fn,
+                                                                      args=args))
         self._grads = tf.function(self._grads_fn, jit_compile=JIT_COMPILE)
         self._eval = tf.function(self._eval_fn, jit_compile=JIT_COMPILE)
         self._forward = tf.function(lambda x, h, c: self.net(x, h, c), jit_compile=JIT_COMPILE)
@@ -282,6 +288,41 @@ class TFCharRNN(CharRNN):
     @classmethod
     def versions(cls):
         return {"tensorflow": tf.__version__}
+
+    # ---- data parallel: MultiWorkerMirroredStrategy (docs/SPEC.md section 11) -------------
+    strategy = None
+
+    @classmethod
+    def init_world(cls, world: World, device: str, timeout_s: float) -> None:
+        """A MultiWorkerMirroredStrategy over TF_CONFIG's workers, used only for its
+        collectives: the variables stay plain per-worker ones, and the train step runs
+        inside `strategy.run` so that it can all-reduce the gradients (Keras' `fit` is
+        not used). A world from torchrun's variables on one machine gets a TF_CONFIG of
+        consecutive ports from MASTER_PORT; several machines need a real TF_CONFIG."""
+        if world.source != "TF_CONFIG":
+            host, port = world.coordinator.rsplit(":", 1)
+            os.environ["TF_CONFIG"] = json.dumps({
+                "cluster": {"worker": [f"{host}:{int(port) + r}" for r in range(world.size)]},
+                "task": {"type": "worker", "index": world.rank}})
+        options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=timeout_s)
+        cls.strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+        cls.world = world
+
+    @classmethod
+    def all_sum(cls, values):
+        if cls.world.size == 1:
+            return values
+        total = cls._all_sum_fn(tf.constant(np.asarray(values, np.float64)))
+        return cls.strategy.experimental_local_results(total)[0].numpy()
+
+    @staticmethod
+    @tf.function
+    def _all_sum_fn(values):
+        def replica_sum(v):
+            with tf.device("/CPU:0"):  # a traced argument has no device: the reduction's
+                v = tf.identity(v)     # destination is the value's device
+            return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, v)
+        return TFCharRNN.strategy.run(replica_sum, args=(values,))
 
     @classmethod
     def setup_device(cls, device, threads):
@@ -308,6 +349,9 @@ class TFCharRNN(CharRNN):
         sites = self.config.num_layers + 1
         seed = self.dropout_seed + tf.stack([tf.constant(0, tf.int64), sites * self.optimizer.t])
         loss, grads, h, c = self._grads_fn(x, y, h, c, seed)
+        if self.world.size > 1:  # the workers' mean: MultiWorkerMirroredStrategy's all-reduce
+            grads = tf.distribute.get_replica_context().all_reduce(
+                tf.distribute.ReduceOp.MEAN, grads)
         grads, _ = tf.clip_by_global_norm(grads, self.optim.clip_norm)
         self.optimizer.apply(self.net.params, grads)
         return loss, h, c
@@ -357,8 +401,10 @@ class TFCharRNN(CharRNN):
         return float(loss), canonical, (h, c)
 
     def train_step(self, x, y, state):
-        loss, h, c = self._run(self._train, self._time_major(x), self._time_major(y),
-                               *state)
+        out = self._run(self._train, self._time_major(x), self._time_major(y), *state)
+        if self.world.size > 1:  # one replica per worker: its results
+            out = [self.strategy.experimental_local_results(t)[0] for t in out]
+        loss, h, c = out
         return float(loss), (h, c)  # float() waits for the device
 
     def eval_step(self, x, y, state):

@@ -54,8 +54,9 @@ def portable_metadata(model: CharRNN, progress: Progress) -> dict[str, str]:
 
 
 def save_checkpoint(directory: str | Path, model: CharRNN, vocab: Vocab, progress: Progress,
-                    state, train_config) -> None:
-    """Write a complete checkpoint directory atomically.
+                    state: tuple[np.ndarray, np.ndarray], train_config) -> None:
+    """Write a complete checkpoint directory atomically; `state` is the carried (h, c) of
+    the whole batch, each (num_layers, batch_size, rnn_size).
 
     Any failure (whatever a framework's native save raises) becomes a CharRnnError
     naming the directory and the reason; the previous checkpoint stays as it was.
@@ -66,7 +67,7 @@ def save_checkpoint(directory: str | Path, model: CharRNN, vocab: Vocab, progres
                           **portable_metadata(model, progress))
             (tmp / "native").mkdir()
             model.save_native(tmp / "native")
-            h, c = model.state_to_numpy(state)
+            h, c = state
             safetensors.numpy.save_file({"h": h, "c": c}, str(tmp / "state.safetensors"))
             trainer = {"framework": model.framework, "progress": dataclasses.asdict(progress),
                        "train_config": dataclasses.asdict(train_config)}

@@ -110,6 +110,23 @@ def main(model_cls, argv: list[str] | None = None, variants: dict | None = None)
         sys.exit(2)
     prog = Path(sys.argv[0]).name if argv is None else f"{model_cls.framework}_model.py"
     command, cfg = parse_args(sys.argv[1:] if argv is None else argv, prog)
+    exit_process(_run(model_cls, command, cfg))
+
+
+def exit_process(status: int) -> None:
+    """Exit with `status`. A process that joined a data-parallel world leaves at once
+    (after flushing): the frameworks' distributed runtimes can wait at interpreter exit
+    for ranks that are already gone (TensorFlow's coordination service did, for ever)."""
+    from common import distributed
+    if distributed.JOINED:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)
+
+
+def _run(model_cls, command: str, cfg) -> int:
+    """Run `command`; the process's exit status."""
     try:
         if command == "train":
             from common.train import train
@@ -125,17 +142,18 @@ def main(model_cls, argv: list[str] | None = None, variants: dict | None = None)
             run_export(model_cls, cfg)
     except CharRnnError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
-        sys.exit(2)
+        return 2
     except Stopped as exc:  # SIGTERM, SIGHUP or Ctrl-C, after saving
         print(exc, file=sys.stderr, flush=True)
-        sys.exit(128 + exc.signum)
+        return 128 + exc.signum
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr, flush=True)
-        sys.exit(130)
+        return 130
     except BrokenPipeError:  # `... generate | head`: the reader left, nothing is wrong
         # Point stdout at /dev/null so the interpreter's final flush cannot fail again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(0)
+        return 0
     except OSError as exc:  # a file that cannot be read or written: the path and the reason
         print(f"error: {describe_os_error(exc)}", file=sys.stderr, flush=True)
-        sys.exit(2)
+        return 2
+    return 0

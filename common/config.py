@@ -217,6 +217,9 @@ class TrainConfig(DeviceFlags, OptimFlags, ModelFlags):
     log_every: int | None = flag(None, "also log a line every N steps", positive=True)
     sample_length: int = flag(200, "characters sampled into the log after each epoch "
                               "(0 turns samples off)", non_negative=True)
+    collective_timeout: float = flag(600.0, "data-parallel runs: seconds a rank waits for "
+                                     "the others (to join, or in a collective) before it "
+                                     "fails", positive=True)
 
     def __post_init__(self):
         # A flag of another optimiser is a mistake, not something to ignore silently.

@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from common.config import ModelConfig, OptimConfig
+from common.distributed import SINGLE, World
 from common.errors import CharRnnError
 from common.weights import Weights
 
@@ -48,17 +49,21 @@ class Device:
 CPU = Device()
 
 
-def choose_device(requested: str, gpu_names: list[str], no_gpu: str) -> Device:
+def choose_device(requested: str, gpu_names: list[str], no_gpu: str, index: int = 0) -> Device:
     """The one meaning of `--device`, for every framework.
 
-    "cpu" is the CPU; "gpu" is the first GPU the framework sees, and without one a
-    CharRnnError saying `no_gpu` (why, and what to install); "auto" is the first GPU
-    when there is one, else the CPU. `gpu_names` are the framework's visible GPUs.
+    "cpu" is the CPU; "gpu" is the first GPU the framework sees (a data-parallel rank's:
+    `index`, its local rank), and without one a CharRnnError saying `no_gpu` (why, and
+    what to install); "auto" is that GPU when there is one, else the CPU. `gpu_names`
+    are the framework's visible GPUs.
     """
     if requested == "gpu" and not gpu_names:
         raise CharRnnError(f"--device gpu: {no_gpu}")
     if requested in ("gpu", "auto") and gpu_names:
-        return Device("gpu", 0, f"gpu:0 ({gpu_names[0]})")
+        if index >= len(gpu_names):
+            raise CharRnnError(f"--device {requested}: local rank {index} has no GPU of its "
+                               f"own ({len(gpu_names)} visible)")
+        return Device("gpu", index, f"gpu:{index} ({gpu_names[index]})")
     return CPU
 
 
@@ -97,6 +102,32 @@ class CharRNN(abc.ABC):
 
         Raises CharRnnError when "gpu" is asked for and none is usable.
         """
+
+    # ---- data parallel (docs/SPEC.md section 11) ------------------------------------
+    world: ClassVar[World] = SINGLE  # set by `init_world` in a multi-process run
+    # What joining a world would take, for a framework that cannot: its one-line refusal.
+    data_parallel_refusal: ClassVar[str] = "no data-parallel implementation"
+
+    @classmethod
+    def init_world(cls, world: World, device: str, timeout_s: float) -> None:
+        """Join the framework's own process group as `world.rank` of `world.size`, for
+        `--device` `device` (called once, before `setup_device` and any model, only when
+        world.size > 1), with collectives that fail after `timeout_s` rather than hang.
+        Sets `cls.world`; `setup_device` then picks the rank's own GPU
+        (`world.local_rank`), and models built afterwards average their gradients over
+        the world in `train_step`, before clipping, so every rank applies the
+        single-process update. Raises CharRnnError when it cannot (the default:
+        `data_parallel_refusal`)."""
+        raise CharRnnError(f"{cls.framework} cannot train data-parallel "
+                           f"({world.size} processes, from {world.source}): "
+                           f"{cls.data_parallel_refusal}")
+
+    @classmethod
+    def all_sum(cls, values: np.ndarray) -> np.ndarray:
+        """A small float64 host array summed over the world's ranks, through the
+        framework's own collectives (the training loop's agreement on loss, stop and
+        save, and the gathered state). One process: `values` itself."""
+        return values
 
     # ---- state ----------------------------------------------------------------------
     @abc.abstractmethod

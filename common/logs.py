@@ -62,6 +62,20 @@ class RunLogger:
         self._json.close()
 
 
+class SilentLogger:
+    """RunLogger's interface, writing nothing: the logger of a data-parallel rank other
+    than 0 (docs/SPEC.md section 11: only rank 0 logs)."""
+
+    def info(self, message: str) -> None:
+        pass
+
+    def record(self, kind: str, **fields) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def read_jsonl(path: str | Path) -> list[dict]:
     """All records of a .jsonl log, skipping a truncated last line."""
     records = []

@@ -34,6 +34,9 @@ class Entry:
     requires: str  # the import that tells whether this environment can run it
     env_vars: dict[str, str] = field(default_factory=dict)
     variant: str | None = None  # a key of the module's VARIANTS; None: its MODEL
+    # Trains data-parallel under a launcher (docs/SPEC.md section 11); the others refuse
+    # with a line saying what it would take (`CharRNN.data_parallel_refusal`).
+    data_parallel: bool = False
 
     @property
     def script(self) -> Path:
@@ -65,12 +68,12 @@ def _keras(backend: str) -> Entry:
 
 FRAMEWORKS: dict[str, Entry] = {e.name: e for e in [
     Entry("numpy", "numpy_model", "any", "safetensors"),  # common/ needs it too
-    Entry("pytorch", "pytorch_model", "modern", "torch"),
-    Entry("tensorflow", "tf_model", "modern", "tensorflow"),
+    Entry("pytorch", "pytorch_model", "modern", "torch", data_parallel=True),
+    Entry("tensorflow", "tf_model", "modern", "tensorflow", data_parallel=True),
     _keras("tensorflow"),
     _keras("jax"),
     _keras("torch"),
-    Entry("jax", "jax_model", "modern", "flax"),
+    Entry("jax", "jax_model", "modern", "flax", data_parallel=True),
     Entry("pytensor", "pytensor_model", "modern", "pytensor"),
     Entry("chainer", "chainer_model", "legacy", "chainer"),
     Entry("chainer[nstep]", "chainer_model", "legacy", "chainer", variant="nstep"),

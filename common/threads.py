@@ -51,12 +51,15 @@ def set_tf_threads(tf, threads: int | None) -> None:
         pass
 
 
-def limit_xla_threads(threads: int | None, backend_started: bool) -> None:
+def limit_xla_threads(threads: int | None, backend_started: bool, local_rank: int = 0) -> None:
     """Pin XLA's CPU thread pools to `threads` cores; only possible before its backend starts.
 
     This XLA has no thread-count flag (`intra_op_parallelism_threads` is refused as an
     unknown flag, which aborts the process). It sizes its pools from the CPU affinity
-    mask, so restrict that; with one thread also turn Eigen's threading off.
+    mask, so restrict that; with one thread also turn Eigen's threading off. A
+    data-parallel rank takes the `local_rank`-th group of `threads` cores, so that the
+    ranks on one machine do not share a core (all on the first one ran 0.7x as fast as
+    one process).
     """
     if not threads or backend_started:
         return
@@ -65,4 +68,6 @@ def limit_xla_threads(threads: int | None, backend_started: bool) -> None:
                                    + " --xla_cpu_multi_thread_eigen=false").strip()
     cpus = sorted(os.sched_getaffinity(0))
     if threads < len(cpus):
-        os.sched_setaffinity(0, cpus[:threads])  # threads started later inherit it
+        first = local_rank * threads
+        # threads started later inherit it
+        os.sched_setaffinity(0, [cpus[(first + k) % len(cpus)] for k in range(threads)])

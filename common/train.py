@@ -9,7 +9,9 @@ framework only runs `train_step` and `eval_step` on NumPy batches.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
 import math
 import os
 import platform
@@ -21,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common import distributed
 from common.batching import Batches, make_streams
 from common.checkpoint import (
     Checkpoint,
@@ -31,10 +34,11 @@ from common.checkpoint import (
     save_checkpoint,
 )
 from common.config import ModelConfig, TrainConfig
+from common.distributed import Agreement, World, config_digest, world_from_env
 from common.errors import CharRnnError, Stopped
-from common.framework import CharRNN
+from common.framework import CharRNN, Device
 from common.generate import Generator
-from common.logs import RunLogger, bits, format_duration
+from common.logs import RunLogger, SilentLogger, bits, format_duration
 from common.paths import default_checkpoint_path, default_log_path
 from common.text import Vocab, default_corpus_path, read_text
 from common.weights import Weights, init_weights, load_portable, penalty
@@ -120,32 +124,78 @@ def prepare(framework: str, cfg: TrainConfig) -> Prepared:
 
 def train(model_cls: type[CharRNN], cfg: TrainConfig) -> Progress:
     """Train per SPEC; returns the final progress. Raises CharRnnError on bad input, and
-    Stopped after saving when a signal asks the run to stop."""
+    Stopped after saving when a signal asks the run to stop.
+
+    Under a launcher (torchrun, TF_CONFIG, ...) this process is one rank of a
+    data-parallel world (docs/SPEC.md section 11): it trains its rows of every batch,
+    the framework averages the gradients, and only rank 0 logs and writes."""
+    world = world_from_env()
     run = prepare(model_cls.framework, cfg)
-    with checkpoint_lock(run.checkpoint_path):
-        return _train(model_cls, run.cfg, run)
+    rows = world.rows(run.cfg.batch_size)  # not divisible: refused before joining
+    if world.size == 1:
+        device = model_cls.setup_device(cfg.device, cfg.threads)
+        with checkpoint_lock(run.checkpoint_path):
+            return _train(model_cls, run, device, Agreement(world, model_cls.all_sum), rows)
+    agree = Agreement(world, model_cls.all_sum, cfg.collective_timeout)
+    try:
+        with contextlib.ExitStack() as lock:
+            with agree.watchdog.armed("joining the world"):
+                distributed.JOINED = True
+                model_cls.init_world(world, cfg.device, cfg.collective_timeout)
+                device = model_cls.setup_device(cfg.device, cfg.threads)
+                text_digest = hashlib.sha256(run.text.encode()).hexdigest()
+                agree.check_same(config_digest([dataclasses.asdict(run.cfg), text_digest]),
+                                 "command (flags, text or checkpoint)")
+                lock.enter_context(_writer_lock(world, agree, run.checkpoint_path))
+            return _train(model_cls, run, device, agree, rows)
+    except (CharRnnError, Stopped, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # a collective that timed out or lost a rank: one line each
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [""]
+        # TensorFlow's first line is "in user code:"; the reason is then its last.
+        reason = (lines[-1] if lines[0].endswith(":") else lines[0])[:300]
+        raise CharRnnError(f"rank {world.rank} of {world.size}: {type(exc).__name__}: {reason} "
+                           "(another rank failed or did not answer within "
+                           f"--collective-timeout {cfg.collective_timeout:g} s)") from None
 
 
-def _train(model_cls: type[CharRNN], cfg: TrainConfig, run: Prepared) -> Progress:
-    checkpoint, text_path, text, vocab, model_config = (run.checkpoint, run.text_path, run.text,
-                                                        run.vocab, run.model_config)
+@contextlib.contextmanager
+def _writer_lock(world: World, agree: Agreement, checkpoint_path: Path):
+    """Rank 0 holds the checkpoint directory's lock (it alone writes); every rank
+    learns whether it got it, so none waits in a collective for a rank that stopped."""
+    with contextlib.ExitStack() as stack:
+        error = None
+        if world.is_main:
+            try:
+                stack.enter_context(checkpoint_lock(checkpoint_path))
+            except CharRnnError as exc:
+                error = exc
+        agree.check_all(error is None, str(error))
+        yield
+
+
+def _train(model_cls: type[CharRNN], run: Prepared, device: Device, agree: Agreement,
+           rows: slice) -> Progress:
+    cfg, checkpoint, text_path, text, vocab, model_config = (
+        run.cfg, run.checkpoint, run.text_path, run.text, run.vocab, run.model_config)
+    world = agree.world
     unknown = vocab.unknown_chars(text)
     ids = vocab.encode(text)
     train_batches, val_batches = make_streams(ids, cfg.batch_size, cfg.seq_len,
                                               cfg.val_fraction, str(text_path))
 
-    device = model_cls.setup_device(cfg.device, cfg.threads)
     model = model_cls(model_config, run.weights, cfg.optim_config(), device=device,
                       seed=cfg.random_seed)
     progress = Progress()
-    state = model.zero_state(cfg.batch_size)
+    state = model.zero_state(rows.stop - rows.start)
     if checkpoint is not None:
         restore_native(model, checkpoint.directory)
         progress = checkpoint.progress
-        if checkpoint.h.shape[1] == cfg.batch_size:
-            state = model.state_from_numpy(checkpoint.h, checkpoint.c)
+        if checkpoint.h.shape[1] == cfg.batch_size:  # its state, whatever world wrote it
+            state = model.state_from_numpy(checkpoint.h[:, rows], checkpoint.c[:, rows])
 
-    log = RunLogger(cfg.log_path or default_log_path(model_cls.framework), model_cls.framework)
+    log_path = cfg.log_path or default_log_path(model_cls.framework)
+    log = RunLogger(log_path, model_cls.framework) if world.is_main else SilentLogger()
     header = {
         "train_config": dataclasses.asdict(cfg), "model_config": dataclasses.asdict(model_config),
         "text_path": str(text_path), "text_chars": len(text), "vocab_size": vocab.size,
@@ -153,13 +203,15 @@ def _train(model_cls: type[CharRNN], cfg: TrainConfig, run: Prepared) -> Progres
         "val_batches": len(val_batches) if val_batches else 0,
         "chars_per_batch": train_batches.chars_per_batch,
         "flops_per_char": model_config.flops_per_char(), "versions": model_cls.versions(),
-        "device": str(device), "threads": cfg.threads, "python": platform.python_version(),
+        "device": str(device), "threads": cfg.threads, "world_size": world.size,
+        "launcher": world.source, "python": platform.python_version(),
         "platform": platform.platform(), "pid": os.getpid(),
         "restored_from": str(checkpoint.directory) if checkpoint else None,
         "start_epoch": progress.epoch, "start_step": progress.step,
     }
     log.record("header", **header)
-    log.info(f"{model_cls.framework} {model_cls.framework_version()} on {device}: "
+    where = f"{device}, {world.size} processes ({world.source})" if world.size > 1 else device
+    log.info(f"{model_cls.framework} {model_cls.framework_version()} on {where}: "
              f"{model_config.num_params():,} parameters, vocab {vocab.size}, "
              f"{len(train_batches)} batches of {cfg.batch_size}x{cfg.seq_len} per epoch, "
              f"text {text_path} ({len(text):,} chars)")
@@ -171,7 +223,7 @@ def _train(model_cls: type[CharRNN], cfg: TrainConfig, run: Prepared) -> Progres
                  f"batch {progress.batch}, step {progress.step}")
 
     loop = _Loop(model, train_batches, val_batches, cfg, progress, state, log,
-                 run.checkpoint_path, vocab)
+                 run.checkpoint_path, vocab, agree, rows)
     try:
         with _StopSignals() as signals:
             loop.signals = signals
@@ -235,15 +287,33 @@ class _Loop:
     log: RunLogger
     checkpoint_path: Path
     vocab: Vocab
+    agree: Agreement  # the ranks' common decisions (one process: its own)
+    rows: slice  # this rank's rows of every batch
     signals: _StopSignals | None = None
+    stopping: int | None = None  # the signal every rank agreed to stop on
     last_save: float = dataclasses.field(default_factory=time.perf_counter)
     saving_s: float = 0.0  # periodic saves within this epoch, left out of its duration
 
     def save(self, reason: str) -> float:
-        """Write the checkpoint; returns how long it took (logged: the cost of a save)."""
+        """Write the checkpoint; returns how long it took (logged: the cost of a save).
+
+        Every rank takes part (the carried state is gathered from all of them); rank 0
+        writes, and every rank learns whether it could."""
         start = time.perf_counter()
-        save_checkpoint(self.checkpoint_path, self.model, self.vocab, self.progress, self.state,
-                        self.cfg)
+        world, batch_size = self.agree.world, self.cfg.batch_size
+        with self.agree.watchdog.armed("saving a checkpoint"):
+            h, c = (self.agree.gather_rows(a, batch_size)
+                    for a in self.model.state_to_numpy(self.state))
+            error = None
+            if world.is_main:
+                try:
+                    save_checkpoint(self.checkpoint_path, self.model, self.vocab,
+                                    self.progress, (h, c), self.cfg)
+                except CharRnnError as exc:
+                    if world.size == 1:
+                        raise
+                    error = exc
+            self.agree.check_all(error is None, str(error))
         self.last_save = time.perf_counter()
         duration_s = self.last_save - start
         self.log.info(f"checkpoint saved to {self.checkpoint_path} ({reason}, "
@@ -252,18 +322,16 @@ class _Loop:
                         step=self.progress.step, duration_s=duration_s)
         return duration_s
 
-    def _save_if_due(self) -> None:
-        """The periodic checkpoint of --checkpoint-every / --checkpoint-minutes."""
-        cfg, step = self.cfg, self.progress.step
-        due = cfg.checkpoint_every and step % cfg.checkpoint_every == 0
-        if not due and cfg.checkpoint_minutes:
-            due = time.perf_counter() - self.last_save >= 60 * cfg.checkpoint_minutes
-        if due:
-            self.saving_s += self.save("periodic")
+    def _minutes_due(self) -> bool:
+        """Whether --checkpoint-minutes have passed since the last save, by rank 0's
+        clock (ranks' clocks differ; the agreement passes rank 0's answer on)."""
+        minutes = self.cfg.checkpoint_minutes
+        return bool(minutes and self.agree.world.is_main
+                    and time.perf_counter() - self.last_save >= 60 * minutes)
 
     def _stop_if_signalled(self) -> None:
-        """Save at this batch boundary and raise Stopped, if a stop signal came."""
-        signum = self.signals.received if self.signals else None
+        """Save at this batch boundary and raise Stopped, if the ranks agreed to stop."""
+        signum = self.stopping
         if signum is None:
             return
         name = signal.Signals(signum).name
@@ -290,8 +358,8 @@ class _Loop:
             self.progress.epoch_losses = []
         self.save("end of epoch" if record["complete"] else "max steps")
         # A new Generator each epoch: its warm-up state belongs to these weights.
-        record["samples"] = _log_samples(Generator(self.model, self.vocab), self.cfg, epoch,
-                                         self.log)
+        record["samples"] = (_log_samples(Generator(self.model, self.vocab), self.cfg, epoch,
+                                          self.log) if self.agree.world.is_main else {})
         self.log.record("epoch", **record)
 
     def _train_steps(self, epoch: int) -> list[float]:
@@ -303,8 +371,14 @@ class _Loop:
             if cfg.max_steps is not None and progress.step >= cfg.max_steps:
                 break
             x, y = batches.batch(epoch, j)
+            x, y = x[self.rows], y[self.rows]
             t0 = time.perf_counter()
-            loss, state = self.model.train_step(x, y, self.state)  # a float: device synced
+            with self.agree.watchdog.armed(f"training step {progress.step + 1}"):
+                loss, state = self.model.train_step(x, y, self.state)  # a float: synced
+                received = self.signals.received if self.signals else None
+                # The global batch's loss, and whether any rank must stop or save now.
+                loss, stop, minutes_due = self.agree.step(loss, received is not None,
+                                                          self._minutes_due())
             step_times.append(time.perf_counter() - t0)
             if not math.isfinite(loss):
                 raise CharRnnError(
@@ -322,10 +396,12 @@ class _Loop:
                               f"({bits(loss):.3f} bpc)")
                 self.log.record("step", epoch=epoch + 1, step=progress.step,
                                 **{"train/loss": loss})
-            if self.signals and self.signals.received is not None:
+            if stop:  # another rank's signal: stop as it does (SIGTERM, the preemption one)
+                self.stopping = received or signal.SIGTERM
                 break
-            if j + 1 < len(batches):  # the end of the epoch saves anyway
-                self._save_if_due()
+            steps_due = cfg.checkpoint_every and progress.step % cfg.checkpoint_every == 0
+            if (steps_due or minutes_due) and j + 1 < len(batches):  # an epoch's end saves
+                self.saving_s += self.save("periodic")
         if bar is not None:
             bar.close()
         return step_times
