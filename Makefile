@@ -5,7 +5,7 @@ VENV := .venv
 LEGACY := .venv-legacy
 
 .PHONY: setup lint test test-modern test-legacy bench bench-full reference-results clean \
-	bench-sweep reference-sweep bench-cells reference-cells
+	bench-sweep reference-sweep bench-cells reference-cells bench-scaling reference-scaling
 
 # The two environments install side by side (-j2): on a fresh machine that is most of
 # `make test`'s time.
@@ -59,7 +59,7 @@ reference-results: setup
 
 # How each framework's cost grows with the model and the batch (benchmarks.sweep): ms/step,
 # MFU, memory and generation speed over --rnn-size 64-512 and --batch-size 1-256, each
-# point a fresh 24-step run (at most about 20 minutes on a quiet 2-core CPU). Fewer points:
+# point a fresh 24-step run (28 minutes for all 77 points on this 2-core CPU). Fewer points:
 # python -m benchmarks.run_all --profile sweep --rnn-sizes 64,128 --batch-sizes 1,16
 bench-sweep: setup
 	$(VENV)/bin/python -m benchmarks.run_all --profile sweep
@@ -83,6 +83,19 @@ bench-cells: setup
 reference-cells: setup
 	$(VENV)/bin/python -m benchmarks.run_all --profile cells --no-report
 	$(VENV)/bin/python -m benchmarks.report benchmarks/results/cells --reference
+
+# Data-parallel throughput (docs/SPEC.md section 11): every framework with a data-parallel
+# path trains 24 steps of the default spec as 1 and as 2 processes of one thread each
+# (python -m common.launch --nproc W); the report gives the speedup and the efficiency.
+bench-scaling: setup
+	$(VENV)/bin/python -m benchmarks.run_all --profile scaling
+
+# The scaling table the README shows, committed like the quick reference: three repeats
+# taking turns, published to benchmarks/reference/<machine>/scaling/, and the block between
+# README's scaling markers rewritten.
+reference-scaling: setup
+	$(VENV)/bin/python -m benchmarks.run_all --profile scaling --repeats 3 --no-report
+	$(VENV)/bin/python -m benchmarks.report benchmarks/results/scaling --reference
 
 clean:
 	rm -rf $(VENV) $(LEGACY) .pytest_cache checkpoints

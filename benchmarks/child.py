@@ -12,7 +12,9 @@ of one stream, `generate --num-samples 64` (the batch figure), and the peak agai
 so that each run's MFU is measured against the machine's speed during that run and
 a change of speed in between shows. A sweep point (benchmarks.sweep) is such a run
 with its own plan: its sizes, its initial weights, its directory and the
-generations it measures.
+generations it measures. A run of the scaling profile trains as a data-parallel
+world of W processes on this machine (`python -m common.launch --nproc W`,
+docs/SPEC.md section 11), its directory runs/<framework>/w<W>/<repeat>/.
 """
 
 from __future__ import annotations
@@ -44,16 +46,16 @@ if TYPE_CHECKING:
     from benchmarks.run_all import Settings
 
 # What the report keeps of a training log's header.
-HEADER_KEYS = ("versions", "device", "threads", "python", "platform", "num_params",
+HEADER_KEYS = ("versions", "device", "threads", "world_size", "python", "platform", "num_params",
                "train_batches", "val_batches", "chars_per_batch", "flops_per_char",
                "model_config", "vocab_size", "text_chars")
 BATCH_SAMPLES = 64  # streams of the batch generation figure (generate --num-samples)
 WATCH_EVERY_S = 1.0  # how often a training child's log is looked at for new epochs
 
 
-def where_of(cell: str | None, point: Point | None) -> str:
-    """records.where_key of a cell and a sweep point."""
-    return records.where_key(cell, point.key if point else "")
+def where_of(cell: str | None, point: Point | None, world_size: int | None = None) -> str:
+    """records.where_key of a cell, a sweep point and a world size."""
+    return records.where_key(cell, point.key if point else "", world_size)
 
 
 @dataclass(frozen=True)
@@ -69,15 +71,21 @@ class Plan:
     point: Point | None = None  # the sweep point; None for a run of one point
     generations: tuple[int, ...] = (1, BATCH_SAMPLES)  # --num-samples of each `generate`
     cell: str | None = None  # the cell of a run over --cells; None: the default LSTM alone
+    # The scaling profile: trained as this many processes (common.launch); None: one
+    # process, started directly.
+    world_size: int | None = None
 
     @property
     def where(self) -> str:
-        """records.where_key of this plan's runs: its cell and sweep point."""
-        return where_of(self.cell, self.point)
+        """records.where_key of this plan's runs: its cell, sweep point and world size."""
+        return where_of(self.cell, self.point, self.world_size)
 
     @property
     def init_path(self) -> Path:
-        return self.out / (f"init-{self.where.replace(' ', '-')}.safetensors" if self.where
+        """The initial weights: one file per cell and sweep point (their sizes shape it);
+        every world size starts from the same one."""
+        where = where_of(self.cell, self.point)
+        return self.out / (f"init-{where.replace(' ', '-')}.safetensors" if where
                            else "init.safetensors")
 
     @property
@@ -118,8 +126,14 @@ def skip_reason(entry: Entry) -> str | None:
 
 
 def train_command(entry: Entry, plan: Plan, run_dir: Path) -> list[str]:
+    """The training command; a plan with a world size starts it through common.launch,
+    W = 1 too, so that every world size has the same processes around its ranks and the
+    same start-up (WORLD_SIZE=1 is common.train's single-process path)."""
     s = plan.settings
-    cmd = [str(interpreter(entry.env)), str(entry.script), "train", "--text-path", s.text_path,
+    python = str(interpreter(entry.env))
+    launch = ([python, "-m", "common.launch", "--nproc", str(plan.world_size)]
+              if plan.world_size else [python])
+    cmd = [*launch, str(entry.script), "train", "--text-path", s.text_path,
            "--init-from", str(plan.init_path), "--num-epochs", str(s.num_epochs),
            "--threads", str(s.threads), "--checkpoint-path", str(run_dir / "checkpoint"),
            "--log-path", str(run_dir / "train.log"), "--sample-length", "0",
@@ -290,6 +304,8 @@ def run_framework(entry: Entry, repeat: int, plan: Plan,
     point = {"point": plan.point.as_dict()} if plan.point else {}
     if plan.cell:
         point["cell"] = plan.cell
+    if plan.world_size:
+        point["world_size"] = plan.world_size
     record = records.framework_record(
         entry.name, repeat, entry.env, entry.script, interpreter(entry.env), **point,
         started=records.now(), loadavg_start=records.loadavg())

@@ -5,7 +5,8 @@
 
 `records.jsonl` holds a "run" record (settings, machine, load average), then one
 "framework" record per framework and repeat (and sweep point: its "point" field,
-benchmarks.sweep), appended as each finishes (with the
+benchmarks.sweep; and data-parallel world: its "world_size" field, the scaling
+profile), appended as each finishes (with the
 matmul peak measured right before and right after it, its load average at start
 and end, its training log's header and epochs, and its generation timings); the
 report reads only this file. Records are meant to be committed (the reference
@@ -158,7 +159,9 @@ def record_failure(record: dict, stage: str, proc, stderr_line: str, timeout_s: 
         why = why_if_exit_0
     else:
         why = stderr_line or exit_reason(proc.returncode)
-    record["error"] = why
+    # A child's message may name a file of the checkout by its absolute path (records are
+    # committed: see above).
+    record["error"] = why.replace(f"{ROOT}/", "")
 
 
 def exit_reason(returncode: int | None) -> str:
@@ -174,8 +177,8 @@ def exit_reason(returncode: int | None) -> str:
 
 
 def run_key(framework: str, point: str = "") -> str:
-    """What a framework's run is known by in progress estimates: its name, and its cell
-    and sweep point (`where_key`: "pytorch rnn256-batch64", "pytorch gru")."""
+    """What a framework's run is known by in progress estimates: its name, and its cell,
+    sweep point and world size (`where_key`: "pytorch rnn256-batch64", "pytorch w2")."""
     return f"{framework} {point}" if point else framework
 
 
@@ -212,16 +215,17 @@ def read_records(path: Path) -> list[dict]:
     return read_jsonl(path) if path.exists() else []
 
 
-def where_key(cell: str | None, point: str = "") -> str:
+def where_key(cell: str | None, point: str = "", world_size: int | None = None) -> str:
     """What sets a framework's run apart besides its name and repeat: the cell of a run
-    over --cells and the point of a sweep ("gru", "rnn256-batch64", "gru rnn256-batch64");
-    "" for a run of the default LSTM alone."""
-    return " ".join(filter(None, (cell or "", point)))
+    over --cells, the point of a sweep and the world size of a scaling run ("gru",
+    "rnn256-batch64", "gru rnn256-batch64", "w2"); "" for a run of the default LSTM
+    alone."""
+    return " ".join(filter(None, (cell or "", point, f"w{world_size}" if world_size else "")))
 
 
 def record_where(record: dict) -> str:
     """`where_key` of a framework record."""
-    return where_key(record.get("cell"), point_key(record))
+    return where_key(record.get("cell"), point_key(record), record.get("world_size"))
 
 
 def done_runs(records: list[dict]) -> set[tuple[str, int, str]]:
@@ -229,6 +233,19 @@ def done_runs(records: list[dict]) -> set[tuple[str, int, str]]:
     out (not skipped)."""
     return {(r["framework"], r.get("repeat", 0), record_where(r)) for r in records
             if r.get("kind") == "framework" and r.get("status") in ("ok", "failed", "timeout")}
+
+
+def record_machines(records: list[dict]) -> list[str | None]:
+    """The machine of each record: `machine_slug` of the last "run" record before it (None
+    before any). A run's framework records follow its run record, and so do those of a
+    merged file (benchmarks.report DIR DIR ...: the directories' records one after the
+    other), so each framework record keeps the machine it was measured on."""
+    out, machine = [], None
+    for r in records:
+        if r.get("kind") == "run":
+            machine = machine_slug(r.get("machine") or {})
+        out.append(machine)
+    return out
 
 
 def previous_settings(records: list[dict]) -> dict | None:

@@ -3,6 +3,7 @@
     python -m benchmarks.report benchmarks/results/quick
     python -m benchmarks.report benchmarks/results/full --compare-original
     python -m benchmarks.report benchmarks/results/quick --reference   # make reference-results
+    python -m benchmarks.report benchmarks/results/quick/shard-*-of-4 --out merged/  # shards
 
 Reads RESULTS_DIR/records.jsonl with pandas, prints the table in markdown and
 writes beside the records:
@@ -25,6 +26,20 @@ and core count, e.g. amd-epyc-2core: benchmarks.records.machine_slug), the repor
 written there, and the block between the results markers of README.md is rewritten
 to show it. Those files, and nothing else of a run, are committed.
 
+Several directories (the shards of one run, `run_all --shard K/N`, or runs of the
+same settings on other machines) are merged: their records, one directory's after the
+other, go to --out/records.jsonl (default: merged/ beside the first directory), and
+the report of them all is written there. Their settings must be the same. Each
+framework record keeps the machine of its own run record; where they come from
+several machine kinds (records.machine_slug) the tables get a machine column, a row
+per framework and machine, each machine's rows ranked apart, and every ratio (cells,
+scaling) within one machine; a sweep or a reference of several kinds is refused.
+
+The scaling profile's records (`run_all --profile scaling`: a "world_size" each) get
+a row per framework and world size, and a scaling table: the whole batch's chars/s at
+each world size, the speedup over one process and the efficiency (speedup / W); with
+--reference it rewrites the README's scaling block (between its scaling markers).
+
 The records of a sweep (`run_all --profile sweep`) get the sweep's report instead,
 from benchmarks.scaling: step time, MFU, throughput and memory against model and
 batch size, the fastest framework at each point and each one's scaling exponent;
@@ -34,6 +49,7 @@ with --reference it rewrites the README's sweep block (between its sweep markers
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import shutil
 import sys
@@ -44,7 +60,13 @@ import pandas as pd
 
 from benchmarks.mfu import mfu, train_flops_per_step
 from benchmarks.plot import Curve, plot_losses, plot_throughput
-from benchmarks.records import RECORDS_NAME, REFERENCE_ROOT, machine_slug
+from benchmarks.records import (
+    RECORDS_NAME,
+    REFERENCE_ROOT,
+    machine_slug,
+    previous_settings,
+    record_machines,
+)
 from benchmarks.sweep import point_key
 from common.config import CELLS
 from common.fileio import atomic_write_text
@@ -54,6 +76,7 @@ from common.train import STALL_FACTOR
 
 README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
 CELLS_START, CELLS_END = "<!-- cells:start -->", "<!-- cells:end -->"
+SCALING_START, SCALING_END = "<!-- scaling:start -->", "<!-- scaling:end -->"
 SAMPLE_CHARS = 500  # of each framework's generated text shown in report.md
 
 # The original suite (yxtay/char-rnn-text-generation) published no results table in any
@@ -126,13 +149,22 @@ SPREAD = ("s_per_epoch", "wall_s_per_epoch", "chars_per_s", "step_ms", "first_st
 # ---------------------------------------------------------------------------------------
 
 
-def load_records(results_dir: str | Path) -> tuple[list[dict], pd.DataFrame]:
-    """(run records, framework records) of records.jsonl; the last record of each
-    (framework, repeat) wins (a resumed run may have skipped it first)."""
+def read_records(results_dir: str | Path) -> list[dict]:
+    """The records of RESULTS_DIR/records.jsonl; one line when there are none."""
     path = Path(results_dir) / RECORDS_NAME
     if not path.exists():
         raise SystemExit(f"error: {path}: no records (run python -m benchmarks.run_all first)")
-    records = read_jsonl(path)  # a line cut by a crash is left out; the rest still counts
+    return read_jsonl(path)  # a line cut by a crash is left out; the rest still counts
+
+
+def load_records(results_dir: str | Path) -> tuple[list[dict], pd.DataFrame]:
+    """(run records, framework records) of records.jsonl; the last record of each
+    (framework, repeat, cell, sweep point, world size) wins (a resumed run may have
+    skipped it first). Where the records come from several machine kinds (merged), each
+    framework record gets the kind of the run record before it (records.record_machines)
+    as its "machine"."""
+    path = Path(results_dir) / RECORDS_NAME
+    records = read_records(results_dir)
     df = pd.json_normalize(records, max_level=0) if records else pd.DataFrame()
     if df.empty or "kind" not in df:
         raise SystemExit(f"error: {path}: no records")
@@ -141,13 +173,47 @@ def load_records(results_dir: str | Path) -> tuple[list[dict], pd.DataFrame]:
     if "repeat" not in frameworks:
         frameworks["repeat"] = 0
     frameworks["repeat"] = frameworks["repeat"].fillna(0).astype(int)
+    machines = record_machines(records)
+    if len(set(filter(None, machines))) > 1:
+        frameworks["machine"] = [machines[i] for i in frameworks.index]
     # A sweep's records are one per point as well (benchmarks.sweep), a run over --cells's
-    # one per cell.
+    # one per cell, a scaling run's one per world size.
     frameworks["point_key"] = [point_key(r) for r in _records(frameworks)]
     frameworks["cell"] = [cell_of(r) for r in _records(frameworks)]
-    frameworks = frameworks.drop_duplicates(["framework", "repeat", "point_key", "cell"],
-                                            keep="last")
-    return runs, frameworks.reset_index(drop=True)
+    frameworks["world"] = [int(r.get("world_size") or 0) for r in _records(frameworks)]
+    frameworks = frameworks.drop_duplicates(
+        ["framework", "repeat", "point_key", "cell", "world",
+         *(["machine"] if "machine" in frameworks else [])], keep="last")
+    return runs, frameworks.drop(columns="world").reset_index(drop=True)
+
+
+def merge_records(results_dirs: list[Path], out: Path) -> None:
+    """Write the records of several results directories (the shards of one run, or runs of
+    the same settings on other machines), one directory's after the other, to
+    OUT/records.jsonl, so that each framework record follows its own run record (and
+    machine). One line when their settings differ or OUT is one of them."""
+    if any(out.resolve() == d.resolve() for d in results_dirs):
+        raise SystemExit(f"error: --out {out}: is one of the merged directories; choose "
+                         "another (it gets the merged records.jsonl)")
+    merged, first = [], None
+    for results_dir in results_dirs:
+        records = read_records(results_dir)
+        settings = previous_settings(records)
+        if settings is None:
+            raise SystemExit(f"error: {results_dir / RECORDS_NAME}: no run record, so no "
+                             "settings or machine to merge under")
+        if first is None:
+            first = (results_dir, settings)
+        elif settings != first[1]:
+            changed = sorted(k for k in {*settings, *first[1]}
+                             if settings.get(k) != first[1].get(k))
+            raise SystemExit(f"error: {results_dir}: recorded with other settings than "
+                             f"{first[0]} ({', '.join(changed)}); merge only runs of the same "
+                             "flags")
+        merged += records
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / RECORDS_NAME, "".join(
+        json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in merged))
 
 
 def cell_of(record: dict) -> str:
@@ -162,16 +228,42 @@ def shows_cells(table: pd.DataFrame) -> bool:
     return "cell" in table and bool((table["cell"] != "lstm").any())
 
 
-def row_label(row: dict, cells: bool) -> str:
-    """A row's name in plots: "pytorch", or "pytorch gru" when the cells differ."""
-    return f"{row['framework']} {row.get('cell', 'lstm')}" if cells else row["framework"]
+def shows_worlds(table: pd.DataFrame) -> bool:
+    """Whether the table needs a processes column: its runs name a world size (the
+    scaling profile)."""
+    return "world_size" in table and bool(table["world_size"].notna().any())
+
+
+def shows_machines(table: pd.DataFrame) -> bool:
+    """Whether the table needs a machine column: merged records of several machine kinds
+    (records.machine_slug), whose times must not be ranked or divided across kinds."""
+    return "machine" in table and table["machine"].dropna().nunique() > 1
+
+
+def row_label(row: dict, cells: bool, worlds: bool = False, machines: bool = False) -> str:
+    """A row's name in plots: "pytorch", with what sets it apart from the table's other
+    rows of that framework: "pytorch gru", "pytorch W=2", "pytorch (amd-epyc-2core)"."""
+    label = f"{row['framework']} {row.get('cell', 'lstm')}" if cells else row["framework"]
+    if worlds and not _missing(row.get("world_size")):
+        label += f" W={row['world_size']:.0f}"
+    if machines and isinstance(row.get("machine"), str):
+        label += f" ({row['machine']})"
+    return label
+
+
+def table_label(row: dict, table: pd.DataFrame) -> str:
+    """row_label with what `table` shows."""
+    return row_label(row, shows_cells(table), shows_worlds(table), shows_machines(table))
 
 
 def with_cell(columns: list[tuple[str, str, str]], table: pd.DataFrame) -> list:
-    """`columns` with the cell after the framework, where the table has other cells."""
-    if not shows_cells(table):
-        return columns
-    return [columns[0], ("cell", "cell", "{}"), *columns[1:]]
+    """`columns` with the cell after the framework where the table has other cells, then
+    the world size where it has several (the scaling profile), and the machine where it
+    merges several kinds."""
+    where = ([("cell", "cell", "{}")] if shows_cells(table) else []) + (
+        [("world_size", "processes", "{:.0f}")] if shows_worlds(table) else []) + (
+        [("machine", "machine", "{}")] if shows_machines(table) else [])
+    return [columns[0], *where, *columns[1:]]
 
 
 def _get(d, key, default=None):
@@ -251,6 +343,7 @@ def summarise(record: dict) -> dict:
     loads = [record[key][0] for key in ("loadavg_start", "loadavg_end")
              if isinstance(record.get(key), list) and record[key]]
     row = {"framework": record["framework"], "cell": cell_of(record),
+           **{k: record[k] for k in ("world_size", "machine") if record.get(k) is not None},
            "repeat": int(record.get("repeat") or 0),
            "status": record.get("status"), "stage": record.get("stage"),
            "error": record.get("error"),
@@ -293,7 +386,10 @@ def summarise(record: dict) -> dict:
         else None,
         "peak_after_gflops": peak["peak_after_flops"] / 1e9 if peak["peak_after_flops"]
         else None,
-        "mfu": mfu(header.get("flops_per_char"), chars_per_batch, step_s, peak["peak_flops"]),
+        # W processes of `threads` threads each: against W peaks of that many threads.
+        "mfu": mfu(header.get("flops_per_char"), chars_per_batch, step_s,
+                   peak["peak_flops"] * (record.get("world_size") or 1)
+                   if peak["peak_flops"] else None),
         "peak_mb": _get(record.get("train_process"), "max_rss_mb"),
         "train_wall_s": _get(record.get("train_process"), "wall_s"),
         **generation_figures(record),
@@ -328,19 +424,24 @@ def flags(row: dict) -> str:
 def summary_table(frameworks: pd.DataFrame) -> pd.DataFrame:
     """One row per framework, fastest first by s/epoch (median-based; failed and skipped
     ones last): each measurement over its successful repeats (AGGREGATE; the median
-    for most), with min and max for SPREAD's columns, and its flags."""
+    for most), with min and max for SPREAD's columns, and its flags. A row per cell and
+    world size where the runs have several, and per machine kind where merged records
+    come from several (each machine's rows ranked apart, never pooled)."""
     rows = pd.DataFrame([summarise(r) for r in _records(frameworks)])
     if rows.empty:
         return rows
-    # One row per framework and cell, in the order they ran in.
-    order = list(dict.fromkeys(zip(rows["framework"], rows["cell"])))
-    numeric = [c for c in rows.columns if c not in ("framework", "repeat")
+    # One row per framework, cell, world size and machine, in the order they ran in.
+    world = rows["world_size"].fillna(0) if "world_size" in rows else [0] * len(rows)
+    machine = rows["machine"].fillna("") if "machine" in rows else [""] * len(rows)
+    group = pd.Series(list(zip(rows["framework"], rows["cell"], world, machine)),
+                      index=rows.index)
+    order = list(dict.fromkeys(group))
+    numeric = [c for c in rows.columns if c not in ("framework", "repeat", "world_size")
                and pd.api.types.is_numeric_dtype(rows[c])]
-    ok = rows[rows["status"] == "ok"]
+    ok = rows["status"] == "ok"
     grouped = []
-    for name, cell in order:
-        runs = rows[(rows["framework"] == name) & (rows["cell"] == cell)]
-        good = ok[(ok["framework"] == name) & (ok["cell"] == cell)]
+    for key in order:
+        runs, good = rows[group == key], rows[(group == key) & ok]
         base = (good if len(good) else runs).iloc[-1].to_dict()
         base.update(_aggregate(good if len(good) else runs.iloc[-1:], numeric))
         base["repeats"] = len(good)
@@ -353,6 +454,10 @@ def summary_table(frameworks: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame(grouped).drop(columns=["repeat"])
     if "s_per_epoch" in out:
         out = out.sort_values("s_per_epoch", kind="stable", na_position="last")
+    if shows_machines(out):  # each machine's rows together, in the order the runs were
+        kinds = list(dict.fromkeys(machine))
+        out = out.sort_values("machine", kind="stable", key=lambda m: m.fillna("").map(
+            kinds.index))
     return out.reset_index(drop=True)
 
 
@@ -400,8 +505,12 @@ def _trained(table: pd.DataFrame) -> list[dict]:
 
 
 def results_table(table: pd.DataFrame) -> str:
-    """The main table, fastest first by s/epoch."""
-    return markdown_table(_trained(table), with_cell(TABLE, table))
+    """The main table, fastest first by s/epoch (a scaling run: without the generation
+    columns, as it generates nothing)."""
+    columns = with_cell(TABLE, table)
+    if shows_worlds(table):
+        columns = [c for c in columns if c[0] not in ("gen_chars_per_s", "batch_gen_chars_per_s")]
+    return markdown_table(_trained(table), columns)
 
 
 def flag_notes(table: pd.DataFrame) -> list[str]:
@@ -427,7 +536,7 @@ def problems(table: pd.DataFrame) -> list[str]:
         if row["status"] == "ok":
             continue
         where = f" at {row['stage']}" if isinstance(row.get("stage"), str) else ""
-        name = row_label(row, shows_cells(table))
+        name = table_label(row, table)
         lines.append(f"- **{name}**: {row['status']}{where}: `{row['error']}`")
     return lines
 
@@ -463,7 +572,14 @@ def _first_load(value) -> float | None:
 
 def machine_header(runs: list[dict], frameworks: pd.DataFrame) -> str:
     """One paragraph: the CPU, cores and threads, the 1-minute load average before, around
-    and after the frameworks' runs, and the float32 matmul peaks."""
+    and after the frameworks' runs, and the float32 matmul peaks. Merged records of
+    several machine kinds: a paragraph per kind, of its own runs."""
+    kinds = _machine_kinds(runs)
+    if len(kinds) > 1 and "machine" in frameworks:
+        return "\n\n".join(
+            f"**{kind}**: " + machine_header(
+                [r for r in runs if machine_slug(r.get("machine") or {}) == kind],
+                frameworks[frameworks["machine"] == kind]) for kind in kinds)
     run = runs[-1] if runs else {}
     m, threads = run.get("machine", {}), run.get("settings", {}).get("threads")
     ordered = sorted(_records(frameworks), key=lambda r: str(r.get("finished") or ""))
@@ -475,12 +591,16 @@ def machine_header(runs: list[dict], frameworks: pd.DataFrame) -> str:
             f"{min(around):.1f}–{max(around):.1f} (min–max) at the frameworks' starts and ends"
             if around else None,
             f"{after:.1f} after the last" if after is not None else None]
+    worlds = run.get("settings", {}).get("world_sizes") or []
+    used = threads * max(worlds) if threads is not None and worlds else threads
+    per = (f"{threads} thread{'s' if threads != 1 else ''} per process, up to {max(worlds)} "
+           "processes" if worlds else f"{threads} threads per framework")
     text = (f"Machine: {m.get('cpu')}, {m.get('cores')} cores ({m.get('usable_cores')} "
-            f"usable), {threads} threads per framework. 1-minute load average: "
+            f"usable), {per}. 1-minute load average: "
             + ("; ".join(filter(None, load)) or "not recorded"))
     loads = [x for x in (before, after, *around) if x is not None]
-    if threads is not None and loads and max(loads) > threads + 0.5:
-        text += (f" (above the {threads} threads used: other work shared the CPU, so these "
+    if used is not None and loads and max(loads) > used + 0.5:
+        text += (f" (above the {used} threads used: other work shared the CPU, so these "
                  "times are pessimistic)")
     measured = [p["peak_flops"] / 1e9 for p in _peak_measurements(frameworks)]
     old = run.get("peak", {}).get("peak_flops") if isinstance(run.get("peak"), dict) else None
@@ -495,6 +615,26 @@ def machine_header(runs: list[dict], frameworks: pd.DataFrame) -> str:
     return text
 
 
+def _machine_kinds(runs: list[dict]) -> list[str]:
+    """The machine kinds (records.machine_slug) of these run records, in order."""
+    return list(dict.fromkeys(machine_slug(r.get("machine") or {}) for r in runs))
+
+
+def machine_section(runs: list[dict], table: pd.DataFrame, frameworks: pd.DataFrame) -> list[str]:
+    """The lines of report.md's Machine section; merged records of several machine kinds
+    get a subsection per kind."""
+    kinds = _machine_kinds(runs)
+    if len(kinds) <= 1 or "machine" not in frameworks or "machine" not in table:
+        return _machine_lines(runs[-1] if runs else {}, table, frameworks)
+    lines = []
+    for kind in kinds:
+        run = [r for r in runs if machine_slug(r.get("machine") or {}) == kind][-1]
+        lines += [f"### {kind}", "", *_machine_lines(run, table[table["machine"] == kind],
+                                                     frameworks[frameworks["machine"] == kind]),
+                  ""]
+    return lines[:-1]
+
+
 def _machine_lines(run: dict, table: pd.DataFrame, frameworks: pd.DataFrame) -> list[str]:
     m, git, s = run.get("machine", {}), run.get("git", {}), run.get("settings", {})
     commit = (git.get("commit") or "unknown")[:12] + (" (with uncommitted changes)"
@@ -506,7 +646,8 @@ def _machine_lines(run: dict, table: pd.DataFrame, frameworks: pd.DataFrame) -> 
     lines = [
         f"- CPU: {m.get('cpu')}, {m.get('cores')} cores ({m.get('usable_cores')} usable), "
         f"{m.get('memory_gb')} GB memory",
-        f"- threads per framework: {s.get('threads')} (`--threads` and the OMP/MKL/OpenBLAS/"
+        f"- threads per {'process' if s.get('world_sizes') else 'framework'}: "
+        f"{s.get('threads')} (`--threads` and the OMP/MKL/OpenBLAS/"
         "TF/MXNet thread variables); device: " + ", ".join(
             sorted({str(d) for d in table.get("device", pd.Series(dtype=object)).dropna()}) or
             [str(s.get("device"))]),
@@ -554,13 +695,23 @@ def _how_to_read(s: dict, table: pd.DataFrame) -> str:
         "of an older version: the one peak measured at the start, as said above); *peak "
         "MiB* is the training process's maximum resident memory (wait4 `ru_maxrss`); "
         "*losses* are the last epoch's mean training batch loss and the validation loss, in "
-        "nats per character (bpc = bits per character); *gen chars/s* is `generate --length "
-        f"{gen_length}` from the checkpoint just trained (top-3 sampling, fixed seed), first "
-        f"step included; *batch gen chars/s* is the same with `--num-samples "
-        f"{_batch_samples(table)}`, every stream's characters counted. "
+        "nats per character (bpc = bits per character); "
+        + (WORLDS_HOW_TO_READ if shows_worlds(table) else
+           f"*gen chars/s* is `generate --length {gen_length}` from the checkpoint just trained "
+           "(top-3 sampling, fixed seed), first step included; *batch gen chars/s* is the same "
+           f"with `--num-samples {_batch_samples(table)}`, every stream's characters counted. ")
         + ("Numbers are medians over repeats, with (min–max) where the time columns differ; "
            "the frameworks took turns (A B C, A B C)." if _repeated(table)
            else "One run per framework."))
+
+
+# The scaling profile's part of _how_to_read, in place of generation's.
+WORLDS_HOW_TO_READ = (
+    "*processes* is the world size W (`python -m common.launch --nproc W`, every W "
+    "started the same way): each process trains batch_size / W rows of every batch and "
+    "the step time is rank 0's, the gradients' average across the processes included, so "
+    "*chars/s* is the whole batch's; its *MFU* is against W times the peak (each process "
+    "has that many threads), and *peak MiB* is the largest process's. No generation. ")
 
 
 def _repeated(table: pd.DataFrame) -> bool:
@@ -632,8 +783,10 @@ def render_report(runs: list[dict], table: pd.DataFrame, frameworks: pd.DataFram
            "GRU has 3/4 of the LSTM's matrix FLOPs and the vanilla RNN 1/4, so a ratio above "
            "those is per-step overhead.", "", cells_table(table), ""]
           if shows_cells(table) else []),
-        *timing_section(table), *generation_section(table, s.get("gen_length")),
-        "## Machine", "", *_machine_lines(run, table, frameworks), "",
+        *(scaling_section(table, s) if shows_worlds(table) else []),
+        *timing_section(table),
+        *(generation_section(table, s.get("gen_length")) if not shows_worlds(table) else []),
+        "## Machine", "", *machine_section(runs, table, frameworks), "",
         _versions_table(table), ""]
     if compare:
         lines += ["## Beside the original suite", "", compare_original(table), ""]
@@ -653,32 +806,99 @@ def cells_table(table: pd.DataFrame) -> str:
     if trained.empty:
         return ""
     cells = [c for c in CELLS if c in set(trained["cell"])]
-    step = trained.pivot_table(index="framework", columns="cell", values="step_ms",
-                               aggfunc="first")
-    loss = trained.pivot_table(index="framework", columns="cell", values="val_loss",
-                               aggfunc="first")
+    # Merged records of several machine kinds: a row per framework and machine, so that a
+    # ratio divides two times of one machine.
+    machines = shows_machines(table)
+    index = ["framework", "machine"] if machines else "framework"
+    step = trained.pivot_table(index=index, columns="cell", values="step_ms", aggfunc="first")
+    loss = trained.pivot_table(index=index, columns="cell", values="val_loss", aggfunc="first")
     order = step.sort_values(cells[0]).index if cells[0] in step else step.index
+    if machines:  # each machine's rows together, fastest first within it
+        kinds = list(dict.fromkeys(trained["machine"]))
+        order = sorted(order, key=lambda key: kinds.index(key[1]))
     columns = ([f"{c} step ms" for c in cells] + [f"{c} / lstm" for c in cells if c != "lstm"
                                                  and "lstm" in cells]
                + [f"{c} val loss" for c in cells])
-    lines = ["| framework | " + " | ".join(columns) + " |",
-             "|---|" + "---:|" * len(columns)]
+    lines = ["| framework | " + ("machine | " if machines else "") + " | ".join(columns) + " |",
+             "|---|" + ("---|" if machines else "") + "---:|" * len(columns)]
     for name in order:
         ms = [step.at[name, c] if c in step else None for c in cells]
         ratios = [step.at[name, c] / step.at[name, "lstm"] for c in cells
                   if c != "lstm" and "lstm" in cells and c in step]
         losses = [loss.at[name, c] if c in loss else None for c in cells]
-        lines.append(f"| {name} | " + " | ".join(
+        lines.append(f"| {' | '.join(name) if machines else name} | " + " | ".join(
             [_cell(v, "{:,.1f}") for v in ms] + [_cell(v, "{:.2f}x") for v in ratios]
             + [_cell(v, "{:.4f}") for v in losses]) + " |")
     return "\n".join(lines)
 
 
+def scaling_rows(table: pd.DataFrame) -> tuple[list[dict], list[tuple[str, str, str]]]:
+    """(rows, columns) of the scaling table: per framework, the whole batch's chars/s at
+    each world size W of its successful runs, and at each W above the smallest W0 (1)
+    the speedup, chars/s at W over chars/s at W0, and the efficiency, speedup / (W / W0).
+    A row per framework and machine where merged records come from several kinds, so
+    that a speedup divides two rates of one machine."""
+    machines = shows_machines(table)
+    ok = [r for r in _trained(table)
+          if r.get("status") == "ok" and not _missing(r.get("world_size"))]
+    worlds = sorted({int(r["world_size"]) for r in ok})
+    rows: dict[tuple, dict] = {}
+    for r in ok:
+        key = (r["framework"], r.get("machine") if machines else None)
+        row = rows.setdefault(key, {"framework": r["framework"], "machine": r.get("machine")})
+        row[f"chars_per_s@{int(r['world_size'])}"] = r.get("chars_per_s")
+    for row in rows.values():
+        low = row.get(f"chars_per_s@{worlds[0]}")
+        for w in worlds[1:]:
+            rate = row.get(f"chars_per_s@{w}")
+            if not _missing(low) and not _missing(rate) and low > 0:
+                row[f"speedup@{w}"] = rate / low
+                row[f"efficiency@{w}"] = rate / low / (w / worlds[0])
+    columns = [("framework", "framework", "{}")]
+    columns += [("machine", "machine", "{}")] if machines else []
+    columns += [(f"chars_per_s@{w}", f"chars/s W={w}", "{:,.0f}") for w in worlds]
+    for w in worlds[1:]:
+        columns += [(f"speedup@{w}", f"speedup W={w}", "{:.2f}x"),
+                    (f"efficiency@{w}", f"efficiency W={w}", "{:.0%}")]
+    return list(rows.values()), columns
+
+
+def scaling_table(table: pd.DataFrame) -> str:
+    """The scaling table (scaling_rows) in markdown."""
+    rows, columns = scaling_rows(table)
+    return markdown_table(rows, columns) if rows else ""
+
+
+def scaling_section(table: pd.DataFrame, s: dict) -> list[str]:
+    """The scaling profile's table and how to read it."""
+    rows, _ = scaling_rows(table)
+    base = min((int(w) for w in table["world_size"].dropna()), default=1)
+    threads = s.get("threads")
+    return [
+        "## Scaling", "",
+        "Training throughput of the whole batch with W data-parallel processes on one "
+        f"machine (`python -m common.launch --nproc W`, {threads} thread"
+        f"{'s' if threads != 1 else ''} each): *chars/s* is the batch's characters over rank "
+        "0's median step, which includes averaging the gradients across the processes; "
+        f"*speedup* is chars/s at W over chars/s at W={base}; *efficiency* is speedup / "
+        + ("W" if base == 1 else f"(W / {base})") + ", 100% where each process adds as much "
+        "throughput as the first. The processes share the machine's cores, memory bandwidth "
+        "and caches: where W x threads is more than the free cores, they take turns and the "
+        "efficiency falls."
+        + (" Merged records of several machine kinds: a row per framework and machine, each "
+           "speedup within one machine (– where a machine lacks one of the two)."
+           if shows_machines(table) else ""), "",
+        scaling_table(table) if rows else "No successful run at any world size.", ""]
+
+
 def run_line(run: dict) -> str:
     """"Profile `quick` on <cpu> (2 threads), <date>": how a README block begins."""
     s, m = run.get("settings", {}), run.get("machine", {})
-    return (f"Profile `{s.get('profile')}` on {m.get('cpu')} ({s.get('threads')} threads), "
-            f"{str(run.get('started', ''))[:10]}")
+    threads = s.get("threads")
+    return (f"Profile `{s.get('profile')}` on {m.get('cpu')} ({threads} "
+            f"thread{'s' if threads != 1 else ''}"
+            + (" per process" if s.get("world_sizes") else "")
+            + f"), {str(run.get('started', ''))[:10]}")
 
 
 def _cell_training(run: dict) -> str:
@@ -697,6 +917,21 @@ def cells_block(table: pd.DataFrame, run: dict, results_dir: Path, readme: Path)
         "step of the default spec otherwise (64 x 64 characters, 2 layers of 128). Full "
         f"report: [{link('report.md')}]({link('report.md')}).", "",
         cells_table(table), "", CELLS_END])
+
+
+def scaling_block(table: pd.DataFrame, run: dict, results_dir: Path, readme: Path) -> str:
+    """The README's scaling block: each data-parallel framework's throughput at each world
+    size, its speedup and efficiency."""
+    link = readme_link(results_dir, readme)
+    s = run.get("settings", {})
+    return "\n".join([
+        SCALING_START,
+        f"{run_line(run)}: {s.get('max_steps')} training steps at each world size W "
+        "(`python -m common.launch --nproc W`), the median step of the whole batch "
+        f"({s.get('chars_per_batch')} characters, batch_size / W rows per process); "
+        "efficiency = speedup / W. Full report: "
+        f"[{link('report.md')}]({link('report.md')}).", "",
+        scaling_table(table), "", SCALING_END])
 
 
 def readme_link(results_dir: Path, readme: Path) -> Callable[[str], str]:
@@ -749,8 +984,9 @@ def curves(frameworks: pd.DataFrame) -> list[Curve]:
     """First successful run of each framework, as loss curves."""
     out, seen = [], set()
     cells = len(set(frameworks["cell"])) > 1 or shows_cells(frameworks)
+    worlds, machines = shows_worlds(frameworks), shows_machines(frameworks)
     for r in _records(frameworks):
-        epochs, label = r.get("epochs"), row_label(r, cells)
+        epochs, label = r.get("epochs"), row_label(r, cells, worlds, machines)
         if label in seen or not isinstance(epochs, list) or not epochs:
             continue
         seen.add(label)
@@ -768,6 +1004,7 @@ def build(results_dir: str | Path, compare: bool = False) -> tuple[pd.DataFrame,
     runs, frameworks = load_records(results_dir)
     from benchmarks import scaling  # it builds on this module
     if scaling.is_sweep(frameworks):
+        _one_machine_sweep(results_dir, runs)
         return (*scaling.build(results_dir, runs, frameworks), runs)
     table = summary_table(frameworks)
     if table.empty:
@@ -779,13 +1016,23 @@ def build(results_dir: str | Path, compare: bool = False) -> tuple[pd.DataFrame,
                 title=f"Loss per epoch ({profile} profile)")
     plot_losses(loss_curves, results_dir / "loss_vs_time.png", x="time",
                 title=f"Loss versus training time ({profile} profile)")
-    rows = [(row_label(r, shows_cells(table)), r.get("chars_per_s"), r.get("gen_chars_per_s"))
+    rows = [(table_label(r, table), r.get("chars_per_s"), r.get("gen_chars_per_s"))
             for r in table.to_dict("records")]
     plot_throughput(rows, results_dir / "throughput.png",
                     title=f"Characters per second ({profile} profile)")
     text = render_report(runs, table, frameworks, compare)
     atomic_write_text(results_dir / "report.md", text)
     return table, text, runs
+
+
+def _one_machine_sweep(results_dir: Path, runs: list[dict]) -> None:
+    """A sweep's report ranks the frameworks at each point (benchmarks.scaling): one line
+    for merged records of several machine kinds, whose times must not be compared."""
+    kinds = _machine_kinds(runs)
+    if len(kinds) > 1:
+        raise SystemExit(f"error: {results_dir}: a sweep's report compares the frameworks at "
+                         f"each point, and these records come from {', '.join(kinds)}; merge "
+                         "the sweeps of one machine kind")
 
 
 def publish_reference(results_dir: Path) -> Path:
@@ -795,6 +1042,10 @@ def publish_reference(results_dir: Path) -> Path:
     if not runs:
         raise SystemExit(f"error: {results_dir / RECORDS_NAME}: no run record, so no machine "
                          "to file the reference under")
+    kinds = _machine_kinds(runs)
+    if len(kinds) > 1:
+        raise SystemExit(f"error: {results_dir}: a reference is one machine's, and these "
+                         f"records come from {', '.join(kinds)}")
     run = runs[0]
     dest = REFERENCE_ROOT / machine_slug(run.get("machine", {})) / run["settings"]["profile"]
     if dest.resolve() != results_dir.resolve():
@@ -806,24 +1057,43 @@ def publish_reference(results_dir: Path) -> Path:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.report",
                                      description=__doc__.splitlines()[0])
-    parser.add_argument("results_dir", type=Path, help="directory with records.jsonl")
+    parser.add_argument("results_dirs", nargs="+", type=Path, metavar="RESULTS_DIR",
+                        help="directory with records.jsonl; several (the shards of one run, "
+                        "or runs of the same settings on other machines): their records "
+                        "merged into --out, and the report of them all written there")
+    parser.add_argument("--out", type=Path, help="with several directories: where the merged "
+                        "records.jsonl and its report go (default: merged/ beside the first)")
     parser.add_argument("--compare-original", action="store_true",
                         help="print the original suite's duration and loss beside this run's "
                         "(and add them to report.md)")
     parser.add_argument("--reference", action="store_true",
                         help="publish as this machine's committed reference results: copy the "
                         "records to benchmarks/reference/<machine>/<profile>/, report there and "
-                        "rewrite the results block of README.md (a sweep: its sweep block)")
+                        "rewrite the results block of README.md (a sweep, the cells or the "
+                        "scaling profile: its own block)")
     args = parser.parse_args(argv)
-    results_dir = publish_reference(args.results_dir) if args.reference else args.results_dir
+    results_dir = args.results_dirs[0]
+    if len(args.results_dirs) > 1:
+        results_dir = args.out or results_dir.parent / "merged"
+        merge_records(args.results_dirs, results_dir)
+        print(f"merged {len(args.results_dirs)} directories' records into "
+              f"{results_dir / RECORDS_NAME}")
+    elif args.out:
+        raise SystemExit("error: --out is where several directories' merged records go; one "
+                         "directory's report is written beside its records")
+    results_dir = publish_reference(results_dir) if args.reference else results_dir
     readme = ROOT / "README.md"
     runs, frameworks = load_records(results_dir)
     from benchmarks import scaling
     if scaling.is_sweep(frameworks):
+        _one_machine_sweep(results_dir, runs)
         scaling.main(results_dir, runs, frameworks, readme if args.reference else None)
         return
     table, _, runs = build(results_dir, compare=args.compare_original)
     print(results_table(table))
+    if shows_worlds(table):
+        print()
+        print(scaling_table(table))
     for line in problems(table):
         print(line)
     if args.compare_original:
@@ -835,6 +1105,10 @@ def main(argv: list[str] | None = None) -> None:
             if update_readme(readme, cells_block(table, runs[-1], results_dir, readme),
                              (CELLS_START, CELLS_END)):
                 print(f"updated the cells block of {readme.name}")
+        elif shows_worlds(table):  # the scaling profile: likewise
+            if update_readme(readme, scaling_block(table, runs[-1], results_dir, readme),
+                             (SCALING_START, SCALING_END)):
+                print(f"updated the scaling block of {readme.name}")
         elif update_readme(readme, readme_block(table, runs[-1], results_dir, readme)):
             print(f"updated the results block of {readme.name}")
 

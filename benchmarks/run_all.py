@@ -8,6 +8,8 @@
     python -m benchmarks.run_all --profile sweep                  # cost vs model and batch size
     python -m benchmarks.run_all --profile sweep --frameworks pytorch,numpy \
         --rnn-sizes 64,128 --batch-sizes 1,16                     # a smaller sweep
+    python -m benchmarks.run_all --profile scaling                # data-parallel, 1 and 2 processes
+    python -m benchmarks.run_all --shard 2/4                      # the second quarter of the runs
 
 Every framework gets the same corpus, the same portable initial weights (written
 once per run from --random-seed), the same flags and the same thread count, and
@@ -27,6 +29,19 @@ and record, the frameworks taking turns at each point; its report plots step tim
 MFU, throughput and memory against the sizes and fits each framework's scaling
 exponent (benchmarks.scaling).
 
+The scaling profile trains every framework with a data-parallel path (the registry's
+`data_parallel`) as a world of 1 and of 2 processes on this machine (`python -m
+common.launch --nproc W`, one thread each, docs/SPEC.md section 11), each world size
+a run of its own with its own record ("world_size"); its report adds the global
+batch's throughput at each world size, the speedup and the scaling efficiency.
+
+--shard K/N runs the K-th of N slices of the whole ordered list of runs (every
+framework, repeat, cell, sweep point and world size, taken in turn as above: run i
+belongs to shard i mod N + 1), into its own --out (default
+benchmarks/results/<profile>/shard-K-of-N), so that N machines (a Slurm job array,
+docs/CLUSTER.md) share one benchmark; `python -m benchmarks.report DIR DIR ...` then
+merges their records into one report. --resume works within a shard.
+
 What a run leaves in --out (default benchmarks/results/<profile>, ignored by git):
 
     records.jsonl          a "run" record, then one record per framework and repeat,
@@ -34,7 +49,8 @@ What a run leaves in --out (default benchmarks/results/<profile>, ignored by git
     init.safetensors       the shared initial weights
     runs/<framework>/<k>/  train.log, train.jsonl, train.err, generate.out, generate.err,
                            generate_batch.out, generate_batch.err
-                           (a sweep: init-<point>.safetensors, runs/<framework>/<point>/<k>/)
+                           (a sweep: init-<point>.safetensors, runs/<framework>/<point>/<k>/;
+                           the scaling profile: runs/<framework>/w<W>/<k>/)
 
 and then the report of `benchmarks.report` (report.md, results.csv, plots), which
 reads only records.jsonl, with its table printed in markdown. A framework that
@@ -52,6 +68,7 @@ import dataclasses
 import hashlib
 import math
 import os
+import re
 import shlex
 import signal
 import statistics
@@ -82,6 +99,10 @@ class Profile:
     train_args: tuple[str, ...] = ()  # train flags of the profile, before --extra-train-args
     sweep: bool = False  # one run per point of a Grid (benchmarks.sweep)
     cells: tuple[str, ...] = ("lstm",)  # one run per cell (docs/SPEC.md section 8)
+    # One run per data-parallel world size (common.launch --nproc W), of the frameworks
+    # with a data-parallel path; () for a run of one process, started directly.
+    world_sizes: tuple[int, ...] = ()
+    threads: int | None = None  # --threads of each process; None: every usable core
 
 
 # The quick profile must finish in under 15 minutes for all ten frameworks together on
@@ -133,6 +154,20 @@ PROFILES = {
                      "default model spec otherwise, each cell from its own initial weights "
                      "(the same in every framework), then one pass over the validation text "
                      "and 1,024 generated characters", cells=CELLS),
+    # Data-parallel throughput (docs/SPEC.md section 11): the sweep's 24 steps (the first
+    # timed apart) at world sizes 1 and 2, one thread per process so that W processes use
+    # W cores and the speedup is the data parallelism's, not more threads'. Both world
+    # sizes start through common.launch (child.train_command). No validation and no
+    # generation: only rank 0 would generate, as one process does. Measured on the 2-core
+    # CPU: 71 s for pytorch, tensorflow and jax at both world sizes (steps of 70-150 ms,
+    # start-up, compilation and the matmul peaks), so 3 repeats take under 4 minutes.
+    "scaling": Profile(1, SWEEP_STEPS, 300,
+                       "at world sizes 1 and 2 (`python -m common.launch --nproc W`, one "
+                       "thread per process), 24 training steps of the default model spec (a "
+                       "global batch of 64 x 64 characters, 64 / W rows per process) on "
+                       "tinyshakespeare from the same initial weights (the first step, with any "
+                       "compilation, timed apart), no validation, no generation",
+                       train_args=("--val-fraction", "0"), world_sizes=(1, 2), threads=1),
 }
 
 
@@ -159,6 +194,7 @@ class Settings:
     chars_per_batch: int
     grid: Grid | None = None  # the sweep's points; None for a run of one point
     cells: tuple[str, ...] = ("lstm",)  # --cells: one run per cell
+    world_sizes: tuple[int, ...] = ()  # --world-sizes: one run per world; (): one process
 
     @property
     def total_steps(self) -> int:
@@ -179,6 +215,10 @@ class Settings:
             d.pop("cells")
         else:
             d["cells"] = list(self.cells)
+        if self.world_sizes:  # and those from before the scaling profile
+            d["world_sizes"] = list(self.world_sizes)
+        else:
+            d.pop("world_sizes")
         return d
 
 
@@ -237,7 +277,8 @@ def sweep_grid(args, profile: Profile) -> Grid | None:
 
 def parse_cells(text: str | None, profile: Profile) -> tuple[str, ...]:
     """--cells "lstm,gru" -> ("lstm", "gru"), the profile's cells without it; one line
-    naming the flag for an unknown cell, a repeat, or several cells in a sweep."""
+    naming the flag for an unknown cell, a repeat, or several cells in a sweep or a
+    scaling run."""
     if text is None:
         return profile.cells
     cells = tuple(w.strip() for w in text.split(",") if w.strip())
@@ -248,7 +289,27 @@ def parse_cells(text: str | None, profile: Profile) -> tuple[str, ...]:
     if profile.sweep and len(cells) > 1:
         raise SystemExit("error: --cells: a sweep measures one cell (its report fits one curve "
                          "per framework); run one sweep per cell with --out")
+    if profile.world_sizes and len(cells) > 1:
+        raise SystemExit("error: --cells: a scaling run measures one cell (its table has a "
+                         "row per framework); run one per cell with --out")
     return cells
+
+
+def parse_world_sizes(args, profile: Profile, batch_size: int) -> tuple[int, ...]:
+    """--world-sizes "1,2,4" (the profile's without it), each dividing --batch-size; one
+    line naming the flag otherwise, or without --profile scaling."""
+    if not profile.world_sizes:
+        if args.world_sizes:
+            raise SystemExit("error: --world-sizes needs --profile scaling")
+        return ()
+    sizes = (parse_sizes(args.world_sizes, "--world-sizes") if args.world_sizes
+             else profile.world_sizes)
+    bad = [w for w in sizes if batch_size % w]
+    if bad:
+        raise SystemExit(f"error: --world-sizes {','.join(map(str, sizes))}: --batch-size "
+                         f"{batch_size} does not divide among {bad[0]} processes (each trains "
+                         "batch_size / W rows)")
+    return sizes
 
 
 def describe_grid(grid: Grid) -> str:
@@ -268,14 +329,16 @@ def resolve_settings(args) -> Settings:
     extra = profile.train_args + user_extra
     grid = sweep_grid(args, profile)
     cells = parse_cells(args.cells, profile)
+    threads = args.threads or profile.threads or len(os.sched_getaffinity(0))
     if any(w == "--cell" or w.startswith("--cell=") for w in user_extra):
         raise SystemExit("error: --extra-train-args: choose cells with --cells, which keeps "
                          "each cell's runs and initial weights apart")
     text_path = Path(args.text_path).resolve() if args.text_path else default_corpus_path()
+    cfg = train_config_from_args(list(extra))
+    world_sizes = parse_world_sizes(args, profile, cfg.batch_size)
     custom = ((num_epochs, max_steps) != (profile.num_epochs, profile.max_steps) or user_extra
               or args.text_path is not None or (grid is not None and grid != Grid())
-              or cells != profile.cells)
-    cfg = train_config_from_args(list(extra))
+              or cells != profile.cells or world_sizes != profile.world_sizes)
     train_batches, chars_per_batch, _ = steps_per_epoch_and_vocab(text_path, cfg)
     total = total_steps(num_epochs, max_steps, train_batches)
     what = profile.description
@@ -289,13 +352,17 @@ def resolve_settings(args) -> Settings:
             f"; the points: {describe_grid(grid)}"
     if custom and cells != ("lstm",):
         what += f", for each cell of {', '.join(cells)}"
+    if custom and world_sizes:
+        what += (f", at world sizes {', '.join(map(str, world_sizes))} (`python -m "
+                 f"common.launch --nproc W`, {threads} thread{'s' if threads > 1 else ''} per "
+                 "process)")
     return Settings(
         profile="custom" if custom else args.profile, description=what, num_epochs=num_epochs,
-        max_steps=max_steps, threads=args.threads, random_seed=args.random_seed,
+        max_steps=max_steps, threads=threads, random_seed=args.random_seed,
         text_path=str(text_path), text_sha256=hashlib.sha256(text_path.read_bytes()).hexdigest(),
         extra_train_args=extra, device=args.device, gen_length=args.gen_length,
         log_every=choose_log_every(train_batches, total), train_batches=train_batches,
-        chars_per_batch=chars_per_batch, grid=grid, cells=cells)
+        chars_per_batch=chars_per_batch, grid=grid, cells=cells, world_sizes=world_sizes)
 
 
 def point_settings(settings: Settings, point: Point | None, cell: str | None = None) -> Settings:
@@ -331,8 +398,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-epochs", type=int, help="override the profile's epochs")
     p.add_argument("--max-steps", type=int, help="override the profile's step cap "
                    "(0: none, whole epochs)")
-    p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
-                   help="threads for every framework (--threads and the OMP/MKL/BLAS variables)")
+    p.add_argument("--threads", type=int, help="threads for every framework, per process "
+                   "(--threads and the OMP/MKL/BLAS variables) (default: every usable core, "
+                   f"{len(os.sched_getaffinity(0))} here; the scaling profile: 1)")
     p.add_argument("--repeats", type=int, default=1, help="runs per framework, taking turns "
                    "(A B C, A B C); the report gives medians and their min-max")
     p.add_argument("--text-path", help="training text (default: tinyshakespeare)")
@@ -355,8 +423,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-sizes", metavar="B,B,...", help="with --profile sweep: the batch "
                    "sizes, at the default rnn size (default: "
                    + ",".join(map(str, Grid().batch_sizes)) + ")")
+    p.add_argument("--world-sizes", metavar="W,W,...", help="with --profile scaling: the "
+                   "numbers of data-parallel processes, each dividing --batch-size (default: "
+                   + ",".join(map(str, PROFILES["scaling"].world_sizes)) + ")")
+    p.add_argument("--shard", metavar="K/N", help="run only the K-th of N slices of the runs "
+                   "(run i of the whole ordered list when i mod N = K - 1), into its own --out; "
+                   "merge the shards' records with python -m benchmarks.report DIR DIR ...")
     p.add_argument("--out", type=Path, help="results directory (default: "
-                   "benchmarks/results/<profile>, or .../custom when flags override the profile)")
+                   "benchmarks/results/<profile>, or .../custom when flags override the profile; "
+                   "with --shard K/N its subdirectory shard-K-of-N)")
     p.add_argument("--resume", action="store_true", help="keep the records in --out and run only "
                    "the frameworks and repeats not finished yet")
     p.add_argument("--matmul-size", type=int, default=PEAK_SIZE,
@@ -373,15 +448,50 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: list[str] | None):
     args = build_parser().parse_args(argv)
-    if args.threads < 1 or args.repeats < 1:
+    if (args.threads is not None and args.threads < 1) or args.repeats < 1:
         raise SystemExit("error: --threads and --repeats must be >= 1")
+    args.shard = parse_shard(args.shard)
     return args
 
 
-def select_entries(frameworks: str | None) -> list[Entry]:
-    """The registry entries named by --frameworks (all of them by default), in that order."""
+@dataclass(frozen=True)
+class Shard:
+    """The K-th of N slices of a run's jobs (--shard K/N, K from 1)."""
+
+    index: int  # K
+    count: int  # N
+
+    def holds(self, i: int) -> bool:
+        """Whether job i (from 0) of the whole ordered list is this shard's."""
+        return i % self.count == self.index - 1
+
+    @property
+    def name(self) -> str:
+        """Its default results directory, under the profile's: "shard-2-of-4"."""
+        return f"shard-{self.index}-of-{self.count}"
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+def parse_shard(text: str | None) -> Shard | None:
+    """--shard "2/4" -> Shard(2, 4); one line for anything but K/N with 1 <= K <= N."""
+    if text is None:
+        return None
+    match = re.fullmatch(r"(\d+)/(\d+)", text.strip(), flags=re.ASCII)
+    if not match or not 1 <= int(match[1]) <= int(match[2]):
+        raise SystemExit(f"error: --shard {text}: expected K/N with 1 <= K <= N, e.g. "
+                         "--shard 1/4 for the first of four slices")
+    return Shard(int(match[1]), int(match[2]))
+
+
+def select_entries(frameworks: str | None, profile: Profile | None = None) -> list[Entry]:
+    """The registry entries named by --frameworks, in that order; by default all of them, or
+    for the scaling profile those with a data-parallel path (one named without is
+    recorded as skipped, run_frameworks)."""
     if not frameworks:
-        return list(registry.FRAMEWORKS.values())
+        return [e for e in registry.FRAMEWORKS.values()
+                if e.data_parallel or not (profile and profile.world_sizes)]
     names = [n.strip() for n in frameworks.split(",") if n.strip()]
     unknown = [n for n in names if n not in registry.FRAMEWORKS]
     if unknown:
@@ -405,10 +515,14 @@ def _one_line_errors(fn, *args):
 
 def make_plan(args) -> Plan:
     settings = _one_line_errors(resolve_settings, args)
-    out = (args.out or records.RESULTS_ROOT / settings.profile).resolve()
+    out = args.out or records.RESULTS_ROOT / settings.profile
+    if args.shard and not args.out:
+        out = out / args.shard.name
     timeout_s = args.timeout if args.timeout is not None else PROFILES[args.profile].timeout_s
-    return Plan(settings, out, timeout_s, args.keep_checkpoints, args.matmul_size,
+    plan = Plan(settings, out.resolve(), timeout_s, args.keep_checkpoints, args.matmul_size,
                 args.matmul_repeats)
+    # A scaling run measures training alone (PROFILES["scaling"]).
+    return dataclasses.replace(plan, generations=()) if settings.world_sizes else plan
 
 
 Where = tuple[str | None, Point | None]  # (cell, sweep point) of a run; None, None: the default
@@ -440,14 +554,14 @@ def point_plans(plan: Plan) -> dict[Where, Plan]:
 # ---------------------------------------------------------------------------------------
 
 
-def print_commands(entries: list[Entry], plans: dict[Where, Plan]) -> None:
-    for plan in plans.values():
-        for entry in entries:
-            run_dir = plan.run_dir(entry, 0)
-            print(f"# {describe_where(entry.name, plan.cell, plan.point)}")
-            print(shlex.join(child.train_command(entry, plan, run_dir)))
-            for num_samples in plan.generations:
-                print(shlex.join(child.generate_command(entry, plan, run_dir, num_samples)))
+def print_commands(jobs: list[Job], plans: dict[Where, Plan], repeats: int) -> None:
+    for job in jobs:
+        plan = job.plan(plans)
+        run_dir = plan.run_dir(job.entry, job.repeat)
+        print(f"# {job.label(repeats)}")
+        print(shlex.join(child.train_command(job.entry, plan, run_dir)))
+        for num_samples in plan.generations:
+            print(shlex.join(child.generate_command(job.entry, plan, run_dir, num_samples)))
 
 
 def open_records(plan: Plan, resume: bool) -> list[dict]:
@@ -473,50 +587,69 @@ def open_records(plan: Plan, resume: bool) -> list[dict]:
 
 @dataclass(frozen=True)
 class Job:
-    """One framework run: a framework, a repeat, and its cell and sweep point (None, None
-    for the default LSTM outside a sweep)."""
+    """One framework run: a framework, a repeat, its cell and sweep point (None, None for
+    the default LSTM outside a sweep) and its world size (None: one process, directly)."""
 
     entry: Entry
     repeat: int
     point: Point | None = None
     cell: str | None = None
+    world_size: int | None = None
 
     @property
     def where(self) -> str:
-        return child.where_of(self.cell, self.point)
+        return child.where_of(self.cell, self.point, self.world_size)
 
     @property
     def key(self) -> str:
-        """What past run times are kept under: the framework, its cell and sweep point."""
+        """What past run times are kept under: the framework, its cell, sweep point and
+        world size."""
         return records.run_key(self.entry.name, self.where)
 
     def label(self, repeats: int) -> str:
-        return (describe_where(self.entry.name, self.cell, self.point)
+        return (describe_where(self.entry.name, self.cell, self.point, self.world_size)
                 + (f" (repeat {self.repeat + 1})" if repeats > 1 else ""))
 
+    def plan(self, plans: dict[Where, Plan]) -> Plan:
+        """The plan this run follows: its cell's and point's, at its world size."""
+        plan = plans[self.cell, self.point]
+        return dataclasses.replace(plan, world_size=self.world_size) if self.world_size else plan
 
-def describe_where(name: str, cell: str | None, point: Point | None) -> str:
-    """"pytorch", "pytorch (gru)", "pytorch at rnn256-batch64"."""
-    return name + (f" ({cell})" if cell else "") + (f" at {point.key}" if point else "")
+
+def describe_where(name: str, cell: str | None, point: Point | None,
+                   world_size: int | None = None) -> str:
+    """"pytorch", "pytorch (gru)", "pytorch at rnn256-batch64", "pytorch with 2 processes"."""
+    return (name + (f" ({cell})" if cell else "") + (f" at {point.key}" if point else "")
+            + (f" with {world_size} process{'es' if world_size > 1 else ''}" if world_size
+               else ""))
+
+
+def all_jobs(entries: list[Entry], repeats: int, wheres: list[Where] = ((None, None),),
+             world_sizes: tuple[int, ...] = ()) -> list[Job]:
+    """Every run of the run, round-robin: repeat 0 of every framework, then repeat 1 of
+    every framework, ... (A B C A B C), so that a slow spell of a shared machine is
+    spread over the frameworks instead of landing on one's repeats. Over cells, sweep
+    points and world sizes the frameworks take turns at each (A B C with the LSTM, then
+    with the GRU; A B C with one process, then with two)."""
+    return [Job(entry, k, point, cell, world_size)
+            for k in range(repeats) for cell, point in wheres
+            for world_size in (world_sizes or (None,)) for entry in entries]
 
 
 def pending(entries: list[Entry], repeats: int, previous: list[dict],
-            wheres: list[Where] = ((None, None),)) -> list[Job]:
-    """The runs still to do, round-robin: repeat 0 of every framework, then repeat 1 of
-    every framework, ... (A B C A B C), so that a slow spell of a shared machine is
-    spread over the frameworks instead of landing on one's repeats. Over cells and sweep
-    points the frameworks take turns at each (A B C with the LSTM, then with the GRU)."""
+            wheres: list[Where] = ((None, None),), world_sizes: tuple[int, ...] = (),
+            shard: Shard | None = None) -> list[Job]:
+    """The runs still to do, in all_jobs' order: with `shard` only its slice of the whole
+    list (taken before --resume leaves out what `previous` records as finished)."""
     done = records.done_runs(previous)
     todo = []
-    for k in range(repeats):
-        for cell, point in wheres:
-            for entry in entries:
-                job = Job(entry, k, point, cell)
-                if (entry.name, k, job.where) in done:
-                    print(f"{job.label(repeats)}: already recorded, skipped (--resume)",
-                          file=sys.stderr)
-                else:
-                    todo.append(job)
+    for i, job in enumerate(all_jobs(entries, repeats, wheres, world_sizes)):
+        if shard and not shard.holds(i):
+            continue
+        if (job.entry.name, job.repeat, job.where) in done:
+            print(f"{job.label(repeats)}: already recorded, skipped (--resume)", file=sys.stderr)
+        else:
+            todo.append(job)
     return todo
 
 
@@ -529,7 +662,8 @@ def start_run(plan: Plan, plans: dict[Where, Plan], args, entries: list[Entry],
     records.append_record(plan.records_path, records.run_record(
         resumed=resumed, settings=s.identity(), description=s.description,
         peak_check={"size": plan.peak_size, "repeats": plan.peak_repeats},
-        timeout_s=plan.timeout_s, frameworks=[e.name for e in entries], repeats=args.repeats))
+        timeout_s=plan.timeout_s, frameworks=[e.name for e in entries], repeats=args.repeats,
+        **({"shard": str(args.shard)} if args.shard else {})))
 
 
 # ---------------------------------------------------------------------------------------
@@ -606,12 +740,12 @@ def run_frameworks(todo: list[Job], plans: dict[Where, Plan], repeats: int,
     records_path = next(iter(plans.values())).records_path
     try:
         for i, job in enumerate(todo, 1):
-            entry, plan = job.entry, plans[job.cell, job.point]
+            entry, plan = job.entry, job.plan(plans)
             label = f"[{i}/{len(todo)}] {job.label(repeats)}"
             later = [j.key for j in todo[i:]]
             if entry.name not in reasons:
-                reasons[entry.name] = child.skip_reason(entry)
-                if reasons[entry.name] and job.repeat == 0:  # one record per framework
+                reasons[entry.name] = skip_reason(entry, plan)
+                if reasons[entry.name]:  # one record per framework (and shard)
                     records.append_record(records_path, records.skipped_record(
                         entry.name, entry.env, entry.script, child.interpreter(entry.env),
                         reasons[entry.name]))
@@ -639,6 +773,15 @@ def run_frameworks(todo: list[Job], plans: dict[Where, Plan], repeats: int,
               "continue with the same flags and --resume", file=sys.stderr)
         return True
     return False
+
+
+def skip_reason(entry: Entry, plan: Plan) -> str | None:
+    """Why `entry` cannot run this plan: its environment is missing, or the plan is a
+    data-parallel world and the framework has no data-parallel path."""
+    if plan.world_size and not entry.data_parallel:
+        return ("no data-parallel path (docs/FRAMEWORKS.md); the scaling profile measures the "
+                "registry's data_parallel frameworks")
+    return child.skip_reason(entry)
 
 
 def _interrupt(signum, frame):
@@ -687,15 +830,23 @@ def write_report(plan: Plan) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    entries = select_entries(args.frameworks)
+    entries = select_entries(args.frameworks, PROFILES[args.profile])
     plan = make_plan(args)
     plans = point_plans(plan)
-    if args.dry_run:
-        print_commands(entries, plans)
+    wheres, world_sizes = list(plans), plan.settings.world_sizes
+    if args.dry_run:  # the first repeat's commands, or all a shard's
+        repeats = args.repeats if args.shard else 1
+        print_commands(pending(entries, repeats, [], wheres, world_sizes, args.shard), plans,
+                       repeats)
+        return 0
+    if args.shard and not pending(entries, args.repeats, [], wheres, world_sizes, args.shard):
+        total = len(all_jobs(entries, args.repeats, wheres, world_sizes))
+        print(f"shard {args.shard}: no runs (the whole run has {total}); nothing to do",
+              file=sys.stderr)
         return 0
     plan.out.mkdir(parents=True, exist_ok=True)
     previous = open_records(plan, args.resume)
-    todo = pending(entries, args.repeats, previous, list(plans))
+    todo = pending(entries, args.repeats, previous, wheres, world_sizes, args.shard)
     if todo:
         start_run(plan, plans, args, entries, resumed=bool(previous))
     interrupted = run_frameworks(todo, plans, args.repeats, previous)

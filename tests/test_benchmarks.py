@@ -274,6 +274,16 @@ def test_ctrl_c_stops_the_child_and_keeps_what_finished(tmp_path, sig):
         os.kill(int(pid_file.read_text()), 0)
 
 
+def test_a_failure_names_no_directory_of_the_checkout():
+    """A child's error line with a path of the checkout is recorded relative to it."""
+    record = records.framework_record("x", 0, "any", ROOT / "x_model.py", sys.executable)
+    finished = child.Finished(returncode=1, wall_s=1.0, max_rss_mb=None)
+    records.record_failure(record, "train", finished,
+                           f"error: cannot write {ROOT}/benchmarks/results/x/checkpoint", None,
+                           "")
+    assert record["error"] == "error: cannot write benchmarks/results/x/checkpoint"
+
+
 def test_missing_environment_is_skipped_not_failed():
     entry = registry.Entry("later", "numpy_model", "any", "no_such_module_for_later")
     reason = child.skip_reason(entry)
