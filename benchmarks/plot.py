@@ -59,6 +59,14 @@ def _pyplot():
     return plt
 
 
+def _colors(plt) -> list:
+    """One colour per framework for up to 20: tab20's dark halves (tab10's colours), then
+    its light ones. The default cycle has ten, and the eleventh row (mxnet) came out in
+    numpy's blue."""
+    tab20 = plt.get_cmap("tab20").colors
+    return [*tab20[0::2], *tab20[1::2]]
+
+
 def plot_losses(curves: list[Curve], output: str | Path, x: str = "epoch",
                 title: str | None = None) -> Path:
     """Train (solid) and validation (dashed) loss against epochs or training seconds.
@@ -71,7 +79,7 @@ def plot_losses(curves: list[Curve], output: str | Path, x: str = "epoch",
     """
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colors = _colors(plt)
     for i, curve in enumerate(curves):
         color = colors[i % len(colors)]
         points = curve.epoch_points()
@@ -152,8 +160,10 @@ def plot_lines(lines: list[Line], output: str | Path, *, xlabel: str, ylabel: st
     `reference` (a bound, say) in black dashes; `percent` shows fractions as 12%."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
-    for line in lines:
-        ax.plot(line.xs, line.ys, marker="o", ms=4, lw=1.4, label=line.name)
+    colors = _colors(plt)
+    for i, line in enumerate(lines):
+        ax.plot(line.xs, line.ys, marker="o", ms=4, lw=1.4, label=line.name,
+                color=colors[i % len(colors)])
     if reference is not None:
         ax.plot(reference.xs, reference.ys, color="black", ls="--", lw=1.2,
                 label=reference.name)
