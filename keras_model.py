@@ -31,6 +31,7 @@ from keras import layers, ops
 
 from common.cli import main
 from common.config import ModelConfig, OptimConfig
+from common.distributed import World
 from common.framework import CPU, CharRNN, Device, choose_device
 from common.threads import limit_xla_threads, set_tf_threads
 from common.weights import Weights, in_out_layout
@@ -41,6 +42,7 @@ if BACKEND == "tensorflow":
 elif BACKEND == "jax":
     import jax
     from jax._src import xla_bridge  # no public "has the backend started" query
+    from jax.experimental import multihost_utils
 elif BACKEND == "torch":
     import torch
 
@@ -65,18 +67,26 @@ def build_net(config: ModelConfig, optim: OptimConfig, seed: int) -> keras.Model
     L, H = config.num_layers, config.rnn_size
     layer_cls, state_names = RECURRENT[config.cell]
     penalty = keras.regularizers.L1L2(optim.l1, optim.l2) if optim.penalised else None
+    # Zeros and seeds, not random draws: the portable weights are assigned right after,
+    # and in a data-parallel world Keras refuses a replicated variable whose first value
+    # differs between the ranks ("passed to device_put is not the same on each process";
+    # the recurrent layers' own seed generator, unused without their dropout, included).
+    zeros = {"kernel_initializer": "zeros", "bias_initializer": "zeros"}
     x = keras.Input((None,), dtype="int32", name="x")
     state_in = [keras.Input((H,), name=f"{s}_{k}") for s in state_names for k in range(L)]
-    out = layers.Embedding(config.vocab_size, config.embedding_size, name="embedding")(x)
+    out = layers.Embedding(config.vocab_size, config.embedding_size,
+                           embeddings_initializer="zeros", name="embedding")(x)
     out = layers.Dropout(config.drop_rate, seed=seed, name="dropout_0")(out)
     state_out = []  # per layer: [h] or [h, c]
     for k in range(L):
         rnn = layer_cls(H, return_sequences=True, return_state=True, name=f"{config.cell}_{k}",
-                        kernel_regularizer=penalty, recurrent_regularizer=penalty)
+                        kernel_regularizer=penalty, recurrent_regularizer=penalty,
+                        recurrent_initializer="zeros", seed=seed, **zeros)
         out, *state = rnn(out, initial_state=state_in[k::L])  # out (B, T, H)
         out = layers.Dropout(config.drop_rate, seed=seed + k + 1, name=f"dropout_{k + 1}")(out)
         state_out.append(state)
-    logits = layers.Dense(config.vocab_size, kernel_regularizer=penalty, name="dense")(out)
+    logits = layers.Dense(config.vocab_size, kernel_regularizer=penalty, name="dense",
+                          **zeros)(out)
     return keras.Model([x, *state_in], [logits, *itertools.chain(*zip(*state_out))],
                        name="char_rnn")
 
@@ -199,19 +209,22 @@ def build_optimizer(optim: OptimConfig) -> keras.optimizers.Optimizer:
 
 class KerasCharRNN(CharRNN):
     framework = "keras"
-    # Not attempted: keras.distribution.DataParallel (JAX backend) lays out the variables
-    # and batches of Keras' own `fit`; this file's step is its own jax.jit/tf.function.
-    data_parallel_refusal = ("not implemented for Keras here (keras.distribution.DataParallel "
-                             "would need this file's own train step ported to it); train "
-                             "data-parallel with tf_model.py, jax_model.py or pytorch_model.py")
+    # The JAX backend trains data-parallel through keras.distribution (below); the others
+    # would need their own engine around this file's step.
+    data_parallel_refusal = (f"not implemented for Keras' {BACKEND} backend here (only "
+                             "KERAS_BACKEND=jax, through keras.distribution.DataParallel); "
+                             "train data-parallel with tf_model.py or pytorch_model.py")
 
     def __init__(self, config: ModelConfig, weights: Weights, optim: OptimConfig,
                  device: Device = CPU, seed: int = 0):
         super().__init__(config, weights, optim, device, seed)
         # No ":0" for torch: its variables are moved with .to("cpu:0"), which returns a plain
         # tensor instead of the Parameter, and integer seed variables then fail to build.
+        # In a world, "cpu:0" would name rank 0's device (JAX numbers devices globally):
+        # this process's own jax.Device instead.
         self.keras_device = (device.kind if BACKEND == "torch"
-                             else f"{device.kind}:{device.index}")
+                             else jax.local_devices(backend=device.kind)[device.index]
+                             if self.world.size > 1 else f"{device.kind}:{device.index}")
         with keras.device(self.keras_device):
             self.net = build_net(config, optim, seed)
             self.optimizer = build_optimizer(optim)
@@ -264,19 +277,66 @@ class KerasCharRNN(CharRNN):
 
     @classmethod
     def setup_device(cls, device, threads):
+        index = 0  # which of the GPUs: a data-parallel rank's own (jax backend)
         if BACKEND == "tensorflow":
             set_tf_threads(tf, threads)
             gpu_names = [tf.config.experimental.get_device_details(gpu).get("device_name", "GPU")
                          for gpu in tf.config.list_physical_devices("GPU")]
         elif BACKEND == "jax":
-            limit_xla_threads(threads, xla_bridge.backends_are_initialized())  # before devices()
-            gpu_names = [d.device_kind for d in jax.devices() if d.platform == "gpu"]
+            limit_xla_threads(threads, xla_bridge.backends_are_initialized(),  # before devices()
+                              cls.world.local_rank)
+            gpu_names = [d.device_kind for d in jax.local_devices() if d.platform == "gpu"]
+            index = cls.world.local_rank if len(gpu_names) > 1 else 0
         else:
             if threads:
                 torch.set_num_threads(threads)
             gpu_names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-        return choose_device(device, gpu_names, f"Keras' {BACKEND} backend sees no GPU (a "
-                                                f"CPU-only {BACKEND} build, or no GPU driver)")
+        chosen = choose_device(device, gpu_names, f"Keras' {BACKEND} backend sees no GPU (a "
+                                                  f"CPU-only {BACKEND} build, or no GPU driver)",
+                               index)
+        if cls.world.size > 1:
+            cls._set_distribution(jax.local_devices(backend=chosen.kind)[chosen.index])
+        return chosen
+
+    # ---- data parallel, jax backend: keras.distribution (docs/SPEC.md section 11) -----
+    @classmethod
+    def init_world(cls, world: World, device: str, timeout_s: float) -> None:
+        """jax.distributed's coordination service at the world's coordinator; on the CPU,
+        JAX's cross-process collectives go through gloo. Not keras.distribution.initialize,
+        which calls the same jax.distributed.initialize, but with no timeout, and then
+        psums a random seed with jax.pmap, starting the backend before `setup_device`
+        can pin its threads."""
+        if BACKEND != "jax":
+            super().init_world(world, device, timeout_s)  # refuses
+        if device != "gpu":
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(world.coordinator, world.size, world.rank,
+                                   initialization_timeout=max(1, round(timeout_s)))
+        cls.world = world
+
+    @classmethod
+    def _set_distribution(cls, local_device) -> None:
+        """keras.distribution.DataParallel over one device per rank, each rank's chosen one
+        (learnt from the others through `all_sum`), in rank order: every Keras variable
+        created afterwards is a global jax.Array replicated on them, and a batch laid out
+        on its `batch` axis is rank r's rows [r B/W, (r+1) B/W). The file's own jitted
+        step then runs as one SPMD program whose gradient of the whole batch's mean loss
+        XLA all-reduces before the optimizer clips it."""
+        ids = np.zeros(cls.world.size)
+        ids[cls.world.rank] = local_device.id
+        by_id = {d.id: d for d in jax.devices(local_device.platform)}
+        devices = [by_id[int(i)] for i in cls.all_sum(ids)]
+        keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
+
+    @classmethod
+    def all_sum(cls, values):
+        if cls.world.size == 1:
+            return values
+        # float64 crosses as pairs of uint32: JAX keeps 64-bit floats off by default.
+        values = np.asarray(values, np.float64)
+        raw = multihost_utils.process_allgather(
+            np.ascontiguousarray(values).reshape(-1).view(np.uint32))
+        return np.asarray(raw).view(np.float64).sum(axis=0).reshape(values.shape)
 
     def _step_fn(self, ids, *state):
         """ids (B,) int32 and the states (B, H) in `build_net`'s order -> logits (B, V),
@@ -371,7 +431,20 @@ class KerasCharRNN(CharRNN):
         def values(variables):
             return [v.value for v in variables]
 
+        world = self.world.size > 1
+        if world:  # the variables are global arrays, replicated on every rank's device
+            def local_values(variables):  # this rank's replica: evaluation and sampling
+                return [v.value.addressable_data(0) for v in variables]  # run alone
+
+            def rows(a):  # this rank's (B/W, ...) rows -> the global (B, ...) batch
+                layout = keras.distribution.distribution().get_data_layout(a.shape)
+                return jax.make_array_from_process_local_data(layout.backend_layout, a)
+        else:
+            local_values, rows = values, None
+
         def run_train(x, y, state):
+            if world:
+                x, y, state = rows(x), rows(y), [rows(s) for s in state]
             loss, state, tv, ntv, ov = train(values(net.trainable_variables),
                                              values(net.non_trainable_variables),
                                              values(opt.variables), x, y, state)
@@ -379,19 +452,22 @@ class KerasCharRNN(CharRNN):
                                (opt.variables, ov)):
                 for variable, value in zip(group, new):
                     variable.assign(value)
+            if world:  # the loss is the whole batch's, the same on every rank
+                state = [s.addressable_data(0) for s in state]
             return loss, state
 
         def with_values(fn):
             def call(*args):
-                return fn(values(net.trainable_variables), values(net.non_trainable_variables),
-                          *args)
+                return fn(local_values(net.trainable_variables),
+                          local_values(net.non_trainable_variables), *args)
             return call
 
         self._train = run_train
         self._grads = with_values(grads)
         self._eval = with_values(evaluate)
         self._forward = with_values(forward)
-        self._step = lambda ids, *state: step(values(net.trainable_variables), ids, *state)
+        self._step = lambda ids, *state: step(local_values(net.trainable_variables), ids,
+                                              *state)
 
     def _compile_torch(self):
         # Eager PyTorch, the way Keras' torch backend runs: autograd, then the optimizer
@@ -470,7 +546,15 @@ class KerasCharRNN(CharRNN):
     # ---- native checkpoints: the Keras weights file (layers AND the compiled-in
     # ---- optimizer's slots and iteration count), plus the dropout generators' seeds --
     def save_native(self, directory: Path):
-        self.net.save_weights(directory / "keras_model.weights.h5")
+        # Outside any keras.distribution: saving builds a throw-away Optimizer
+        # (saving_lib.get_attr_skipset) whose variables would otherwise be laid out
+        # across the world, a collective that only rank 0, the writer, would enter.
+        distribution = keras.distribution.distribution()
+        keras.distribution.set_distribution(None)
+        try:
+            self.net.save_weights(directory / "keras_model.weights.h5")
+        finally:
+            keras.distribution.set_distribution(distribution)
         seeds = {layer.name: to_numpy(layer.seed_generator.state).tolist()
                  for layer in self.dropouts if hasattr(layer, "seed_generator")}
         (directory / "dropout_seeds.json").write_text(json.dumps(seeds))

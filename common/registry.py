@@ -62,8 +62,9 @@ class Entry:
 
 
 def _keras(backend: str) -> Entry:
+    # Only the JAX backend trains data-parallel (keras.distribution.DataParallel).
     return Entry(f"keras[{backend}]", "keras_model", "modern", "keras",
-                 {"KERAS_BACKEND": backend})
+                 {"KERAS_BACKEND": backend}, data_parallel=backend == "jax")
 
 
 FRAMEWORKS: dict[str, Entry] = {e.name: e for e in [
