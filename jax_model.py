@@ -34,7 +34,7 @@ from jax.experimental import multihost_utils
 
 from common.cli import main
 from common.config import ModelConfig, OptimConfig
-from common.distributed import World
+from common.distributed import World, join_jax, sum_by_allgather
 from common.errors import CharRnnError
 from common.framework import CPU, CharRNN, Device, choose_device
 from common.threads import limit_xla_threads
@@ -326,10 +326,7 @@ class JaxCharRNN(CharRNN):
         """jax.distributed's coordination service at the world's coordinator (rank 0
         serves it); on the CPU, JAX's cross-process collectives go through gloo. Before
         `setup_device`: the backend must not have started."""
-        if device != "gpu":
-            jax.config.update("jax_cpu_collectives_implementation", "gloo")
-        jax.distributed.initialize(world.coordinator, world.size, world.rank,
-                                   initialization_timeout=max(1, round(timeout_s)))
+        join_jax(jax, world, device, timeout_s)
         cls.world = world
 
     @classmethod
@@ -340,12 +337,7 @@ class JaxCharRNN(CharRNN):
 
     @classmethod
     def all_sum(cls, values):
-        if cls.world.size == 1:
-            return values
-        # float64 crosses as pairs of uint32: JAX keeps 64-bit floats off by default.
-        values = np.asarray(values, np.float64)
-        raw = cls._allgather(np.ascontiguousarray(values).reshape(-1).view(np.uint32))
-        return raw.view(np.float64).sum(axis=0).reshape(values.shape)
+        return sum_by_allgather(cls._allgather, values)
 
     def _world_mean(self, grads):
         """The gradients averaged over the world: each rank's is the mean over its

@@ -31,7 +31,7 @@ from keras import layers, ops
 
 from common.cli import main
 from common.config import ModelConfig, OptimConfig
-from common.distributed import World
+from common.distributed import World, join_jax, sum_by_allgather
 from common.framework import CPU, CharRNN, Device, choose_device
 from common.threads import limit_xla_threads, set_tf_threads
 from common.weights import Weights, in_out_layout
@@ -308,10 +308,7 @@ class KerasCharRNN(CharRNN):
         can pin its threads."""
         if BACKEND != "jax":
             super().init_world(world, device, timeout_s)  # refuses
-        if device != "gpu":
-            jax.config.update("jax_cpu_collectives_implementation", "gloo")
-        jax.distributed.initialize(world.coordinator, world.size, world.rank,
-                                   initialization_timeout=max(1, round(timeout_s)))
+        join_jax(jax, world, device, timeout_s)
         cls.world = world
 
     @classmethod
@@ -330,13 +327,7 @@ class KerasCharRNN(CharRNN):
 
     @classmethod
     def all_sum(cls, values):
-        if cls.world.size == 1:
-            return values
-        # float64 crosses as pairs of uint32: JAX keeps 64-bit floats off by default.
-        values = np.asarray(values, np.float64)
-        raw = multihost_utils.process_allgather(
-            np.ascontiguousarray(values).reshape(-1).view(np.uint32))
-        return np.asarray(raw).view(np.float64).sum(axis=0).reshape(values.shape)
+        return sum_by_allgather(multihost_utils.process_allgather, values)
 
     def _step_fn(self, ids, *state):
         """ids (B,) int32 and the states (B, H) in `build_net`'s order -> logits (B, V),

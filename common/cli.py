@@ -16,6 +16,7 @@ import types
 import typing
 from pathlib import Path
 
+from common import distributed
 from common.config import ExportConfig, GenerateConfig, TrainConfig
 from common.errors import CharRnnError, Stopped
 from common.fileio import describe_os_error
@@ -117,7 +118,6 @@ def exit_process(status: int) -> None:
     """Exit with `status`. A process that joined a data-parallel world leaves at once
     (after flushing): the frameworks' distributed runtimes can wait at interpreter exit
     for ranks that are already gone (TensorFlow's coordination service did, for ever)."""
-    from common import distributed
     if distributed.JOINED:
         sys.stdout.flush()
         sys.stderr.flush()

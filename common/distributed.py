@@ -121,6 +121,27 @@ def _tf_config(text: str) -> World:
     return World(rank, len(workers), rank, workers[0] if workers else None, source)
 
 
+def join_jax(jax, world: World, device: str, timeout_s: float) -> None:
+    """`jax.distributed.initialize` at the world's coordinator (rank 0 serves it), with
+    JAX's cross-process collectives over gloo on the CPU, failing after `timeout_s`;
+    before the backend starts. For the JAX-based files (jax, keras[jax]), which pass
+    the `jax` module: common/ does not import JAX itself."""
+    if device != "gpu":
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(world.coordinator, world.size, world.rank,
+                               initialization_timeout=max(1, round(timeout_s)))
+
+
+def sum_by_allgather(allgather: Callable[[np.ndarray], np.ndarray],
+                     values: np.ndarray) -> np.ndarray:
+    """`CharRNN.all_sum` through an all-gather ((n,) uint32 of each rank -> (W, n)):
+    float64 crosses as pairs of uint32, for an engine that keeps 64-bit floats off
+    (JAX does by default), and the ranks' values are summed here."""
+    values = np.asarray(values, np.float64)
+    raw = np.asarray(allgather(np.ascontiguousarray(values).reshape(-1).view(np.uint32)))
+    return raw.view(np.float64).sum(axis=0).reshape(values.shape)
+
+
 def config_digest(values: object) -> float:
     """A number that two ranks share only when they were given the same config: the
     first 48 bits of a SHA-256 of its JSON, exact in a float64."""

@@ -126,7 +126,9 @@ class CharRNN(abc.ABC):
     def all_sum(cls, values: np.ndarray) -> np.ndarray:
         """A small float64 host array summed over the world's ranks, through the
         framework's own collectives (the training loop's agreement on loss, stop and
-        save, and the gathered state). One process: `values` itself."""
+        save, and the gathered state). Called only in a world of more than one process
+        (`common.distributed.Agreement` answers for one itself); this default is one
+        process's sum, `values`."""
         return values
 
     # ---- state ----------------------------------------------------------------------
