@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 LEGACY := .venv-legacy
 
-.PHONY: setup lint test test-modern test-legacy bench bench-full reference-results clean \
+.PHONY: setup lint test test-modern test-legacy bench bench-full reference-full reference-results clean \
 	bench-sweep reference-sweep bench-cells reference-cells bench-scaling reference-scaling
 
 # The two environments install side by side (-j2): on a fresh machine that is most of
@@ -48,6 +48,15 @@ bench: setup
 
 bench-full: setup
 	$(VENV)/bin/python -m benchmarks.run_all --profile full
+
+# The full run the README shows, committed: 32 epochs of every default row, published to
+# benchmarks/reference/<machine>/full/ with its report and plots, and the block between
+# README's full markers rewritten, the original suite's numbers beside it. About 2.5 hours
+# on this 2-core CPU; after a stop, `python -m benchmarks.run_all --profile full --resume
+# --no-report` continues it, then run the second line.
+reference-full: setup
+	$(VENV)/bin/python -m benchmarks.run_all --profile full --no-report
+	$(VENV)/bin/python -m benchmarks.report benchmarks/results/full --reference --compare-original
 
 # The reference results the README shows, committed: a quick run, three repeats taking
 # turns (the report gives medians and min-max), published to

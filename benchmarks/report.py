@@ -24,7 +24,12 @@ writes beside the records:
 is copied to benchmarks/reference/<machine>/<profile>/ (<machine> is the CPU model
 and core count, e.g. amd-epyc-2core: benchmarks.records.machine_slug), the report is
 written there, and the block between the results markers of README.md is rewritten
-to show it. Those files, and nothing else of a run, are committed.
+to show it (a full run: the block between its full markers, beside the quick table,
+with the original suite's numbers). Those files, and nothing else of a run, are
+committed.
+
+Every table of several frameworks of one cell gets an agreement line (how far apart
+their last-epoch losses are, against a target of 0.02 nats) and the run's time.
 
 Several directories (the shards of one run, `run_all --shard K/N`, or runs of the
 same settings on other machines) are merged: their records, one directory's after the
@@ -66,6 +71,7 @@ from benchmarks.records import (
     machine_slug,
     previous_settings,
     record_machines,
+    run_seconds,
 )
 from benchmarks.sweep import point_key
 from common.config import CELLS
@@ -77,6 +83,7 @@ from common.train import STALL_FACTOR
 README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
 CELLS_START, CELLS_END = "<!-- cells:start -->", "<!-- cells:end -->"
 SCALING_START, SCALING_END = "<!-- scaling:start -->", "<!-- scaling:end -->"
+FULL_START, FULL_END = "<!-- full:start -->", "<!-- full:end -->"
 SAMPLE_CHARS = 500  # of each framework's generated text shown in report.md
 
 # The original suite (yxtay/char-rnn-text-generation) published no results table in any
@@ -93,6 +100,18 @@ ORIGINAL = {  # our name: (original script, training seconds, last epoch's train
     "chainer": ("chainer_model.py", 4954, 1.2293),
     "mxnet": ("mxnet_model.py", 7348, 1.34199),
 }
+
+# Why the original suite's five losses cannot be set against one another (the README's full
+# block says it under the comparison).
+ORIGINAL_NOT_COMPARABLE = (
+    "The original's losses are not comparable with one another: each script built the model "
+    "from its own framework's layers with that framework's own initial weights, so its five "
+    "rows are five different trainings, ending anywhere from 1.23 to 1.46 nats; here every "
+    "row starts from the same weights and sees the same batches, and the spread above is "
+    "what is left.")
+# How far apart the frameworks' final losses may be after the same training (max - min, in
+# nats): the agreement line says whether the run stays within it.
+LOSS_SPREAD_TARGET = 0.02
 
 # Two float32 matmul peaks of one run (before and after it) further apart than this,
 # as max / min - 1: the machine's speed changed during the run, and the row is flagged.
@@ -530,6 +549,44 @@ def flag_notes(table: pd.DataFrame) -> list[str]:
     return notes
 
 
+def loss_agreement(table: pd.DataFrame) -> str | None:
+    """One line: how far apart the trained rows' last-epoch train and validation losses
+    are (max - min), against LOSS_SPREAD_TARGET; None for fewer than two rows, or for rows
+    of different cells (different models: the cells table compares them)."""
+    rows = [r for r in _trained(table) if not _missing(r.get("val_loss"))]
+    if len(rows) < 2 or shows_cells(table):
+        return None
+    parts, widest = [], 0.0
+    for column, name in (("train_loss", "train"), ("val_loss", "validation")):
+        values = sorted((r[column], table_label(r, table)) for r in rows
+                        if not _missing(r.get(column)))
+        (low, low_name), (high, high_name) = values[0], values[-1]
+        widest = max(widest, high - low)
+        parts.append(f"{name} loss {high - low:.4f} nats ({low_name} {low:.4f} to "
+                     f"{high_name} {high:.4f})")
+    verdict = "within" if widest <= LOSS_SPREAD_TARGET else "outside"
+    return (f"Agreement: across the {len(rows)} rows the last epoch's losses span "
+            + "; ".join(parts) + f" (max - min), {verdict} the target of "
+            f"{LOSS_SPREAD_TARGET} nats.")
+
+
+def run_time(frameworks: pd.DataFrame) -> str | None:
+    """One line: how long the whole run took, the frameworks' runs (each start to finish:
+    peak checks, training, validation, generation) summed, and first start to last finish
+    (larger where the run was stopped and resumed, or the runner waited between runs)."""
+    records = _records(frameworks)
+    seconds = [s for s in map(run_seconds, records) if s is not None]
+    if not seconds:
+        return None
+    starts = sorted(str(r["started"]) for r in records if r.get("started"))
+    ends = sorted(str(r["finished"]) for r in records if r.get("finished"))
+    span = run_seconds({"started": starts[0], "finished": ends[-1]}) if starts and ends else None
+    return (f"Run time: {format_duration(sum(seconds))}, the {len(seconds)} framework runs "
+            "summed (each from its start to its finish: the peak checks, training, "
+            "validation and generation)"
+            + (f"; first start to last finish {format_duration(span)}" if span else "") + ".")
+
+
 def problems(table: pd.DataFrame) -> list[str]:
     lines = []
     for row in table.to_dict("records"):
@@ -772,6 +829,9 @@ def render_report(runs: list[dict], table: pd.DataFrame, frameworks: pd.DataFram
     notes = flag_notes(table)
     if notes:
         lines += ["\n\n".join(notes), ""]
+    summary = [line for line in (loss_agreement(table), run_time(frameworks)) if line]
+    if summary:
+        lines += ["\n\n".join(summary), ""]
     bad = problems(table)
     if bad:
         lines += ["Not in the table, or without a generation speed:", "", *bad, ""]
@@ -960,6 +1020,25 @@ def readme_block(table: pd.DataFrame, run: dict, results_dir: Path, readme: Path
         README_END])
 
 
+def full_block(table: pd.DataFrame, runs: list[dict], frameworks: pd.DataFrame,
+                results_dir: Path, readme: Path) -> str:
+    """The README's full-run block: the table, how far the losses agree, how long it took,
+    the original suite's numbers beside it, and the loss plots."""
+    link = readme_link(results_dir, readme)
+    summary = [line for line in (loss_agreement(table), run_time(frameworks)) if line]
+    return "\n".join([
+        FULL_START,
+        f"{run_line(runs[-1])}: {runs[0].get('description', '?')}; full report: "
+        f"[{link('report.md')}]({link('report.md')}). Ranked by *s/epoch* (the median step "
+        "times the batches of an epoch); *wall s/epoch* is the clock.", "",
+        results_table(table), *[f"\n{note}" for note in flag_notes(table)],
+        *[f"\n{line}" for line in summary], "",
+        compare_original(table), "", ORIGINAL_NOT_COMPARABLE, "",
+        f"![loss per epoch]({link('loss_per_epoch.png')}) "
+        f"![loss versus time]({link('loss_vs_time.png')})",
+        FULL_END])
+
+
 def update_readme(readme: Path, block: str,
                   markers: tuple[str, str] = (README_START, README_END)) -> bool:
     """Replace the block between `markers` (included) of `readme` with `block`; False, with
@@ -1096,6 +1175,9 @@ def main(argv: list[str] | None = None) -> None:
         print(scaling_table(table))
     for line in problems(table):
         print(line)
+    for line in (loss_agreement(table), run_time(frameworks)):
+        if line:
+            print(f"\n{line}")
     if args.compare_original:
         print()
         print(compare_original(table))
@@ -1109,6 +1191,10 @@ def main(argv: list[str] | None = None) -> None:
             if update_readme(readme, scaling_block(table, runs[-1], results_dir, readme),
                              (SCALING_START, SCALING_END)):
                 print(f"updated the scaling block of {readme.name}")
+        elif runs[-1].get("settings", {}).get("profile") == "full":  # beside the quick one
+            if update_readme(readme, full_block(table, runs, frameworks, results_dir, readme),
+                             (FULL_START, FULL_END)):
+                print(f"updated the full block of {readme.name}")
         elif update_readme(readme, readme_block(table, runs[-1], results_dir, readme)):
             print(f"updated the results block of {readme.name}")
 

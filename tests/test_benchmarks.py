@@ -541,6 +541,54 @@ def test_report_on_saved_records(saved, capsys):
         assert (saved / name).read_bytes()[:8] == PNG_MAGIC
 
 
+def test_agreement_and_run_time_lines(saved):
+    table, md, _ = report.build(saved)
+    line = report.loss_agreement(table)
+    # numpy, pytorch and chainer trained the same model on the same batches.
+    trained = table[table["status"] == "ok"]
+    spread = trained["val_loss"].max() - trained["val_loss"].min()
+    assert line.startswith("Agreement: across the 3 rows the last epoch's losses span ")
+    assert f"validation loss {spread:.4f} nats" in line and "within the target of 0.02" in line
+    far = table.copy()
+    far.loc[far["framework"] == "pytorch", "train_loss"] += 0.05
+    assert "outside the target of 0.02" in report.loss_agreement(far)
+    assert report.loss_agreement(table.iloc[:1]) is None  # one row: nothing to agree with
+
+    _, frameworks = report.load_records(saved)
+    seconds = [s for s in map(records.run_seconds, report._records(frameworks)) if s is not None]
+    assert report.run_time(frameworks).startswith(
+        f"Run time: {logs.format_duration(sum(seconds))}, the {len(seconds)} framework runs "
+        "summed")
+    assert line in md and "Run time: " in md
+
+
+def test_full_run_reference_gets_its_own_readme_block(saved, tmp_path, monkeypatch):
+    """A full run publishes beside the quick table, not over it, with the original suite's
+    numbers and the sentence on why they differ among themselves."""
+    lines = (saved / "records.jsonl").read_text().splitlines()
+    run = json.loads(lines[0])
+    run["settings"]["profile"] = "full"
+    (saved / "records.jsonl").write_text("\n".join([json.dumps(run), *lines[1:]]) + "\n")
+    root = tmp_path / "checkout"
+    root.mkdir()
+    readme = root / "README.md"
+    quick = "<!-- results:start -->\nquick table\n<!-- results:end -->\n"
+    readme.write_text(f"# project\n\n{quick}\n<!-- full:start -->\nold\n<!-- full:end -->\n")
+    monkeypatch.setattr(report, "ROOT", root)
+    monkeypatch.setattr(report, "REFERENCE_ROOT", root / "benchmarks" / "reference")
+    report.main([str(saved), "--reference", "--compare-original"])
+
+    text = readme.read_text()
+    assert quick in text and "old" not in text
+    block = text[text.index("<!-- full:start -->"):]
+    assert block.startswith("<!-- full:start -->\nProfile `full`")
+    assert "| numpy | 2.4.6 |" in block and "Agreement: across the 3 rows" in block
+    assert "| pytorch | pytorch_model.py | 1:37:48.0 | 1.32285 |" in block
+    assert report.ORIGINAL_NOT_COMPARABLE in block
+    assert "benchmarks/reference/amd-epyc-2core/full/loss_per_epoch.png" in block
+    assert "benchmarks/reference/amd-epyc-2core/full/loss_vs_time.png" in block
+
+
 @pytest.fixture
 def loaded(tmp_path) -> Path:
     out = tmp_path / "loaded"
