@@ -16,6 +16,7 @@ A framework file defines one subclass and ends with
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -179,6 +180,22 @@ class CharRNN(abc.ABC):
         """
         logits, state = self.forward(ids.reshape(-1, 1).astype(np.int32), state)
         return logits[:, -1], state
+
+    def steps(self, ids: np.ndarray, state: State, count: int,
+              choose: Callable[[np.ndarray, int], np.ndarray]) -> State:
+        """`count` generation steps from `ids` (batch_size,) and `state`: step t feeds the
+        ids and replaces them by `choose(logits, t)` (int32 (batch_size,), from the step's
+        logits (batch_size, vocab_size) float32); the state after the last step.
+
+        Generation (the seed's characters, then the sampled ones) runs through this. The
+        default is a Python loop over `step`; override it where the framework runs the
+        loop faster in its own graph, calling `choose` back from inside (the shared
+        sampler stays NumPy). An exception `choose` raises comes out of `steps` as is.
+        """
+        for t in range(count):
+            logits, state = self.step(ids, state)
+            ids = choose(logits, t)
+        return state
 
     # ---- weights and checkpoints ----------------------------------------------------
     @abc.abstractmethod

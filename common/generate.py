@@ -73,6 +73,11 @@ class Generator:
                     text += self.chars[last[0]]
                     if len(text) >= WARMUP_MIN_CHARS and text.endswith("\n\n"):
                         break
+            # One step through `steps` too, its result dropped: a framework that runs the
+            # loop in its own graph builds that graph here, before any clock, as the
+            # compiled frameworks compiled their step in the loop above.
+            first = np.zeros(1, np.int32)
+            self.model.steps(first, self.model.zero_state(1), 1, lambda logits, t: first)
             self._warm = self.model.state_to_numpy(state)
         return self._warm
 
@@ -85,7 +90,8 @@ class Generator:
         From the warm state, the seed primes the state (all but its last character,
         through the one-step path: a `forward` over a new seed length would be a new
         compilation in the compiled frameworks, timed as generation), then each step
-        feeds the last character and samples the next. `on_chars` receives each step's
+        feeds the last character and samples the next; all of it one `CharRNN.steps`,
+        which may run the loop inside the framework's graph. `on_chars` receives each step's
         characters, one per sample, as they come. Returns the generated texts (without the seed).
         """
         sampler = Sampler(temperature, top_n, top_p)
@@ -94,23 +100,30 @@ class Generator:
         h, c = self.warm_state()
         state = self.model.state_from_numpy(np.repeat(h, num_samples, axis=1),
                                             np.repeat(c, num_samples, axis=1))
-        for t in range(ids.shape[1] - 1):
-            _, state = self.model.step(ids[:, t], state)
-        last = ids[:, -1]
+        prime = ids.shape[1] - 1  # steps that feed the seed's next character, unsampled
         out: list[list[str]] = [[] for _ in range(num_samples)]
         self.sampler_s = 0.0
-        for t in range(length):
+        uniforms = np.empty((0, num_samples))
+
+        def choose(logits: np.ndarray, step: int) -> np.ndarray:
+            """The ids fed after step `step` (`CharRNN.steps`): the seed's, then sampled."""
+            nonlocal uniforms
+            if step < prime:
+                return ids[:, step + 1]
+            t = step - prime
             if t % UNIFORM_CHUNK == 0:
                 uniforms = rng.random((min(UNIFORM_CHUNK, length - t), num_samples))
-            logits, state = self.model.step(last, state)  # (num_samples, vocab_size)
             start = time.perf_counter()
-            last = sampler(logits, uniforms[t % UNIFORM_CHUNK])  # (num_samples,) int32
-            chars = [self.chars[i] for i in last.tolist()]
+            chosen = sampler(logits, uniforms[t % UNIFORM_CHUNK])  # (num_samples,) int32
+            chars = [self.chars[i] for i in chosen.tolist()]
             self.sampler_s += time.perf_counter() - start
             for sample_out, ch in zip(out, chars):
                 sample_out.append(ch)
             if on_chars is not None:
                 on_chars(chars)
+            return chosen
+
+        self.model.steps(ids[:, 0], state, prime + length, choose)
         return ["".join(chars) for chars in out]
 
 

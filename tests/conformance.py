@@ -84,6 +84,7 @@ def measure(model_cls, case: str = "lstm-adam") -> dict:
     out["grads"] = max(float(np.abs(np.asarray(grads[n]) - ref_grads[n]).max())
                        for n in ref_grads)
     out["grads_missing"] = sorted(set(ref_grads) - set(grads))
+    out.update(measure_steps(model, ref, batches[1][0], h0, c0))  # the initial weights
 
     # 20 training steps with the state carried: the loss curves must agree.
     ref_state, state = ref.zero_state(BATCH_SIZE), model.zero_state(BATCH_SIZE)
@@ -103,6 +104,40 @@ def measure(model_cls, case: str = "lstm-adam") -> dict:
     ref_logits, _ = ref.step(batches[0][0][:, 0], ref.zero_state(BATCH_SIZE))
     logits, _ = model.step(batches[0][0][:, 0], model.zero_state(BATCH_SIZE))
     out["step_logits_after_steps"] = float(np.abs(np.asarray(logits) - ref_logits).max())
+    return out
+
+
+def measure_steps(model, ref, feed: np.ndarray, h0: np.ndarray, c0: np.ndarray) -> dict:
+    """Generation's loop, `steps` (which a framework may run inside its own graph),
+    against the reference's from the state (h0, c0): each step's logits handed to the
+    callback, the state after the last, and the callback's own exception coming out of
+    it as is. `feed` (B, T): the ids fed, one column a step."""
+    count = feed.shape[1] - 1
+
+    def feeding(seen):
+        def choose(logits, t):
+            seen.append(np.array(logits, np.float32))
+            return feed[:, t + 1]
+        return choose
+
+    ref_seen, seen = [], []
+    ref_state = ref.steps(feed[:, 0], ref.state_from_numpy(h0, c0), count, feeding(ref_seen))
+    state = model.steps(feed[:, 0], model.state_from_numpy(h0, c0), count, feeding(seen))
+    out = {"steps_count": len(seen),
+           "steps_logits": max(float(np.abs(a - b).max()) for a, b in zip(seen, ref_seen)),
+           "steps_state": max(float(np.abs(a - b).max()) for a, b in
+                              zip(model.state_to_numpy(state), ref.state_to_numpy(ref_state)))}
+
+    def failing(logits, t):
+        if t == 2:
+            raise ValueError("stopped at step 2")
+        return feed[:, t + 1]
+
+    try:
+        model.steps(feed[:, 0], model.zero_state(len(feed)), count, failing)
+        out["steps_raises"] = "nothing"
+    except Exception as exc:  # what the caller of `steps` sees
+        out["steps_raises"] = f"{type(exc).__name__}: {exc}"
     return out
 
 

@@ -11,7 +11,7 @@ import json
 import pytest
 
 from common import registry
-from tests.conformance import CASES, TOLERANCES, measure
+from tests.conformance import CASES, SEQ_LEN, TOLERANCES, measure
 from tests.conftest import framework_params, require, run_worker
 
 _WORKER_RESULTS: dict[str, dict] = {}  # framework -> case -> result, one worker each
@@ -40,3 +40,8 @@ def test_matches_numpy_reference(name, case):
     assert not failures, f"{name}: (difference, tolerance) {failures}"
     assert result["eval_loss_after_steps"] <= TOLERANCES["loss_after_steps"]
     assert result["step_logits_after_steps"] <= TOLERANCES["logits"] * 10
+    # Generation's loop (`steps`) sees the reference's logits and keeps the caller's error.
+    assert result["steps_count"] == SEQ_LEN - 1
+    assert result["steps_logits"] <= TOLERANCES["logits"]
+    assert result["steps_state"] <= TOLERANCES["state"]
+    assert result["steps_raises"] == "ValueError: stopped at step 2"
