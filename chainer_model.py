@@ -468,16 +468,30 @@ class ChainerCharRNN(CharRNN):
         return np.ascontiguousarray(cuda.to_cpu(logits.array).transpose(1, 0, 2)), tuple(state)
 
     def step(self, ids, state):
+        logits = []
+        state = self.steps(ids, state, 1, lambda out, t: logits.append(out) or ids)
+        return logits[0], state
+
+    def steps(self, ids, state, count, choose):
         if self._step_net is None:
             self._step_net = StepNet(self.net)
-        # Chainer prints "end of build_schedule()" on stdout, where the text goes, each
-        # time it traces a schedule; it is swallowed.
-        with chainer.using_config("train", False), chainer.no_backprop_mode(), \
-                contextlib.redirect_stdout(io.StringIO()):
-            logits, *state = self._step_net(chainer.Variable(self._ids(ids)),
-                                            *(chainer.Variable(s) for s in state))
-        # Copies: the outputs are the schedule's own buffers, rewritten by the next call.
-        return cuda.to_cpu(logits.array).copy(), tuple(s.array.copy() for s in state)
+        # The settings entered once for all the steps, not per step.
+        with chainer.using_config("train", False), chainer.no_backprop_mode():
+            for t in range(count):
+                inputs = (chainer.Variable(self._ids(ids)), *(chainer.Variable(s) for s in state))
+                if t == 0:
+                    # Chainer prints "end of build_schedule()" on stdout, where the text
+                    # goes, when it traces a schedule: only ever at a first step (the
+                    # shapes stay the same after it); it is swallowed.
+                    with contextlib.redirect_stdout(io.StringIO()):
+                        logits, *out = self._step_net(*inputs)
+                else:
+                    logits, *out = self._step_net(*inputs)
+                # Copies: the outputs are the schedule's own buffers, rewritten by the next
+                # call.
+                state = tuple(s.array.copy() for s in out)
+                ids = choose(cuda.to_cpu(logits.array).copy(), t)
+        return state
 
     def _loss(self, x, y, state):
         logits, *state = self.net(self._ids(x), *state)  # (T, B, V): labels go time-major
@@ -575,6 +589,7 @@ class NStepCharRNN(ChainerCharRNN):
         return slice(None)  # the canonical order as it is
 
     step = CharRNN.step  # forward() at T = 1: the NStep function itself
+    steps = CharRNN.steps  # the loop over that step
 
 
 MODEL = ChainerCharRNN  # what common.registry loads

@@ -33,6 +33,7 @@ from common.cli import main
 from common.config import ModelConfig, OptimConfig
 from common.distributed import World, join_jax, sum_by_allgather
 from common.framework import CPU, CharRNN, Device, choose_device
+from common.graph_loop import TFStepLoop
 from common.threads import limit_xla_threads, set_tf_threads
 from common.weights import Weights, in_out_layout
 
@@ -380,6 +381,9 @@ class KerasCharRNN(CharRNN):
         # against 0.58 ms a character), unlike tf_model.py's, where it is the faster one.
         self._step = tf.function(self._step_fn, input_signature=[
             tf.TensorSpec([None], tf.int32), *state])
+        # `generate` runs the same layer calls in one tf.while_loop, the sampler called back
+        # from inside (common.graph_loop).
+        self._steps = TFStepLoop(tf, self._step_fn, state)
 
     def _compile_jax(self):
         # JAX is functional: variables go in as arrays (stateless_call, stateless_apply) and
@@ -457,8 +461,9 @@ class KerasCharRNN(CharRNN):
         self._grads = with_values(grads)
         self._eval = with_values(evaluate)
         self._forward = with_values(forward)
-        self._step = lambda ids, *state: step(local_values(net.trainable_variables), ids,
-                                              *state)
+        self._step_values = lambda: local_values(net.trainable_variables)
+        self._step_jit = step
+        self._step = lambda ids, *state: step(self._step_values(), ids, *state)
 
     def _compile_torch(self):
         # Eager PyTorch, the way Keras' torch backend runs: autograd, then the optimizer
@@ -521,6 +526,18 @@ class KerasCharRNN(CharRNN):
         # a character on TensorFlow, 0.10 against 0.24 ms on JAX, on a loaded machine.
         logits, *state = self._step(self._ids(ids), *state)
         return to_numpy(logits), tuple(state)
+
+    def steps(self, ids, state, count, choose):
+        if BACKEND == "tensorflow":  # one tf.while_loop (common.graph_loop)
+            with keras.device(self.keras_device):
+                return tuple(self._steps(ids, state, count, choose))
+        if BACKEND == "jax":  # the compiled step, with the variables' values taken once
+            values, state = self._step_values(), list(state)
+            for t in range(count):
+                logits, *state = self._step_jit(values, np.asarray(ids, np.int32), *state)
+                ids = choose(np.asarray(logits), t)
+            return tuple(state)
+        return super().steps(ids, state, count, choose)  # torch: the loop over `step`
 
     def loss_and_grads(self, x, y, state):
         loss, g, state = self._grads(self._ids(x), self._ids(y), list(state))

@@ -38,10 +38,13 @@ from pathlib import Path
 # Generation steps one character at a time: ~36 operators of at most 130 kFLOP each,
 # where OpenMP's fork and join around every operator cost more than the work (2.5-5x
 # the chars/s with one thread than with two, measured on the 2-core machine). So the
-# one-step commands load MXNet with one OpenMP thread; training keeps --threads.
+# one-step commands load MXNet with one OpenMP thread; training keeps --threads. They
+# also run MXNet's synchronous engine: with one small graph call at a time there is
+# nothing for the threaded one to overlap (1.12x the characters a second, docs/FRAMEWORKS.md).
 ONE_THREAD = sys.argv[1:2] in (["generate"], ["repl"])
 if ONE_THREAD:
     os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ.setdefault("MXNET_ENGINE_TYPE", "NaiveEngine")
 
 import mxnet as mx
 import numpy as np

