@@ -587,6 +587,11 @@ def run_time(frameworks: pd.DataFrame) -> str | None:
             + (f"; first start to last finish {format_duration(span)}" if span else "") + ".")
 
 
+def summary_lines(table: pd.DataFrame, frameworks: pd.DataFrame) -> list[str]:
+    """The agreement and run-time lines that apply (report.md, the full block, stdout)."""
+    return [line for line in (loss_agreement(table), run_time(frameworks)) if line]
+
+
 def problems(table: pd.DataFrame) -> list[str]:
     lines = []
     for row in table.to_dict("records"):
@@ -829,7 +834,7 @@ def render_report(runs: list[dict], table: pd.DataFrame, frameworks: pd.DataFram
     notes = flag_notes(table)
     if notes:
         lines += ["\n\n".join(notes), ""]
-    summary = [line for line in (loss_agreement(table), run_time(frameworks)) if line]
+    summary = summary_lines(table, frameworks)
     if summary:
         lines += ["\n\n".join(summary), ""]
     bad = problems(table)
@@ -1025,7 +1030,7 @@ def full_block(table: pd.DataFrame, runs: list[dict], frameworks: pd.DataFrame,
     """The README's full-run block: the table, how far the losses agree, how long it took,
     the original suite's numbers beside it, and the loss plots."""
     link = readme_link(results_dir, readme)
-    summary = [line for line in (loss_agreement(table), run_time(frameworks)) if line]
+    summary = summary_lines(table, frameworks)
     return "\n".join([
         FULL_START,
         f"{run_line(runs[-1])}: {runs[0].get('description', '?')}; full report: "
@@ -1175,9 +1180,8 @@ def main(argv: list[str] | None = None) -> None:
         print(scaling_table(table))
     for line in problems(table):
         print(line)
-    for line in (loss_agreement(table), run_time(frameworks)):
-        if line:
-            print(f"\n{line}")
+    for line in summary_lines(table, frameworks):
+        print(f"\n{line}")
     if args.compare_original:
         print()
         print(compare_original(table))
