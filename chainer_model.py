@@ -467,10 +467,7 @@ class ChainerCharRNN(CharRNN):
             logits, *state = self.net(self._ids(x), *state)  # (T, B, V)
         return np.ascontiguousarray(cuda.to_cpu(logits.array).transpose(1, 0, 2)), tuple(state)
 
-    def step(self, ids, state):
-        logits = []
-        state = self.steps(ids, state, 1, lambda out, t: logits.append(out) or ids)
-        return logits[0], state
+    step = CharRNN.step_by_steps
 
     def steps(self, ids, state, count, choose):
         if self._step_net is None:

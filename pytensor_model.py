@@ -314,10 +314,7 @@ class PytensorCharRNN(NumpyState, CharRNN):
         logits, h, c = self._function("forward")(x, *state)
         return logits, (h, c)
 
-    def step(self, ids, state):
-        logits = []
-        state = self.steps(ids, state, 1, lambda out, t: logits.append(out) or ids)
-        return logits[0], state
+    step = CharRNN.step_by_steps
 
     def steps(self, ids, state, count, choose):
         # The kernels transposed once for all `count` steps (the weights do not change).

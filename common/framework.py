@@ -197,6 +197,13 @@ class CharRNN(abc.ABC):
             ids = choose(logits, t)
         return state
 
+    def step_by_steps(self, ids: np.ndarray, state: State) -> tuple[np.ndarray, State]:
+        """`step` as one call of `steps`: for a row whose `steps` holds its fast path and
+        whose `step` is that path run once (`step = CharRNN.step_by_steps`)."""
+        logits = []
+        state = self.steps(ids, state, 1, lambda out, t: logits.append(out) or ids)
+        return logits[0], state
+
     # ---- weights and checkpoints ----------------------------------------------------
     @abc.abstractmethod
     def get_weights(self) -> Weights:
