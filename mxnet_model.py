@@ -27,6 +27,7 @@ script re-executes itself there. What differs from the other frameworks:
 """
 
 from common.bootstrap import early_setup
+from common.threads import one_step_command
 
 early_setup(__file__)  # MXNet reads OMP_NUM_THREADS etc. once, at import
 
@@ -41,7 +42,7 @@ from pathlib import Path
 # one-step commands load MXNet with one OpenMP thread; training keeps --threads. They
 # also run MXNet's synchronous engine: with one small graph call at a time there is
 # nothing for the threaded one to overlap (1.12x the characters a second, docs/FRAMEWORKS.md).
-ONE_THREAD = sys.argv[1:2] in (["generate"], ["repl"])
+ONE_THREAD = one_step_command()
 if ONE_THREAD:
     os.environ["OMP_NUM_THREADS"] = "1"
     os.environ.setdefault("MXNET_ENGINE_TYPE", "NaiveEngine")

@@ -18,6 +18,7 @@ from common.fileio import atomic_directory, atomic_write_text, resolve_directory
 from common.framework import cross_entropy
 from common.sampling import Sampler, inverse_cdf, next_char_probs, sample
 from common.text import Vocab, read_text
+from common.threads import one_step_command, threads_from_argv
 from common.weights import init_weights, load_portable, save_portable
 
 
@@ -305,3 +306,11 @@ def test_step_time_stats_flag_stalls():
     assert stats["stalls"] == 1  # 5.9 s > 5 x the median; 0.2 s is not a stall
     assert stats["step_s_p90"] == pytest.approx(0.1)
     assert step_time_stats([])["stalls"] == 0
+
+
+def test_thread_flags_and_one_step_commands():
+    assert threads_from_argv(["train", "--threads", "2"]) == 2
+    assert threads_from_argv(["generate", "--threads=0"]) is None
+    assert one_step_command(["generate", "--threads", "2"])
+    assert one_step_command(["repl"])
+    assert not one_step_command(["train", "generate"]) and not one_step_command([])
