@@ -735,6 +735,9 @@ def run_frameworks(todo: list[Job], plans: dict[Where, Plan], repeats: int,
     # A SIGTERM (a cancelled job) stops the run like Ctrl-C: the child is in its own
     # session and would not get it, so the runner must stop it.
     signal.signal(signal.SIGTERM, _interrupt)
+    # A shell starts a background job (`nohup ... &`) with SIGINT ignored, and Python then
+    # leaves it ignored: `kill -INT` would do nothing. Ctrl-C's handler, whatever came in.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     past = past_run_seconds(previous)
     reasons: dict[str, str | None] = {}  # why a framework is skipped, asked once per run
     records_path = next(iter(plans.values())).records_path
