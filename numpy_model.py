@@ -372,12 +372,27 @@ class NumpyCharRNN(NumpyState, CharRNN):
     def step(self, ids, state):
         """`forward` of one character, without the sequence bookkeeping: the same
         operations on the same operands (so the same numbers)."""
+        return self._step(ids, state, self._layers())
+
+    def steps(self, ids, state, count, choose):
+        # The loop over `step` with the layers' arrays looked up once, not a character
+        # (the lookup was a sixth of the step).
+        layers = self._layers()
+        for t in range(count):
+            logits, state = self._step(ids, state, layers)
+            ids = choose(logits, t)
+        return state
+
+    def _layers(self):
+        return [self._layer(k) for k in range(self.config.num_layers)]
+
+    def _step(self, ids, state, layers):
         p = self.params
         h0, c0 = state
         h, c = np.empty_like(h0), np.empty_like(c0)
         x = p["embedding"][np.asarray(ids, np.int64)]  # (B, E)
-        for k in range(self.config.num_layers):
-            h[k], c[k] = layer_step(self.config.cell, x, h0[k], c0[k], self._layer(k))
+        for k, layer in enumerate(layers):
+            h[k], c[k] = layer_step(self.config.cell, x, h0[k], c0[k], layer)
             x = h[k]
         return x @ p["dense.w"].T + p["dense.b"], (h, c)
 
