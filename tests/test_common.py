@@ -135,7 +135,9 @@ def test_sampler_is_the_definition_bit_for_bit():
             probs = next_char_probs(logits, temperature, top_n, top_p)
         cdf = np.cumsum(probs[0])
         steps = cdf[probs[0] > 0] / cdf[-1] if np.isfinite(cdf[-1]) else np.array([])
-        uniforms = [rng.random(batch) for _ in range(3)] + [np.zeros(batch)]
+        # Zero, and the largest uniform below 1, where u * total may round up to the top.
+        uniforms = [rng.random(batch) for _ in range(3)] + [np.zeros(batch),
+                                                           np.full(batch, 1 - 2**-53)]
         for step in steps[:-1]:
             uniforms += [np.full(batch, u) for u in (np.nextafter(step, 0), step,
                                                      np.nextafter(step, 1))]
