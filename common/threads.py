@@ -46,7 +46,7 @@ def threads_from_argv(argv: list[str]) -> int | None:
 def one_step_command(argv: list[str] | None = None) -> bool:
     """Whether this process runs one of ONE_STEP_COMMANDS (`argv`: sys.argv[1:])."""
     argv = sys.argv[1:] if argv is None else argv
-    return argv[:1] in ([command] for command in ONE_STEP_COMMANDS)
+    return bool(argv) and argv[0] in ONE_STEP_COMMANDS
 
 
 def set_tf_threads(tf, threads: int | None) -> None:
