@@ -3,7 +3,8 @@
     checkpoints/pytorch_model/
         model.safetensors   portable weights, config, vocab (any framework can generate from it)
         native/             the framework's own files: weights AND optimizer state
-        trainer.json        epoch, next batch, step, losses so far, the train config
+        trainer.json        epoch, next batch, step, losses so far; the run as resolved
+                            (every train flag, the text's path, size and SHA-256)
         state.safetensors   the carried (h, c) training state, for an exact resume
 
 The whole directory is replaced atomically (`common.fileio.atomic_directory`),
@@ -26,13 +27,17 @@ from pathlib import Path
 import numpy as np
 import safetensors.numpy
 
+from common.config import TrainConfig
 from common.errors import CharRnnError
 from common.fileio import atomic_directory, resolve_directory, write_failure
 from common.framework import CharRNN
-from common.text import Vocab
+from common.text import TextId, Vocab
 from common.weights import Portable, load_portable, save_portable
 
 PORTABLE_NAME = "model.safetensors"
+# trainer.json's layout. 2: the resolved run and the text's identity (1 held the flags
+# as typed, so a resume could not tell which text, shapes or sizes it had trained with).
+TRAINER_FORMAT = 2
 
 
 @dataclass
@@ -49,14 +54,16 @@ class Progress:
 
 def portable_metadata(model: CharRNN, progress: Progress) -> dict[str, str]:
     return {"framework": model.framework, "framework_version": model.framework_version(),
-            "epoch": progress.epoch, "step": progress.step,
+            "epoch": progress.epoch, "batch": progress.batch, "step": progress.step,
             "train_loss": progress.train_loss, "val_loss": progress.val_loss}
 
 
 def save_checkpoint(directory: str | Path, model: CharRNN, vocab: Vocab, progress: Progress,
-                    state: tuple[np.ndarray, np.ndarray], train_config) -> None:
+                    state: tuple[np.ndarray, np.ndarray], train_config: TrainConfig,
+                    text_id: TextId) -> None:
     """Write a complete checkpoint directory atomically; `state` is the carried (h, c) of
-    the whole batch, each (num_layers, batch_size, rnn_size).
+    the whole batch, each (num_layers, batch_size, rnn_size); `train_config` the run as
+    resolved (`common.resume.resolved`), `text_id` the text it trains on.
 
     Any failure (whatever a framework's native save raises) becomes a CharRnnError
     naming the directory and the reason; the previous checkpoint stays as it was.
@@ -69,8 +76,10 @@ def save_checkpoint(directory: str | Path, model: CharRNN, vocab: Vocab, progres
             model.save_native(tmp / "native")
             h, c = state
             safetensors.numpy.save_file({"h": h, "c": c}, str(tmp / "state.safetensors"))
-            trainer = {"framework": model.framework, "progress": dataclasses.asdict(progress),
-                       "train_config": dataclasses.asdict(train_config)}
+            trainer = {"format": TRAINER_FORMAT, "framework": model.framework,
+                       "progress": dataclasses.asdict(progress),
+                       "train_config": dataclasses.asdict(train_config),
+                       "text": dataclasses.asdict(text_id)}
             (tmp / "trainer.json").write_text(json.dumps(trainer, indent=2))
     except Exception as exc:
         raise write_failure(directory, exc) from None
@@ -108,7 +117,8 @@ class Checkpoint:
     portable: Portable
     progress: Progress
     framework: str
-    train_config: dict
+    run: TrainConfig | None  # the run as resolved; None in a format-1 checkpoint
+    text: TextId | None  # the text it trained on; None in a format-1 checkpoint
     h: np.ndarray
     c: np.ndarray
 
@@ -123,7 +133,12 @@ def load_checkpoint(directory: str | Path, framework: str) -> Checkpoint:
     try:
         trainer = json.loads(trainer_path.read_text())
         progress = Progress(**trainer["progress"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        run = text = None
+        if trainer.get("format", 1) >= TRAINER_FORMAT:
+            known = {f.name for f in dataclasses.fields(TrainConfig)}
+            run = TrainConfig(**{k: v for k, v in trainer["train_config"].items() if k in known})
+            text = TextId(**trainer["text"])
+    except (OSError, ValueError, KeyError, TypeError, CharRnnError) as exc:
         raise CharRnnError(f"{trainer_path}: unreadable checkpoint record ({exc})") from None
     if trainer.get("framework") != framework:
         raise CharRnnError(
@@ -135,8 +150,7 @@ def load_checkpoint(directory: str | Path, framework: str) -> Checkpoint:
         h, c = state["h"], state["c"]
     except Exception as exc:
         raise CharRnnError(f"{directory / 'state.safetensors'}: unreadable ({exc})") from None
-    return Checkpoint(directory, portable, progress, framework, trainer.get("train_config", {}),
-                      h, c)
+    return Checkpoint(directory, portable, progress, framework, run, text, h, c)
 
 
 def restore_native(model: CharRNN, directory: Path) -> None:

@@ -20,6 +20,7 @@ from common import distributed
 from common.config import ExportConfig, GenerateConfig, TrainConfig
 from common.errors import CharRnnError, Stopped
 from common.fileio import describe_os_error
+from common.logs import to_stderr
 
 COMMANDS = {
     "train": (TrainConfig, "train a model (resumable with --restore)"),
@@ -61,17 +62,20 @@ def _base_type(annotation):
     return annotation
 
 
-def add_dataclass_flags(parser: argparse.ArgumentParser, config_cls) -> None:
-    """One --flag-name per field of `config_cls`, with its help, default and checks."""
+def add_dataclass_flags(parser: argparse.ArgumentParser, config_cls,
+                        defaults: bool = True) -> None:
+    """One --flag-name per field of `config_cls`, with its help, default and checks.
+    `defaults=False` leaves a flag that is not given out of the parsed namespace."""
     for f in dataclasses.fields(config_cls):
         meta = dict(f.metadata)
+        meta.pop("resume", None)
         help_text = meta.pop("help", "")
         positive = meta.pop("positive", False)
         non_negative = meta.pop("non_negative", False)
         kind = _base_type(f.type)
         if "default" not in help_text:
             help_text = f"{help_text} (default: {f.default})"
-        kwargs = {"default": f.default, "help": help_text}
+        kwargs = {"default": f.default if defaults else argparse.SUPPRESS, "help": help_text}
         if kind in (int, float):
             kwargs["type"] = _number(kind, positive, non_negative, kind.__name__)
             kwargs["metavar"] = "N" if kind is int else "X"
@@ -79,13 +83,13 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, config_cls) -> None:
         parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, **kwargs)
 
 
-def build_parser(prog: str) -> argparse.ArgumentParser:
+def build_parser(prog: str, defaults: bool = True) -> argparse.ArgumentParser:
     parser = _Parser(prog=prog, description="Character-level LSTM language model "
                      "(char-rnn-bench); the same flags in every framework.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name, (config_cls, help_text) in COMMANDS.items():
         add_dataclass_flags(sub.add_parser(name, help=help_text, description=help_text),
-                            config_cls)
+                            config_cls, defaults)
     return parser
 
 
@@ -100,6 +104,14 @@ def parse_args(argv, prog: str):
         parser.error(str(exc))
 
 
+def flags_given(argv) -> frozenset[str]:
+    """The config fields that `argv` sets explicitly (abbreviations and `--flag=value`
+    included), whatever their value: a resume refuses a run flag given with a value
+    other than the checkpoint's, and takes the checkpoint's for one not given."""
+    args = vars(build_parser("charrnn", defaults=False).parse_args(argv))
+    return frozenset(args) - {"command"}
+
+
 def main(model_cls, argv: list[str] | None = None, variants: dict | None = None) -> None:
     """Entry point of every `<framework>_model.py`; `variants` are its other
     implementations, run when CHARRNN_VARIANT names one (common.registry)."""
@@ -110,8 +122,9 @@ def main(model_cls, argv: list[str] | None = None, variants: dict | None = None)
         print(f"error: {exc.args[0]}", file=sys.stderr)
         sys.exit(2)
     prog = Path(sys.argv[0]).name if argv is None else f"{model_cls.framework}_model.py"
-    command, cfg = parse_args(sys.argv[1:] if argv is None else argv, prog)
-    exit_process(_run(model_cls, command, cfg))
+    argv = sys.argv[1:] if argv is None else argv
+    command, cfg = parse_args(argv, prog)
+    exit_process(_run(model_cls, command, cfg, flags_given(argv)))
 
 
 def exit_process(status: int) -> None:
@@ -125,12 +138,12 @@ def exit_process(status: int) -> None:
     sys.exit(status)
 
 
-def _run(model_cls, command: str, cfg) -> int:
-    """Run `command`; the process's exit status."""
+def _run(model_cls, command: str, cfg, given: frozenset[str]) -> int:
+    """Run `command` (`given`: the flags typed, for a resume); the process's exit status."""
     try:
         if command == "train":
             from common.train import train
-            train(model_cls, cfg)
+            train(model_cls, cfg, given)
         elif command == "generate":
             from common.generate import run_generate
             run_generate(model_cls, cfg)
@@ -141,19 +154,19 @@ def _run(model_cls, command: str, cfg) -> int:
             from common.export import run_export
             run_export(model_cls, cfg)
     except CharRnnError as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
+        to_stderr(f"error: {exc}")
         return 2
     except Stopped as exc:  # SIGTERM, SIGHUP or Ctrl-C, after saving
-        print(exc, file=sys.stderr, flush=True)
+        to_stderr(str(exc))
         return 128 + exc.signum
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr, flush=True)
+        to_stderr("interrupted")
         return 130
     except BrokenPipeError:  # `... generate | head`: the reader left, nothing is wrong
         # Point stdout at /dev/null so the interpreter's final flush cannot fail again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except OSError as exc:  # a file that cannot be read or written: the path and the reason
-        print(f"error: {describe_os_error(exc)}", file=sys.stderr, flush=True)
+        to_stderr(f"error: {describe_os_error(exc)}")
         return 2
     return 0

@@ -23,9 +23,21 @@ GATES = {"lstm": 4, "gru": 3, "rnn": 1}  # blocks of H rows in a cell's kernels
 OPTIMIZERS = ("adam", "rmsprop", "sgd")  # docs/SPEC.md section 9
 
 
-def flag(default, help, **argparse_kwargs):
-    """A dataclass field that also describes its command-line flag."""
-    return field(default=default, metadata={"help": help, **argparse_kwargs})
+# What `train --restore` does with a flag (docs/SPEC.md section 10, "Resuming"):
+RUN = "run"  # the run's own: taken from the checkpoint; a different value given is refused
+SETTING = "setting"  # may change on resume: a value given applies, else the checkpoint's
+COMMAND = "command"  # this command's alone: never taken from the checkpoint
+
+
+def flag(default, help, resume=RUN, **argparse_kwargs):
+    """A dataclass field that also describes its command-line flag, and what a resumed
+    run does with it (RUN, SETTING or COMMAND)."""
+    return field(default=default, metadata={"help": help, "resume": resume, **argparse_kwargs})
+
+
+def resume_rule(f: dataclasses.Field) -> str:
+    """RUN, SETTING or COMMAND for a config field."""
+    return f.metadata.get("resume", RUN)
 
 
 @dataclass(frozen=True)
@@ -179,9 +191,9 @@ class DeviceFlags:
     """Where a command runs; every command has these."""
 
     device: str = flag("auto", "auto (the first GPU if the framework sees one, else the "
-                       "CPU), cpu or gpu", choices=("auto", "cpu", "gpu"))
+                       "CPU), cpu or gpu", choices=("auto", "cpu", "gpu"), resume=COMMAND)
     threads: int | None = flag(None, "CPU threads for the framework (default: its own)",
-                               positive=True)
+                               positive=True, resume=COMMAND)
 
 
 @dataclass(frozen=True)
@@ -190,36 +202,40 @@ class TrainConfig(DeviceFlags, OptimFlags, ModelFlags):
     original suite's."""
 
     checkpoint_path: str | None = flag(
-        None, "checkpoint directory (default: checkpoints/<framework>_model)")
+        None, "checkpoint directory (default: checkpoints/<framework>_model, or the "
+        "--restore directory)", resume=COMMAND)
     text_path: str | None = flag(
-        None, "training text, UTF-8 (default: tinyshakespeare, found or downloaded)")
+        None, "training text, UTF-8 (default: tinyshakespeare, found or downloaded; with "
+        "--restore, the checkpoint's, or where it moved to)")
     restore: str | None = flag(
-        None, "resume from a checkpoint directory (default: --checkpoint-path)",
-        nargs="?", const="")
+        None, "resume the run of a checkpoint directory (default: --checkpoint-path), with "
+        "its text, model, data and optimiser settings", nargs="?", const="", resume=COMMAND)
     seq_len: int = flag(64, "characters per sequence (truncated BPTT length)", positive=True)
     batch_size: int = flag(64, "number of parallel text streams", positive=True)
-    num_epochs: int = flag(32, "number of epochs", positive=True)
+    num_epochs: int = flag(32, "number of epochs", positive=True, resume=SETTING)
     log_path: str | None = flag(
         None, "human-readable log file (default: logs/<framework>_model.log); "
-        "JSON lines go beside it with the .jsonl suffix")
+        "JSON lines go beside it with the .jsonl suffix", resume=SETTING)
     val_fraction: float = flag(0.1, "fraction of the text, from its end, kept for validation")
     random_seed: int = flag(42, "seed of the initial weights, dropout and samples")
     vocab: str = flag("auto", "vocabulary: auto, printable or corpus",
                       choices=("auto", "printable", "corpus"))
-    init_from: str | None = flag(None, "start from this portable .safetensors file")
-    max_steps: int | None = flag(None, "stop after this many training steps in total",
-                                 positive=True)
+    init_from: str | None = flag(None, "start a new run from this portable .safetensors "
+                                 "file's weights, model and vocabulary", resume=COMMAND)
+    max_steps: int | None = flag(None, "stop this command after this many training steps "
+                                 "in total", positive=True, resume=COMMAND)
     checkpoint_every: int = flag(0, "also save a checkpoint every N training steps "
-                                 "(0: off)", non_negative=True)
+                                 "(0: off)", non_negative=True, resume=SETTING)
     checkpoint_minutes: float = flag(10.0, "also save a checkpoint after every M minutes "
                                      "of training (0: off); a kill -9 then loses at most "
-                                     "that much", non_negative=True)
-    log_every: int | None = flag(None, "also log a line every N steps", positive=True)
+                                     "that much", non_negative=True, resume=SETTING)
+    log_every: int | None = flag(None, "also log a line every N steps", positive=True,
+                                 resume=SETTING)
     sample_length: int = flag(200, "characters sampled into the log after each epoch "
-                              "(0 turns samples off)", non_negative=True)
+                              "(0 turns samples off)", non_negative=True, resume=SETTING)
     collective_timeout: float = flag(600.0, "data-parallel runs: seconds a rank waits for "
                                      "the others (to join, or in a collective) before it "
-                                     "fails", positive=True)
+                                     "fails", positive=True, resume=SETTING)
 
     def __post_init__(self):
         # A flag of another optimiser is a mistake, not something to ignore silently.

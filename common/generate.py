@@ -163,10 +163,23 @@ def load_for_generation(model_cls: type[CharRNN], checkpoint_path: str | None, d
         val_loss = meta.get("val_loss")
         val_loss = f"{float(val_loss):.4f}" if val_loss else "n/a"
         source += (f" (trained by {meta['framework']} {meta.get('framework_version', '')}, "
-                   f"epoch {meta.get('epoch', '?')}, val loss {val_loss})")
+                   f"{_trained_for(meta)}, val loss {val_loss})")
     resolved = model_cls.setup_device(device, threads)
     model = model_cls(portable.config, portable.weights, OptimConfig(), device=resolved)
     return Loaded(Generator(model, portable.vocab, warm_start), portable, source)
+
+
+def _trained_for(meta: dict[str, str]) -> str:
+    """How long a portable file's model trained, from its metadata: "3 epochs", "1 epoch
+    and 11 batches (step 40)", or "11 batches (step 11)" for part of a first epoch."""
+    epochs, batch, step = (meta.get(key, "") for key in ("epoch", "batch", "step"))
+    if not epochs.isdigit():
+        return "epochs unknown"
+    done = f"{epochs} epoch{'' if epochs == '1' else 's'}" if epochs != "0" else ""
+    if batch.isdigit() and batch != "0":
+        part = f"{batch} batch{'' if batch == '1' else 'es'}"
+        done = f"{done} and {part}" if done else part
+    return f"{done or '0 epochs'}" + (f" (step {step})" if step.isdigit() else "")
 
 
 def pick_seed(cfg: GenerateConfig, rng: np.random.Generator, seq_len: int = 64) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -33,8 +34,45 @@ def jsonl_path(log_path: str | Path) -> Path:
     return Path(log_path).with_suffix(".jsonl")
 
 
+def to_stderr(message: str) -> bool:
+    """Print `message` on stderr; False if stderr is closed (`train ... 2>&1 | head`, a
+    terminal gone). Then stderr and stdout, where they are the same closed pipe, are
+    pointed at /dev/null, so that no later write (ours, a framework's, the interpreter's
+    last flush) fails: a reader that left must not stop a run."""
+    if sys.stderr is None:  # started with stderr closed
+        return False
+    try:
+        print(message, file=sys.stderr, flush=True)
+        return True
+    except (OSError, ValueError):  # EPIPE, EIO; ValueError: the stream was closed
+        _silence(sys.stderr)
+        return False
+
+
+def _silence(stream) -> None:
+    """Point `stream`'s file descriptor (and stdout's, if it is the same file) at /dev/null."""
+    try:
+        fd = stream.fileno()
+    except (OSError, ValueError):
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        targets = [fd]
+        try:
+            same = os.path.sameopenfile(fd, sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):
+            same = False
+        if same:
+            targets.append(sys.stdout.fileno())
+        for target in targets:
+            os.dup2(devnull, target)
+    finally:
+        os.close(devnull)
+
+
 class RunLogger:
-    """Appends to `log_path` (text) and its `.jsonl` twin; each line is flushed at once."""
+    """Appends to `log_path` (text) and its `.jsonl` twin; each line is flushed at once.
+    Human lines are mirrored to stderr while it is open; the files get them regardless."""
 
     def __init__(self, log_path: str | Path, framework: str):
         self.framework = framework
@@ -42,14 +80,21 @@ class RunLogger:
         self.text_path.parent.mkdir(parents=True, exist_ok=True)
         self._text = open(self.text_path, "a", encoding="utf-8")
         self._json = open(jsonl_path(log_path), "a", encoding="utf-8")
+        self._mirror = True  # stderr still open
 
-    def info(self, message: str) -> None:
-        """A human line, timestamped, to the text log and stderr."""
+    def _write(self, message: str) -> None:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
         for line in message.splitlines() or [""]:
             self._text.write(f"{stamp} {self.framework}: {line}\n")
         self._text.flush()
-        print(message, file=sys.stderr, flush=True)
+
+    def info(self, message: str) -> None:
+        """A human line, timestamped, to the text log and stderr."""
+        self._write(message)
+        if self._mirror and not to_stderr(message):
+            self._mirror = False
+            self._write(f"stderr is closed: training goes on, logging to {self.text_path} "
+                        "only")
 
     def record(self, kind: str, **fields) -> None:
         """One JSON object: {"kind": ..., "framework": ..., "time": ..., **fields}."""

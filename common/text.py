@@ -12,6 +12,7 @@ import os
 import string
 import sys
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -87,6 +88,23 @@ def read_text(path: str | os.PathLike) -> str:
         raise CharRnnError(f"{path}: not valid UTF-8 (byte {exc.start}: "
                            f"{data[exc.start:exc.start + 1]!r})") from None
     return text
+
+
+@dataclass(frozen=True)
+class TextId:
+    """The training text a run read: where it was, its size and its SHA-256."""
+
+    path: str  # absolute
+    bytes: int  # UTF-8 bytes
+    sha256: str  # hex digest of those bytes
+
+    @classmethod
+    def of(cls, path: str | Path, text: str) -> TextId:
+        data = text.encode("utf-8")  # strict UTF-8 read: the file's own bytes
+        return cls(str(Path(path).resolve()), len(data), hashlib.sha256(data).hexdigest())
+
+    def short(self) -> str:
+        return f"{self.bytes:,} bytes, SHA-256 {self.sha256[:12]}"
 
 
 class Vocab:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import math
 import os
 import platform
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import distributed
+from common import distributed, resume
 from common.batching import Batches, make_streams
 from common.checkpoint import (
     Checkpoint,
@@ -40,7 +39,7 @@ from common.framework import CharRNN, Device
 from common.generate import Generator
 from common.logs import RunLogger, SilentLogger, bits, format_duration
 from common.paths import default_checkpoint_path, default_log_path
-from common.text import Vocab, default_corpus_path, read_text
+from common.text import TextId, Vocab, default_corpus_path, read_text
 from common.weights import Weights, init_weights, load_portable, penalty
 
 SAMPLE_TEMPERATURES = (0.2, 0.5, 1.0)  # textgenrnn-style samples after each epoch
@@ -77,52 +76,71 @@ class Prepared:
     checkpoint_path: Path  # where this run saves
     text_path: Path
     text: str
+    text_id: TextId  # recorded in every checkpoint; a resume checks the text against it
     vocab: Vocab
     model_config: ModelConfig
     weights: Weights
-    cfg: TrainConfig  # the flags with the cell and optimiser resolved
+    cfg: TrainConfig  # the run as resolved (common.resume.resolved): what is saved and logged
 
 
-def prepare(framework: str, cfg: TrainConfig) -> Prepared:
+def prepare(framework: str, cfg: TrainConfig, given: frozenset[str] | None = None) -> Prepared:
     """Text, vocabulary, initial weights and progress, from flags or a checkpoint.
 
-    The cell is the --init-from file's or the checkpoint's, the optimiser the
-    checkpoint's: a flag that names another one is an error, not a silent switch."""
-    checkpoint: Checkpoint | None = None
-    checkpoint_path = Path(cfg.checkpoint_path or default_checkpoint_path(framework))
+    `given`: the flags typed on the command line (default: those that differ from
+    TrainConfig's defaults). --restore continues the checkpoint's run as it was
+    resolved and refuses a run flag given with another value; --init-from takes the
+    file's model and refuses a size or cell flag that differs (common.resume)."""
+    given = resume.flags_differing_from_defaults(cfg) if given is None else given
     if cfg.restore is not None:
-        checkpoint = load_checkpoint(cfg.restore or checkpoint_path, framework)
-    text_path = cfg.text_path
-    if text_path is None and checkpoint is not None:
-        text_path = checkpoint.train_config.get("text_path")
-    text_path = Path(text_path) if text_path else default_corpus_path()
-    text = read_text(text_path)
-    portable = (checkpoint.portable if checkpoint is not None
-                else load_portable(cfg.init_from) if cfg.init_from else None)
+        return _prepare_resume(framework, cfg, given)
+    checkpoint_path = Path(cfg.checkpoint_path or default_checkpoint_path(framework))
+    portable = load_portable(cfg.init_from) if cfg.init_from else None
     if portable is not None:
-        source = checkpoint.directory if checkpoint is not None else cfg.init_from
-        if cfg.cell is not None and cfg.cell != portable.config.cell:
-            raise CharRnnError(f"{source}: holds a {portable.config.cell} model, not the "
-                               f"--cell {cfg.cell} asked for (leave --cell out to continue it)")
+        resume.check_init_from(cfg, given, portable, cfg.init_from)
+    text_path = Path(cfg.text_path) if cfg.text_path else default_corpus_path()
+    text = read_text(text_path)
+    if portable is not None:
+        resume.check_vocab(cfg, given, text, portable.vocab, cfg.init_from)
         model_config = dataclasses.replace(portable.config, drop_rate=cfg.drop_rate)
         vocab, weights = portable.vocab, portable.weights
     else:
         vocab = Vocab.choose(text, cfg.vocab)
         model_config = cfg.model_config(vocab.size)
         weights = init_weights(model_config, cfg.random_seed)
-    optimizer = cfg.optimizer or "adam"
-    if checkpoint is not None:
-        saved = checkpoint.train_config.get("optimizer") or "adam"
-        if cfg.optimizer is not None and cfg.optimizer != saved:
-            raise CharRnnError(f"{checkpoint.directory}: was trained with {saved}; --optimizer "
-                               f"{cfg.optimizer} cannot resume its state (leave it out)")
-        optimizer = saved
-    cfg = dataclasses.replace(cfg, cell=model_config.cell, optimizer=optimizer)
-    return Prepared(checkpoint, checkpoint_path, text_path, text, vocab, model_config, weights,
-                    cfg)
+    text_id = TextId.of(text_path, text)
+    # The log path absolute, so that a resume from another directory appends to it.
+    log_path = Path(cfg.log_path or default_log_path(framework)).resolve()
+    run_cfg = dataclasses.replace(resume.resolved(cfg, model_config, text_id),
+                                  log_path=str(log_path))
+    return Prepared(None, checkpoint_path, text_path, text, text_id, vocab, model_config,
+                    weights, run_cfg)
 
 
-def train(model_cls: type[CharRNN], cfg: TrainConfig) -> Progress:
+def _prepare_resume(framework: str, cfg: TrainConfig, given: frozenset[str]) -> Prepared:
+    """The checkpoint's run, its text checked, with the flags given that may change."""
+    given_path = cfg.restore or cfg.checkpoint_path
+    checkpoint = load_checkpoint(given_path or default_checkpoint_path(framework), framework)
+    directory = checkpoint.directory
+    if checkpoint.run is None or checkpoint.text is None:
+        raise CharRnnError(f"{directory}: written before checkpoints recorded their run (text, "
+                           f"shapes, optimiser), so it cannot be resumed exactly; "
+                           f"{resume.new_run_hint(directory)}")
+    run_cfg = resume.merge_resumed(cfg, given, checkpoint.run, directory)
+    portable = checkpoint.portable
+    text_path, text, text_id = resume.resume_text(cfg, given, checkpoint.text, portable.vocab,
+                                                  directory)
+    resume.check_vocab(cfg, given, text, portable.vocab, directory)
+    # Saves go back where the run was read from, unless --checkpoint-path says otherwise.
+    checkpoint_path = Path(cfg.checkpoint_path or given_path or directory)
+    run_cfg = dataclasses.replace(run_cfg, checkpoint_path=str(checkpoint_path),
+                                  text_path=text_id.path)
+    model_config = dataclasses.replace(portable.config, drop_rate=run_cfg.drop_rate)
+    return Prepared(checkpoint, checkpoint_path, text_path, text, text_id, portable.vocab,
+                    model_config, portable.weights, run_cfg)
+
+
+def train(model_cls: type[CharRNN], cfg: TrainConfig,
+          given: frozenset[str] | None = None) -> Progress:
     """Train per SPEC; returns the final progress. Raises CharRnnError on bad input, and
     Stopped after saving when a signal asks the run to stop.
 
@@ -130,7 +148,7 @@ def train(model_cls: type[CharRNN], cfg: TrainConfig) -> Progress:
     data-parallel world (docs/SPEC.md section 11): it trains its rows of every batch,
     the framework averages the gradients, and only rank 0 logs and writes."""
     world = world_from_env()
-    run = prepare(model_cls.framework, cfg)
+    run = prepare(model_cls.framework, cfg, given)
     rows = world.rows(run.cfg.batch_size)  # not divisible: refused before joining
     if world.size == 1:
         device = model_cls.setup_device(cfg.device, cfg.threads)
@@ -143,8 +161,7 @@ def train(model_cls: type[CharRNN], cfg: TrainConfig) -> Progress:
                 distributed.JOINED = True
                 model_cls.init_world(world, cfg.device, cfg.collective_timeout)
                 device = model_cls.setup_device(cfg.device, cfg.threads)
-                text_digest = hashlib.sha256(run.text.encode()).hexdigest()
-                agree.check_same(config_digest([dataclasses.asdict(run.cfg), text_digest]),
+                agree.check_same(config_digest([dataclasses.asdict(run.cfg), run.text_id.sha256]),
                                  "command (flags, text or checkpoint)")
                 lock.enter_context(_writer_lock(world, agree, run.checkpoint_path))
             return _train(model_cls, run, device, agree, rows)
@@ -207,7 +224,8 @@ def _train(model_cls: type[CharRNN], run: Prepared, device: Device, agree: Agree
         "launcher": world.source, "python": platform.python_version(),
         "platform": platform.platform(), "pid": os.getpid(),
         "restored_from": str(checkpoint.directory) if checkpoint else None,
-        "start_epoch": progress.epoch, "start_step": progress.step,
+        "start_epoch": progress.epoch, "start_batch": progress.batch,
+        "start_step": progress.step, "text": dataclasses.asdict(run.text_id),
     }
     log.record("header", **header)
     where = f"{device}, {world.size} processes ({world.source})" if world.size > 1 else device
@@ -216,14 +234,19 @@ def _train(model_cls: type[CharRNN], run: Prepared, device: Device, agree: Agree
              f"{len(train_batches)} batches of {cfg.batch_size}x{cfg.seq_len} per epoch, "
              f"text {text_path} ({len(text):,} chars)")
     if unknown:
-        log.info(f"{len(unknown)} characters of the text are not in the vocabulary "
-                 f"and train as 'unknown': {''.join(unknown[:20])!r}")
+        count = int(np.count_nonzero(ids == 0))
+        log.info(f"{len(unknown)} distinct characters of the text ({count:,} in all) are not "
+                 f"in the vocabulary and train as 'unknown': {''.join(unknown[:20])!r}")
     if checkpoint:
-        log.info(f"restored {checkpoint.directory} at epoch {progress.epoch + 1}, "
-                 f"batch {progress.batch}, step {progress.step}")
+        log.info(f"resuming {checkpoint.directory} at {_where(progress, cfg, len(train_batches))}"
+                 + (f", saving to {run.checkpoint_path}"
+                    if run.checkpoint_path != checkpoint.directory else ""))
+        if progress.epoch >= cfg.num_epochs:
+            log.info(f"nothing to train: the run has done its {cfg.num_epochs} epochs; give a "
+                     "larger --num-epochs to go on")
 
     loop = _Loop(model, train_batches, val_batches, cfg, progress, state, log,
-                 run.checkpoint_path, vocab, agree, rows)
+                 run.checkpoint_path, vocab, run.text_id, agree, rows)
     try:
         with _StopSignals() as signals:
             loop.signals = signals
@@ -287,6 +310,7 @@ class _Loop:
     log: RunLogger
     checkpoint_path: Path
     vocab: Vocab
+    text_id: TextId  # the text trained on, recorded in every checkpoint
     agree: Agreement  # the ranks' common decisions (one process: its own)
     rows: slice  # this rank's rows of every batch
     signals: _StopSignals | None = None
@@ -308,7 +332,7 @@ class _Loop:
             if world.is_main:
                 try:
                     save_checkpoint(self.checkpoint_path, self.model, self.vocab,
-                                    self.progress, (h, c), self.cfg)
+                                    self.progress, (h, c), self.cfg, self.text_id)
                 except CharRnnError as exc:
                     if world.size == 1:
                         raise
@@ -470,6 +494,14 @@ def _log_samples(generator: Generator, cfg: TrainConfig, epoch: int, log: RunLog
         samples[str(temperature)] = text
         log.info(f"sample at temperature {temperature}:\n{text}\n")
     return samples
+
+
+def _where(progress: Progress, cfg: TrainConfig, num_batches: int) -> str:
+    """Where a run stands, as the resume banner says it: the next batch to train."""
+    if progress.epoch >= cfg.num_epochs:
+        return f"the end of epoch {progress.epoch} (after {progress.step} steps)"
+    return (f"epoch {progress.epoch + 1} of {cfg.num_epochs}, batch {progress.batch + 1} of "
+            f"{num_batches} (after {progress.step} steps)")
 
 
 def _fmt(value: float | None) -> str:

@@ -118,7 +118,7 @@ def test_other_cells_train_restore_and_generate(name, cell, corpus, tmp_path):
     from tests.cli_cases import run_cases
     reference = run_cases(NumpyCharRNN, [{"argv": results[4]["argv"]}])[0]
     assert results[4]["stdout"] == ok(reference)["stdout"]
-    assert results[5]["code"] == 2 and f"holds a {cell} model" in results[5]["stderr"]
+    assert results[5]["code"] == 2 and f"(--cell {cell})" in results[5]["stderr"]
 
 
 def bad_input_cases(tmp_path, corpus):
@@ -171,16 +171,41 @@ def bad_input_cases(tmp_path, corpus):
 def test_bad_input_is_one_line_and_nonzero(name, corpus, tmp_path):
     cases = bad_input_cases(tmp_path, corpus)
     # A corrupt native checkpoint of this framework: train one step, then truncate its files.
-    ck = tmp_path / "ck"
-    setup = [{"argv": ["train", *TINY, "--text-path", str(corpus), "--max-steps", "1",
-                       "--checkpoint-path", str(ck), "--log-path", str(tmp_path / "ok.log")]}]
-    ok(run(name, setup, tmp_path)[0])
+    # Two more runs, whose texts then go missing and change.
+    ck, ck_mine, ck_gone = tmp_path / "ck", tmp_path / "ck-mine", tmp_path / "ck-gone"
+    mine, gone = tmp_path / "mine.txt", tmp_path / "gone.txt"
+    mine.write_text(TEXT, encoding="utf-8")
+    gone.write_text(TEXT, encoding="utf-8")
+    setup = [{"argv": ["train", *TINY, "--text-path", str(text), "--max-steps", "1",
+                       "--checkpoint-path", str(path), "--log-path", str(tmp_path / "ok.log")]}
+             for text, path in ((corpus, ck), (mine, ck_mine), (gone, ck_gone))]
+    for result in run(name, setup, tmp_path):
+        ok(result)
+    gone.unlink()  # the text of a run moved away, or edited
+    mine.write_text(TEXT + "\u00e9t\u00e9 \u20ac", encoding="utf-8")
     for path in (ck / "native").rglob("*"):
         if path.is_file():
             path.write_bytes(path.read_bytes()[: max(1, path.stat().st_size // 3)])
     cases.append((["train", *TINY, "--text-path", str(corpus), "--restore",
                    "--checkpoint-path", str(ck), "--log-path", str(tmp_path / "r.log")],
                   "native"))
+    # A resume refuses every run flag that differs from the checkpoint's (one given at its
+    # default value too), --init-from beside it, and a text that is gone or changed.
+    restore = ["train", "--restore", str(ck), "--log-path", str(tmp_path / "r.log")]
+    for flag, value in (("--batch-size", "8"), ("--seq-len", "64"), ("--rnn-size", "32"),
+                        ("--learning-rate", "0.01"), ("--optimizer", "sgd"),
+                        ("--val-fraction", "0.2"), ("--random-seed", "1"),
+                        ("--drop-rate", "0.5"), ("--num-layers", "1")):
+        cases.append(([*restore, flag, value], f"{flag} {value} differs from the run"))
+    cases += [
+        ([*restore, "--vocab", "corpus"], "--vocab corpus"),
+        ([*restore, "--init-from", str(tmp_path / "good.safetensors")], "give one of them"),
+        ([*restore, "--text-path", str(mine)], "not the text"),
+        (["train", "--restore", str(ck_gone)], f"{gone} is missing"),
+        (["train", "--restore", str(ck_mine)], "2 of its distinct characters are outside"),
+        (["train", *TINY, "--init-from", str(tmp_path / "good.safetensors"), "--rnn-size", "32",
+          "--checkpoint-path", str(tmp_path / "new")], "--rnn-size 16, not the --rnn-size 32"),
+    ]
     results = run(name, [{"argv": argv} for argv, _ in cases], tmp_path)
     for (argv, mention), result in zip(cases, results):
         errors = [line for line in result["stderr"].splitlines() if "error" in line.lower()]
@@ -234,7 +259,9 @@ def test_diverging_loss_stops_and_keeps_the_last_good_checkpoint(corpus, tmp_pat
     first = ok(run_cases(NumpyCharRNN, [{"argv": [*train, "--num-epochs", "1"]}])[0])
     assert first["code"] == 0
     saved = (ck / "model.safetensors").read_bytes()
-    result = run_cases(NumpyCharRNN, [{"argv": [*train, "--num-epochs", "3", "--restore",
+    # Continued (from its weights: a resume keeps the learning rate) at a rate that diverges.
+    result = run_cases(NumpyCharRNN, [{"argv": [*train, "--num-epochs", "3", "--init-from",
+                                                str(ck / "model.safetensors"),
                                                 "--learning-rate", "1e30"]}])[0]
     assert result["code"] == 2
     assert "diverged" in result["stderr"] and "Traceback" not in result["stderr"]

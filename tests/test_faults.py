@@ -111,27 +111,62 @@ def test_kill_then_sigterm_then_restore_is_exact(name, corpus, tmp_path):
     saved = trained_step(ck)
     assert saved % 5 == 0 and last - saved <= 5, (last, saved)
 
-    # It resumes; SIGTERM then saves at the current batch and exits 143 with one line.
-    code, err = signal_after(name, [*train, "--restore"], log,
-                             saved + rng.randint(3, 30), signal.SIGTERM)
+    # A bare --restore resumes the run as it was (text, shapes, --checkpoint-every, log):
+    # only --threads, this machine's, is given again. SIGTERM then saves at the current
+    # batch and exits 143 with one line.
+    bare = ["--restore", str(ck), "--threads", "1"]
+    code, err = signal_after(name, bare, log, saved + rng.randint(3, 30), signal.SIGTERM)
     assert code == 143, err
     assert err.strip().splitlines()[-1].startswith(f"stopped by SIGTERM: checkpoint saved to {ck}")
     assert "Traceback" not in err
     assert trained_step(ck) == max(logged_steps(log))
 
-    # Restored to the end, it matches a run that was never stopped.
-    straight_ck = tmp_path / "straight"
-    for args in ([*train, "--restore"],
-                 [*train[:-4], "--checkpoint-path", str(straight_ck),
-                  "--log-path", str(tmp_path / "logs" / "straight.log")]):
+    # Restored to the end, it matches a run that was never stopped: every step's loss
+    # (the steps a kill -9 lost were trained again, to the same loss) and the weights.
+    straight_ck, straight_log = tmp_path / "straight", tmp_path / "logs" / "straight.log"
+    for args in (bare, [*train[:-4], "--checkpoint-path", str(straight_ck),
+                        "--log-path", str(straight_log)]):
         proc = start(name, args)
         _, err = proc.communicate(timeout=600)
         assert proc.returncode == 0, err[-3000:]
+    expected = step_losses(straight_log)
+    assert sorted(expected) == list(range(1, NUM_EPOCHS * 29 + 1))
+    for step, loss in step_losses(log, every=True):
+        assert abs(loss - expected[step]) < 1e-5, (step, loss, expected[step])
     a = load_portable(ck / "model.safetensors")
     b = load_portable(straight_ck / "model.safetensors")
     assert a.metadata["step"] == b.metadata["step"] == str(NUM_EPOCHS * 29)
     for key in b.weights:
         np.testing.assert_allclose(a.weights[key], b.weights[key], atol=1e-5, err_msg=key)
+
+
+def step_losses(log: Path, every: bool = False):
+    """{step: loss} of a log's step records; `every`: [(step, loss), ...] of all of them,
+    in order, the steps trained twice included."""
+    records = [json.loads(line) for line in log.with_suffix(".jsonl").read_text().splitlines()]
+    pairs = [(r["step"], r["train/loss"]) for r in records if r["kind"] == "step"]
+    return pairs if every else dict(pairs)
+
+
+@pytest.mark.parametrize("name", framework_params())
+def test_closed_output_keeps_training(name, corpus, tmp_path):
+    """`train ... 2>&1 | head -1`: the reader leaves after the first line; the run goes on
+    to its end, saves, exits 0, and its log file has every line."""
+    ck, log = tmp_path / "ck", tmp_path / "run.log"
+    entry = registry.FRAMEWORKS[name]
+    if not entry.python().exists():
+        pytest.skip(f"{entry.python()} does not exist (run make setup)")
+    proc = subprocess.Popen(
+        [str(entry.python()), str(entry.script), "train", "--text-path", str(corpus), *TINY,
+         "--threads", "1", "--num-epochs", "1", "--log-every", "1", "--checkpoint-path",
+         str(ck), "--log-path", str(log)],
+        env=entry.process_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc.stdout.readline()
+    proc.stdout.close()
+    assert proc.wait(timeout=600) == 0
+    assert trained_step(ck) == 29
+    lines = log.read_text()
+    assert "stderr is closed" in lines and "done: 29 steps" in lines
 
 
 @pytest.mark.parametrize("name", framework_params()[:1])

@@ -1,0 +1,104 @@
+"""What a checkpoint records and what a resume accepts (docs/SPEC.md section 10,
+"Resuming"), on the NumPy reference in this process: the rules live in common/, so one
+framework proves them; test_faults and test_cli run the scenario in every framework.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from common.cli import flags_given
+from common.config import TrainConfig
+from common.generate import _trained_for
+from common.train import train
+from common.weights import load_portable
+from numpy_model import NumpyCharRNN
+from tests.cli_cases import run_cases
+from tests.conftest import TEXT, TINY, ok
+
+
+def test_flags_given_sees_what_was_typed():
+    assert flags_given(["train"]) == frozenset()
+    given = flags_given(["train", "--seq-len=64", "--rnn", "32", "--restore", "--threads", "1"])
+    assert given == {"seq_len", "rnn_size", "restore", "threads"}  # a default value counts too
+
+
+def _train(argv: list[str]) -> dict:
+    return run_cases(NumpyCharRNN, [{"argv": ["train", *argv]}])[0]
+
+
+def test_checkpoint_records_the_resolved_run(corpus, tmp_path):
+    ck = tmp_path / "ck"
+    ok(_train(["--text-path", str(corpus), *TINY, "--optimizer", "rmsprop", "--max-steps", "3",
+               "--checkpoint-path", str(ck), "--log-path", str(tmp_path / "run.log")]))
+    trainer = json.loads((ck / "trainer.json").read_text())
+    run, text = trainer["train_config"], trainer["text"]
+    assert trainer["format"] == 2
+    assert run["text_path"] == text["path"] == str(corpus.resolve())
+    assert text["bytes"] == len(TEXT.encode()) and len(text["sha256"]) == 64
+    assert (run["seq_len"], run["batch_size"], run["rnn_size"], run["embedding_size"]) == (
+        16, 4, 16, 8)
+    assert (run["cell"], run["optimizer"], run["decay_rate"], run["momentum"]) == (
+        "lstm", "rmsprop", 0.95, None)
+    assert run["log_path"] == str((tmp_path / "run.log").resolve())
+
+
+def test_moved_text_resumes_and_python_api_resumes_bare(corpus, tmp_path):
+    """The text moved: --text-path names the new place (same SHA-256) and the run goes on
+    there, recorded for the next resume; a TrainConfig with only `restore` set is a bare
+    resume too."""
+    ck, log = tmp_path / "ck", tmp_path / "run.log"
+    mine = tmp_path / "mine.txt"
+    mine.write_text(corpus.read_text())
+    common = ["--num-epochs", "2", "--sample-length", "0"]
+    ok(_train(["--text-path", str(mine), *TINY, *common, "--max-steps", "10",
+               "--checkpoint-path", str(ck), "--log-path", str(log)]))
+    moved = mine.rename(tmp_path / "moved.txt")
+    resumed = ok(_train(["--restore", str(ck), "--text-path", str(moved), "--max-steps", "40"]))
+    assert f"resuming {ck} at epoch 1 of 2, batch 11 of 29 (after 10 steps)" in resumed["stderr"]
+    assert json.loads((ck / "trainer.json").read_text())["text"]["path"] == str(moved.resolve())
+    progress = train(NumpyCharRNN, TrainConfig(restore=str(ck)))
+    assert (progress.epoch, progress.step) == (2, 58)
+
+    straight = tmp_path / "straight"
+    ok(_train(["--text-path", str(corpus), *TINY, *common, "--checkpoint-path", str(straight),
+               "--log-path", str(tmp_path / "straight.log")]))
+    a, b = (load_portable(d / "model.safetensors").weights for d in (ck, straight))
+    for key in b:
+        np.testing.assert_allclose(a[key], b[key], atol=1e-6, err_msg=key)
+
+
+def test_format_1_checkpoint_is_refused_with_the_way_on(corpus, tmp_path):
+    ck = tmp_path / "ck"
+    ok(_train(["--text-path", str(corpus), *TINY, "--max-steps", "2", "--sample-length", "0",
+               "--checkpoint-path", str(ck), "--log-path", str(tmp_path / "run.log")]))
+    trainer = json.loads((ck / "trainer.json").read_text())
+    del trainer["format"], trainer["text"]
+    (ck / "trainer.json").write_text(json.dumps(trainer))
+    result = _train(["--restore", str(ck)])
+    assert result["code"] == 2
+    assert result["stderr"].strip().splitlines() == [
+        f"error: {ck}: written before checkpoints recorded their run (text, shapes, "
+        f"optimiser), so it cannot be resumed exactly; start a new run from its weights with "
+        f"--init-from {ck / 'model.safetensors'}"]
+
+
+def test_finished_run_says_there_is_nothing_to_train(corpus, tmp_path):
+    ck = tmp_path / "ck"
+    ok(_train(["--text-path", str(corpus), *TINY, "--num-epochs", "1", "--sample-length", "0",
+               "--checkpoint-path", str(ck), "--log-path", str(tmp_path / "run.log")]))
+    result = ok(_train(["--restore", str(ck)]))
+    assert "nothing to train: the run has done its 1 epochs" in result["stderr"]
+
+
+@pytest.mark.parametrize(("meta", "shown"), [
+    ({"epoch": "0", "batch": "11", "step": "11"}, "11 batches (step 11)"),
+    ({"epoch": "1", "batch": "11", "step": "40"}, "1 epoch and 11 batches (step 40)"),
+    ({"epoch": "3", "batch": "0", "step": "87"}, "3 epochs (step 87)"),
+    ({"epoch": "2", "step": "58"}, "2 epochs (step 58)"),
+])
+def test_generate_says_how_long_a_model_trained(meta, shown):
+    assert _trained_for(meta) == shown
