@@ -96,7 +96,7 @@ reference-cells: setup
 
 # Data-parallel throughput (docs/SPEC.md section 11): every framework with a data-parallel
 # path trains 24 steps of the default spec as 1 and as 2 processes of one thread each
-# (python -m common.launch --nproc W); the report gives the speedup and the efficiency.
+# (python -m charrnn.common.launch --nproc W); the report gives the speedup and the efficiency.
 bench-scaling: setup
 	$(VENV)/bin/python -m benchmarks.run_all --profile scaling
 

@@ -13,7 +13,7 @@ so that each run's MFU is measured against the machine's speed during that run a
 a change of speed in between shows. A sweep point (benchmarks.sweep) is such a run
 with its own plan: its sizes, its initial weights, its directory and the
 generations it measures. A run of the scaling profile trains as a data-parallel
-world of W processes on this machine (`python -m common.launch --nproc W`,
+world of W processes on this machine (`python -m charrnn.common.launch --nproc W`,
 docs/SPEC.md section 11), its directory runs/<framework>/w<W>/<repeat>/.
 """
 
@@ -37,10 +37,10 @@ from typing import TYPE_CHECKING
 from benchmarks import records
 from benchmarks.mfu import PEAK_REPEATS, PEAK_SIZE
 from benchmarks.sweep import Point
-from common.logs import read_training_log
-from common.paths import ROOT, venv_python
-from common.registry import Entry
-from common.threads import thread_env
+from charrnn.common.logs import read_training_log
+from charrnn.common.paths import ROOT, venv_python
+from charrnn.common.registry import Entry
+from charrnn.common.threads import thread_env
 
 if TYPE_CHECKING:
     from benchmarks.run_all import Settings
@@ -71,7 +71,7 @@ class Plan:
     point: Point | None = None  # the sweep point; None for a run of one point
     generations: tuple[int, ...] = (1, BATCH_SAMPLES)  # --num-samples of each `generate`
     cell: str | None = None  # the cell of a run over --cells; None: the default LSTM alone
-    # The scaling profile: trained as this many processes (common.launch); None: one
+    # The scaling profile: trained as this many processes (charrnn.common.launch); None: one
     # process, started directly.
     world_size: int | None = None
 
@@ -126,12 +126,12 @@ def skip_reason(entry: Entry) -> str | None:
 
 
 def train_command(entry: Entry, plan: Plan, run_dir: Path) -> list[str]:
-    """The training command; a plan with a world size starts it through common.launch,
+    """The training command; a plan with a world size starts it through charrnn.common.launch,
     W = 1 too, so that every world size has the same processes around its ranks and the
     same start-up (WORLD_SIZE=1 is common.train's single-process path)."""
     s = plan.settings
     python = str(interpreter(entry.env))
-    launch = ([python, "-m", "common.launch", "--nproc", str(plan.world_size)]
+    launch = ([python, "-m", "charrnn.common.launch", "--nproc", str(plan.world_size)]
               if plan.world_size else [python])
     cmd = [*launch, str(entry.script), "train", "--text-path", s.text_path,
            "--init-from", str(plan.init_path), "--num-epochs", str(s.num_epochs),

@@ -14,7 +14,7 @@ import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common.logs import jsonl_path, read_training_log
+from charrnn.common.logs import jsonl_path, read_training_log
 
 
 @dataclass

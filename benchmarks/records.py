@@ -28,8 +28,8 @@ import subprocess
 from pathlib import Path
 
 from benchmarks.sweep import point_key
-from common.logs import read_jsonl
-from common.paths import ROOT
+from charrnn.common.logs import read_jsonl
+from charrnn.common.paths import ROOT
 
 RECORDS_NAME = "records.jsonl"
 # A user's runs: ignored by git, one directory per profile.

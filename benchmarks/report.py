@@ -74,11 +74,11 @@ from benchmarks.records import (
     run_seconds,
 )
 from benchmarks.sweep import point_key
-from common.config import CELLS
-from common.fileio import atomic_write_text
-from common.logs import bits, format_duration, read_jsonl
-from common.paths import ROOT
-from common.train import STALL_FACTOR
+from charrnn.common.config import CELLS
+from charrnn.common.fileio import atomic_write_text
+from charrnn.common.logs import bits, format_duration, read_jsonl
+from charrnn.common.paths import ROOT
+from charrnn.common.train import STALL_FACTOR
 
 README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
 CELLS_START, CELLS_END = "<!-- cells:start -->", "<!-- cells:end -->"
@@ -769,7 +769,7 @@ def _how_to_read(s: dict, table: pd.DataFrame) -> str:
 
 # The scaling profile's part of _how_to_read, in place of generation's.
 WORLDS_HOW_TO_READ = (
-    "*processes* is the world size W (`python -m common.launch --nproc W`, every W "
+    "*processes* is the world size W (`python -m charrnn.common.launch --nproc W`, every W "
     "started the same way): each process trains batch_size / W rows of every batch and "
     "the step time is rank 0's, the gradients' average across the processes included, so "
     "*chars/s* is the whole batch's; its *MFU* is against W times the peak (each process "
@@ -942,7 +942,7 @@ def scaling_section(table: pd.DataFrame, s: dict) -> list[str]:
     return [
         "## Scaling", "",
         "Training throughput of the whole batch with W data-parallel processes on one "
-        f"machine (`python -m common.launch --nproc W`, {threads} thread"
+        f"machine (`python -m charrnn.common.launch --nproc W`, {threads} thread"
         f"{'s' if threads != 1 else ''} each): *chars/s* is the batch's characters over rank "
         "0's median step, which includes averaging the gradients across the processes; "
         f"*speedup* is chars/s at W over chars/s at W={base}; *efficiency* is speedup / "
@@ -992,7 +992,7 @@ def scaling_block(table: pd.DataFrame, run: dict, results_dir: Path, readme: Pat
     return "\n".join([
         SCALING_START,
         f"{run_line(run)}: {s.get('max_steps')} training steps at each world size W "
-        "(`python -m common.launch --nproc W`), the median step of the whole batch "
+        "(`python -m charrnn.common.launch --nproc W`), the median step of the whole batch "
         f"({s.get('chars_per_batch')} characters, batch_size / W rows per process); "
         "efficiency = speedup / W. Full report: "
         f"[{link('report.md')}]({link('report.md')}).", "",

@@ -81,9 +81,9 @@ from benchmarks import child, records
 from benchmarks.child import Plan
 from benchmarks.mfu import PEAK_REPEATS, PEAK_SIZE
 from benchmarks.sweep import Grid, Point, parse_sizes
-from common import registry
-from common.config import CELLS
-from common.registry import Entry
+from charrnn.common import registry
+from charrnn.common.config import CELLS
+from charrnn.common.registry import Entry
 
 # ---------------------------------------------------------------------------------------
 # Profiles: what a run trains. Explicit --num-epochs / --max-steps override them.
@@ -99,7 +99,7 @@ class Profile:
     train_args: tuple[str, ...] = ()  # train flags of the profile, before --extra-train-args
     sweep: bool = False  # one run per point of a Grid (benchmarks.sweep)
     cells: tuple[str, ...] = ("lstm",)  # one run per cell (docs/SPEC.md section 8)
-    # One run per data-parallel world size (common.launch --nproc W), of the frameworks
+    # One run per data-parallel world size (charrnn.common.launch --nproc W), of the frameworks
     # with a data-parallel path; () for a run of one process, started directly.
     world_sizes: tuple[int, ...] = ()
     threads: int | None = None  # --threads of each process; None: every usable core
@@ -157,12 +157,12 @@ PROFILES = {
     # Data-parallel throughput (docs/SPEC.md section 11): the sweep's 24 steps (the first
     # timed apart) at world sizes 1 and 2, one thread per process so that W processes use
     # W cores and the speedup is the data parallelism's, not more threads'. Both world
-    # sizes start through common.launch (child.train_command). No validation and no
+    # sizes start through charrnn.common.launch (child.train_command). No validation and no
     # generation: only rank 0 would generate, as one process does. Measured on the 2-core
     # CPU: 71 s for pytorch, tensorflow and jax at both world sizes (steps of 70-150 ms,
     # start-up, compilation and the matmul peaks), so 3 repeats take under 4 minutes.
     "scaling": Profile(1, SWEEP_STEPS, 300,
-                       "at world sizes 1 and 2 (`python -m common.launch --nproc W`, one "
+                       "at world sizes 1 and 2 (`python -m charrnn.common.launch --nproc W`, one "
                        "thread per process), 24 training steps of the default model spec (a "
                        "global batch of 64 x 64 characters, 64 / W rows per process) on "
                        "tinyshakespeare from the same initial weights (the first step, with any "
@@ -229,15 +229,15 @@ def total_steps(num_epochs: int, max_steps: int | None, train_batches: int) -> i
 
 def train_config_from_args(extra: list[str]):
     """The TrainConfig that `train` will see for these extra flags (the one parser, common.cli)."""
-    from common.cli import parse_args
+    from charrnn.common.cli import parse_args
     return parse_args(["train", *extra], "run_all")[1]
 
 
 def steps_per_epoch_and_vocab(text_path: Path, cfg):
     """(train batches per epoch, characters per batch, vocabulary) exactly as common.train
     cuts this text."""
-    from common.batching import make_streams
-    from common.text import Vocab, read_text
+    from charrnn.common.batching import make_streams
+    from charrnn.common.text import Vocab, read_text
     text = read_text(text_path)
     vocab = Vocab.choose(text, cfg.vocab)
     train, _ = make_streams(vocab.encode(text), cfg.batch_size, cfg.seq_len, cfg.val_fraction,
@@ -254,7 +254,7 @@ def choose_log_every(train_batches: int, total_steps: int, points: int = 100) ->
 
 
 def write_init_weights(path: Path, settings: Settings) -> None:
-    from common.weights import init_weights, save_portable
+    from charrnn.common.weights import init_weights, save_portable
     cfg = train_config_from_args(list(settings.extra_train_args))
     _, _, vocab = steps_per_epoch_and_vocab(Path(settings.text_path), cfg)
     config = cfg.model_config(vocab.size)
@@ -321,7 +321,7 @@ def describe_grid(grid: Grid) -> str:
 
 
 def resolve_settings(args) -> Settings:
-    from common.text import default_corpus_path
+    from charrnn.common.text import default_corpus_path
     profile = PROFILES[args.profile]
     num_epochs = args.num_epochs if args.num_epochs is not None else profile.num_epochs
     max_steps = profile.max_steps if args.max_steps is None else (args.max_steps or None)
@@ -354,8 +354,8 @@ def resolve_settings(args) -> Settings:
         what += f", for each cell of {', '.join(cells)}"
     if custom and world_sizes:
         what += (f", at world sizes {', '.join(map(str, world_sizes))} (`python -m "
-                 f"common.launch --nproc W`, {threads} thread{'s' if threads > 1 else ''} per "
-                 "process)")
+                 f"charrnn.common.launch --nproc W`, {threads} "
+                 f"thread{'s' if threads > 1 else ''} per process)")
     return Settings(
         profile="custom" if custom else args.profile, description=what, num_epochs=num_epochs,
         max_steps=max_steps, threads=threads, random_seed=args.random_seed,

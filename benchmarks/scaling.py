@@ -37,7 +37,7 @@ from benchmarks import report
 from benchmarks.mfu import train_flops_per_step
 from benchmarks.plot import Line, plot_lines
 from benchmarks.sweep import Grid, Point, point_of
-from common.fileio import atomic_write_text
+from charrnn.common.fileio import atomic_write_text
 
 SWEEP_START, SWEEP_END = "<!-- sweep:start -->", "<!-- sweep:end -->"
 # A step after the first that takes more than this many times the median of the others is

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from common.config import TrainConfig
+from charrnn.common.config import TrainConfig
 
 RNN_SIZES = (64, 128, 256, 512)
 BATCH_SIZES = (1, 16, 64, 256)

@@ -19,7 +19,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from common.cli import main
+from charrnn.common.cli import main
 
 
 class _Stdin(io.StringIO):
@@ -52,6 +52,6 @@ def run_cases(model_cls, cases: list[dict]) -> list[dict]:
 
 
 if __name__ == "__main__":
-    from common import registry
+    from charrnn.common import registry
     cases = json.loads(Path(sys.argv[2]).read_text())
     print(json.dumps(run_cases(registry.load(sys.argv[1]), cases)))

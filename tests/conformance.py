@@ -17,8 +17,8 @@ import sys
 
 import numpy as np
 
-from common.config import CELLS, ModelConfig, OptimConfig
-from common.weights import init_weights
+from charrnn.common.config import CELLS, ModelConfig, OptimConfig
+from charrnn.common.weights import init_weights
 
 # Tiny sizes keep the test fast; two layers and E != H exercise every shape.
 CONFIG = ModelConfig(vocab_size=23, embedding_size=8, rnn_size=16, num_layers=2)
@@ -48,7 +48,7 @@ def fixed_batches(steps: int = STEPS, seed: int = 7):
 def measure(model_cls, case: str = "lstm-adam") -> dict:
     """Largest absolute differences from the reference, keyed like TOLERANCES, for one
     of CASES."""
-    from numpy_model import NumpyCharRNN
+    from charrnn.frameworks.numpy_model import NumpyCharRNN
     cell, optim = CASES[case]
     config = dataclasses.replace(CONFIG, cell=cell)
     weights = init_weights(config, seed=3)
@@ -153,5 +153,5 @@ def measure_all(model_cls) -> dict[str, dict]:
 
 
 if __name__ == "__main__":
-    from common import registry
+    from charrnn.common import registry
     print(json.dumps(measure_all(registry.load(sys.argv[1]))))

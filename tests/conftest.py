@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from common import registry
-from common.paths import ROOT
+from charrnn.common import registry
+from charrnn.common.paths import ROOT
 from tests.cli_cases import run_cases
 
 CURRENT_ENV = "legacy" if Path(sys.prefix).name == ".venv-legacy" else "modern"

@@ -29,8 +29,8 @@ from pathlib import Path
 
 import pytest
 
-from common import logs, registry
-from common.paths import ROOT, venv_python
+from charrnn.common import logs, registry
+from charrnn.common.paths import ROOT, venv_python
 from tests.conftest import TEXT
 
 pd = pytest.importorskip("pandas")
@@ -54,7 +54,7 @@ WITH_SCRIPTS = """
 import dataclasses, json, sys
 from pathlib import Path
 from benchmarks import run_all
-from common import registry
+from charrnn.common import registry
 
 @dataclasses.dataclass(frozen=True)
 class Script(registry.Entry):

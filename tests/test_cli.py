@@ -14,10 +14,10 @@ import sys
 import numpy as np
 import pytest
 
-from common import registry
-from common.config import ModelConfig
-from common.text import Vocab
-from common.weights import init_weights, load_portable, save_portable
+from charrnn.common import registry
+from charrnn.common.config import ModelConfig
+from charrnn.common.text import Vocab
+from charrnn.common.weights import init_weights, load_portable, save_portable
 from tests.conftest import ROOT, TEXT, TINY, framework_params, ok, run
 
 
@@ -114,7 +114,7 @@ def test_other_cells_train_restore_and_generate(name, cell, corpus, tmp_path):
                                    err_msg=key)
     assert results[3]["stdout"].startswith("First") and len(results[3]["stdout"]) == 5 + 30 + 1
     # The NumPy reference continues the same seed with the same characters.
-    from numpy_model import NumpyCharRNN
+    from charrnn.frameworks.numpy_model import NumpyCharRNN
     from tests.cli_cases import run_cases
     reference = run_cases(NumpyCharRNN, [{"argv": results[4]["argv"]}])[0]
     assert results[4]["stdout"] == ok(reference)["stdout"]
@@ -251,7 +251,7 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(corpus, tmp_path):
 
 
 def test_diverging_loss_stops_and_keeps_the_last_good_checkpoint(corpus, tmp_path):
-    from numpy_model import NumpyCharRNN
+    from charrnn.frameworks.numpy_model import NumpyCharRNN
     from tests.cli_cases import run_cases
     ck = tmp_path / "ck"
     train = ["train", "--text-path", str(corpus), *TINY, "--checkpoint-path", str(ck),

@@ -10,16 +10,16 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
-from common.batching import Batches, make_streams, split_ids
-from common.cli import parse_args
-from common.config import ModelConfig, TrainConfig
-from common.errors import CharRnnError
-from common.fileio import atomic_directory, atomic_write_text, resolve_directory
-from common.framework import cross_entropy
-from common.sampling import Sampler, inverse_cdf, next_char_probs, sample
-from common.text import Vocab, read_text
-from common.threads import one_step_command, threads_from_argv
-from common.weights import init_weights, load_portable, save_portable
+from charrnn.common.batching import Batches, make_streams, split_ids
+from charrnn.common.cli import parse_args
+from charrnn.common.config import ModelConfig, TrainConfig
+from charrnn.common.errors import CharRnnError
+from charrnn.common.fileio import atomic_directory, atomic_write_text, resolve_directory
+from charrnn.common.framework import cross_entropy
+from charrnn.common.sampling import Sampler, inverse_cdf, next_char_probs, sample
+from charrnn.common.text import Vocab, read_text
+from charrnn.common.threads import one_step_command, threads_from_argv
+from charrnn.common.weights import init_weights, load_portable, save_portable
 
 
 # ---- text and vocabulary -------------------------------------------------------------
@@ -275,8 +275,8 @@ def test_parser_refuses_bad_sizes(argv, capsys):
 
 
 def test_variant_rows_pick_their_class(monkeypatch):
-    from common import registry
-    from common.paths import default_checkpoint_path, slug
+    from charrnn.common import registry
+    from charrnn.common.paths import default_checkpoint_path, slug
 
     class Plain:
         framework = "demo"
@@ -301,7 +301,7 @@ def test_variant_rows_pick_their_class(monkeypatch):
 
 
 def test_step_time_stats_flag_stalls():
-    from common.train import step_time_stats
+    from charrnn.common.train import step_time_stats
     stats = step_time_stats([0.1] * 98 + [0.2, 5.9])
     assert stats["step_s_median"] == pytest.approx(0.1)
     assert stats["step_s_max"] == pytest.approx(5.9)

@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from common import registry
+from charrnn.common import registry
 from tests.conformance import CASES, SEQ_LEN, TOLERANCES, measure
 from tests.conftest import framework_params, require, run_worker
 

@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common import registry
-from common.distributed import World, world_from_env
-from common.errors import CharRnnError
-from common.launch import free_port, world_env
-from common.paths import ROOT
-from common.weights import load_portable
+from charrnn.common import registry
+from charrnn.common.distributed import World, world_from_env
+from charrnn.common.errors import CharRnnError
+from charrnn.common.launch import free_port, world_env
+from charrnn.common.paths import ROOT
+from charrnn.common.weights import load_portable
 from tests.conftest import TINY, in_this_env
 
 STEPS, HALF = 20, 10
@@ -43,7 +43,7 @@ def _python(entry: registry.Entry) -> str:
 
 
 def train(name: str, nproc: int, args: list[str], launcher: str = "common") -> str:
-    """`train` with `args` in `nproc` processes (python -m common.launch, or torchrun);
+    """`train` with `args` in `nproc` processes (python -m charrnn.common.launch, or torchrun);
     returns stderr, after asserting success."""
     entry = registry.FRAMEWORKS[name]
     python = _python(entry)
@@ -53,7 +53,7 @@ def train(name: str, nproc: int, args: list[str], launcher: str = "common") -> s
         command = [python, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
                    str(nproc), str(entry.script), "train", *args]
     else:
-        command = [python, "-m", "common.launch", "--nproc", str(nproc), str(entry.script),
+        command = [python, "-m", "charrnn.common.launch", "--nproc", str(nproc), str(entry.script),
                    "train", *args]
     proc = subprocess.run(command, env=entry.process_env(), capture_output=True, text=True,
                           timeout=600, cwd=ROOT)
@@ -193,6 +193,6 @@ def test_world_from_env():
 def test_launch_passes_the_first_failure_on(tmp_path):
     script = tmp_path / "rank.py"
     script.write_text("import os, sys; sys.exit(3 if os.environ['RANK'] == '1' else 0)")
-    proc = subprocess.run([sys.executable, "-m", "common.launch", "--nproc", "2", str(script)],
-                          cwd=ROOT, env=dict(os.environ), timeout=60)
+    proc = subprocess.run([sys.executable, "-m", "charrnn.common.launch", "--nproc", "2",
+                           str(script)], cwd=ROOT, env=dict(os.environ), timeout=60)
     assert proc.returncode == 3

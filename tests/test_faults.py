@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common import registry
-from common.checkpoint import checkpoint_lock, load_checkpoint
-from common.weights import load_portable
+from charrnn.common import registry
+from charrnn.common.checkpoint import checkpoint_lock, load_checkpoint
+from charrnn.common.weights import load_portable
 from tests.conftest import TINY, framework_params, ok, run
 
 # 29 batches each on the test corpus: long enough to stop mid-run. One thread: a tiny

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from common import registry
-from common.paths import PRETRAINED_PATH
+from charrnn.common import registry
+from charrnn.common.paths import PRETRAINED_PATH
 from tests.conftest import ROOT, framework_params, require
 from tests.test_cli import ok, run
 
@@ -21,7 +21,7 @@ def reference_outputs():
     """NumPy's greedy and sampled continuations of SEED from the pretrained model."""
     if not PRETRAINED_PATH.exists():
         pytest.skip(f"{PRETRAINED_PATH} is not there")
-    from numpy_model import NumpyCharRNN
+    from charrnn.frameworks.numpy_model import NumpyCharRNN
     from tests.cli_cases import run_cases
     results = run_cases(NumpyCharRNN, generate_cases())
     return [ok(r)["stdout"] for r in results]
@@ -47,7 +47,7 @@ def test_same_text_as_reference(name, reference_outputs, tmp_path):
 
 
 def test_seeded_sampling_is_reproducible_and_seed_dependent(reference_outputs, tmp_path):
-    from numpy_model import NumpyCharRNN
+    from charrnn.frameworks.numpy_model import NumpyCharRNN
     from tests.cli_cases import run_cases
     cases = generate_cases()[1:2] * 2
     cases.append({"argv": [*cases[0]["argv"][:-1], "6"]})
@@ -64,7 +64,7 @@ def test_pretrained_fallback(name, monkeypatch, tmp_path):
     if registry.unavailable_reason(name):
         pytest.skip("runs in-process only (the fallback path is shared code)")
     model_cls = require(name)
-    monkeypatch.setattr("common.generate.default_checkpoint_path",
+    monkeypatch.setattr("charrnn.common.generate.default_checkpoint_path",
                         lambda framework: tmp_path / "no_checkpoint_here")
     from tests.cli_cases import run_cases
     results = run_cases(model_cls, [{"argv": ["generate", "--seed", "KING", "--length", "30"]},

@@ -8,9 +8,9 @@ import dataclasses
 import numpy as np
 import pytest
 
-from common.config import CELLS, ModelConfig, OptimConfig
-from common.weights import init_weights, penalty
-from numpy_model import NumpyCharRNN
+from charrnn.common.config import CELLS, ModelConfig, OptimConfig
+from charrnn.common.weights import init_weights, penalty
+from charrnn.frameworks.numpy_model import NumpyCharRNN
 
 CONFIG = ModelConfig(vocab_size=11, embedding_size=5, rnn_size=6, num_layers=2)
 

@@ -10,12 +10,12 @@ import json
 import numpy as np
 import pytest
 
-from common.cli import flags_given
-from common.config import TrainConfig
-from common.generate import _trained_for
-from common.train import train
-from common.weights import load_portable
-from numpy_model import NumpyCharRNN
+from charrnn.common.cli import flags_given
+from charrnn.common.config import TrainConfig
+from charrnn.common.generate import _trained_for
+from charrnn.common.train import train
+from charrnn.common.weights import load_portable
+from charrnn.frameworks.numpy_model import NumpyCharRNN
 from tests.cli_cases import run_cases
 from tests.conftest import TEXT, TINY, ok
 

@@ -1,5 +1,5 @@
 """The scaling profile (`run_all --profile scaling`): data-parallel frameworks trained as
-1 and 2 processes (common.launch), a record per world size, and the report's scaling
+1 and 2 processes (charrnn.common.launch), a record per world size, and the report's scaling
 table: a real tiny run of PyTorch end to end, and the table's figures on records
 written here (a step time chosen per world size, so the expected numbers are exact).
 No test asserts a timing.
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from common import registry
-from common.paths import ROOT
+from charrnn.common import registry
+from charrnn.common.paths import ROOT
 from tests.conftest import TEXT
 
 pd = pytest.importorskip("pandas")
@@ -46,8 +46,8 @@ def test_profile_selects_the_data_parallel_frameworks(corpus):
                        for w in (1, 2) for name in DATA_PARALLEL]
     commands = [line for line in proc.stdout.splitlines() if " train " in line]
     assert all("--threads 1 " in c and "--val-fraction 0" in c for c in commands)
-    assert " -m common.launch --nproc 1 " in commands[0]
-    assert " -m common.launch --nproc 2 " in commands[-1]
+    assert " -m charrnn.common.launch --nproc 1 " in commands[0]
+    assert " -m charrnn.common.launch --nproc 2 " in commands[-1]
     assert not [line for line in proc.stdout.splitlines() if " generate " in line]
 
 
@@ -62,7 +62,7 @@ def test_world_sizes_are_checked(corpus):
     assert "world_sizes" not in settings().identity()  # older records have none
     s = settings("--profile", "scaling", "--world-sizes", "1,4", "--threads", "2")
     assert (s.world_sizes, s.threads) == ((1, 4), 2)
-    assert "at world sizes 1, 4 (`python -m common.launch --nproc W`, 2 threads per" in (
+    assert "at world sizes 1, 4 (`python -m charrnn.common.launch --nproc W`, 2 threads per" in (
         s.description)
     for flags, says in ((("--profile", "scaling", "--world-sizes", "1,3"), "does not divide"),
                         (("--world-sizes", "1,2"), "needs --profile scaling"),
@@ -89,7 +89,7 @@ def test_scaling_profile_end_to_end(corpus, tmp_path):
         r = found["pytorch", w]
         assert r["status"] == "ok", r["error"]
         assert r["header"]["world_size"] == w and r["header"]["threads"] == 1
-        assert f"-m common.launch --nproc {w} pytorch_model.py train " in r["train_command"]
+        assert f"-m charrnn.common.launch --nproc {w} pytorch_model.py train " in r["train_command"]
         assert r["epochs"][-1]["step"] == 3 and "generation" not in r
         assert (out / "runs" / "pytorch" / f"w{w}" / "0" / "train.jsonl").exists()
     # The same batches and weights: the whole batch's loss either way.

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from common import registry
+from charrnn.common import registry
 from tests.conftest import TEXT
 
 pd = pytest.importorskip("pandas")

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common import registry
-from common.paths import ROOT
+from charrnn.common import registry
+from charrnn.common.paths import ROOT
 from tests.conftest import TEXT
 
 pytest.importorskip("pandas")

@@ -12,6 +12,7 @@ model trained in one framework generates text in any other.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
@@ -21,10 +22,10 @@ import numpy as np
 import safetensors
 import safetensors.numpy
 
-from common.config import ModelConfig
-from common.errors import CharRnnError
-from common.fileio import atomic_path, write_failure
-from common.text import Vocab
+from charrnn.common.config import ModelConfig
+from charrnn.common.errors import CharRnnError
+from charrnn.common.fileio import atomic_path, write_failure
+from charrnn.common.text import Vocab
 
 FORMAT = "char-rnn-portable/1"
 REQUIRED_METADATA = ("format", "config", "vocab")
@@ -164,3 +165,28 @@ def load_portable(path: str | os.PathLike) -> Portable:
         raise CharRnnError(f"{path}: vocabulary has {vocab.size} ids, config {config.vocab_size}")
     weights = check_weights(weights, config, str(path))
     return Portable(weights=weights, config=config, vocab=vocab, metadata=dict(meta))
+
+
+def grow_vocab(portable: Portable, text: str, seed: int) -> Portable:
+    """`portable` with the characters of `text` it lacks added to its vocabulary, for
+    fine-tuning on a text with new characters (docs/SPEC.md section 10, "Fine-tuning").
+
+    The known ids keep their meaning; the new characters take the ids after them, in
+    sorted order. Their embedding rows are drawn N(0, 1) from `seed`, as a new model's
+    are; their dense rows are zero and their dense biases the smallest known one, so
+    each new character starts as unlikely as the rarest known character and the known
+    characters' probabilities are those of the unchanged model, renormalised."""
+    new = sorted(set(text) - set(portable.vocab.chars))
+    if not new:
+        return portable
+    vocab = Vocab(portable.vocab.chars + new)
+    config = dataclasses.replace(portable.config, vocab_size=vocab.size)
+    rng = np.random.default_rng(seed)
+    weights = dict(portable.weights)
+    rows = rng.standard_normal((len(new), config.embedding_size)).astype(np.float32)
+    weights["embedding"] = np.concatenate([weights["embedding"], rows])
+    weights["dense.w"] = np.concatenate(
+        [weights["dense.w"], np.zeros((len(new), config.rnn_size), np.float32)])
+    weights["dense.b"] = np.concatenate(
+        [weights["dense.b"], np.full(len(new), weights["dense.b"][1:].min(), np.float32)])
+    return Portable(weights, config, vocab, dict(portable.metadata))

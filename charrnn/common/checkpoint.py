@@ -27,12 +27,12 @@ from pathlib import Path
 import numpy as np
 import safetensors.numpy
 
-from common.config import TrainConfig
-from common.errors import CharRnnError
-from common.fileio import atomic_directory, resolve_directory, write_failure
-from common.framework import CharRNN
-from common.text import TextId, Vocab
-from common.weights import Portable, load_portable, save_portable
+from charrnn.common.config import TrainConfig
+from charrnn.common.errors import CharRnnError
+from charrnn.common.fileio import atomic_directory, resolve_directory, write_failure
+from charrnn.common.framework import CharRNN
+from charrnn.common.text import TextId, Vocab
+from charrnn.common.weights import Portable, load_portable, save_portable
 
 PORTABLE_NAME = "model.safetensors"
 # trainer.json's layout. 2: the resolved run and the text's identity (1 held the flags

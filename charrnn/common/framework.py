@@ -23,10 +23,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from common.config import ModelConfig, OptimConfig
-from common.distributed import SINGLE, World
-from common.errors import CharRnnError
-from common.weights import Weights
+from charrnn.common.config import ModelConfig, OptimConfig
+from charrnn.common.distributed import SINGLE, World
+from charrnn.common.errors import CharRnnError
+from charrnn.common.weights import Weights
 
 State = Any  # a framework's own (h, c) representation, opaque to common/
 

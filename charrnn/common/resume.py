@@ -21,10 +21,16 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from common.config import COMMAND, RUN, SETTING, ModelConfig, TrainConfig, resume_rule
-from common.errors import CharRnnError
-from common.text import TINYSHAKESPEARE_SHA256, TextId, Vocab, default_corpus_path, read_text
-from common.weights import Portable
+from charrnn.common.config import COMMAND, RUN, SETTING, ModelConfig, TrainConfig, resume_rule
+from charrnn.common.errors import CharRnnError
+from charrnn.common.text import (
+    TINYSHAKESPEARE_SHA256,
+    TextId,
+    Vocab,
+    default_corpus_path,
+    read_text,
+)
+from charrnn.common.weights import Portable
 
 # Compared by what they mean, not by the value typed: the text by its SHA-256
 # (`resume_text`), the vocabulary mode by the vocabulary it chooses (`check_vocab`).

@@ -1,6 +1,6 @@
 """The training loop, written once for every framework (docs/SPEC.md sections 3, 4 and 7).
 
-    from common.train import train
+    from charrnn.common.train import train
     train(TorchCharRNN, TrainConfig(num_epochs=1))
 
 The loop owns the data, the carried state, timing, logging and checkpoints; the
@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from common import distributed, resume
-from common.batching import Batches, make_streams
-from common.checkpoint import (
+from charrnn.common import distributed, resume
+from charrnn.common.batching import Batches, make_streams
+from charrnn.common.checkpoint import (
     Checkpoint,
     Progress,
     checkpoint_lock,
@@ -32,15 +32,15 @@ from common.checkpoint import (
     restore_native,
     save_checkpoint,
 )
-from common.config import ModelConfig, TrainConfig
-from common.distributed import Agreement, World, config_digest, world_from_env
-from common.errors import CharRnnError, Stopped
-from common.framework import CharRNN, Device
-from common.generate import Generator
-from common.logs import RunLogger, SilentLogger, bits, format_duration
-from common.paths import default_checkpoint_path, default_log_path
-from common.text import TextId, Vocab, default_corpus_path, read_text
-from common.weights import Weights, init_weights, load_portable, penalty
+from charrnn.common.config import ModelConfig, TrainConfig
+from charrnn.common.distributed import Agreement, World, config_digest, world_from_env
+from charrnn.common.errors import CharRnnError, Stopped
+from charrnn.common.framework import CharRNN, Device
+from charrnn.common.generate import Generator
+from charrnn.common.logs import RunLogger, SilentLogger, bits, format_duration
+from charrnn.common.paths import default_checkpoint_path, default_log_path
+from charrnn.common.text import TextId, Vocab, default_corpus_path, read_text
+from charrnn.common.weights import Weights, init_weights, load_portable, penalty
 
 SAMPLE_TEMPERATURES = (0.2, 0.5, 1.0)  # textgenrnn-style samples after each epoch
 

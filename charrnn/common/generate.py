@@ -15,15 +15,15 @@ from typing import TextIO
 
 import numpy as np
 
-from common.checkpoint import find_portable
-from common.config import GenerateConfig, OptimConfig
-from common.errors import CharRnnError
-from common.fileio import atomic_write_text
-from common.framework import CharRNN
-from common.paths import PRETRAINED_PATH, default_checkpoint_path
-from common.sampling import Sampler, check_sampling
-from common.text import Vocab, default_corpus_path, read_text
-from common.weights import Portable, load_portable
+from charrnn.common.checkpoint import find_portable
+from charrnn.common.config import GenerateConfig, OptimConfig
+from charrnn.common.errors import CharRnnError
+from charrnn.common.fileio import atomic_write_text
+from charrnn.common.framework import CharRNN
+from charrnn.common.paths import PRETRAINED_PATH, default_checkpoint_path
+from charrnn.common.sampling import Sampler, check_sampling
+from charrnn.common.text import Vocab, default_corpus_path, read_text
+from charrnn.common.weights import Portable, load_portable
 
 # The warm-up that gives generation a realistic starting state (see Generator.warm_state).
 WARMUP_MIN_CHARS, WARMUP_MAX_CHARS, WARMUP_SEED = 50, 500, 0

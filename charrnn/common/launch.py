@@ -1,6 +1,6 @@
 """Start a data-parallel world of N processes on this machine, for any framework.
 
-    python -m common.launch --nproc 2 jax_model.py train --batch-size 64
+    python -m charrnn.common.launch --nproc 2 jax_model.py train --batch-size 64
     torchrun --nproc-per-node 2 pytorch_model.py train --batch-size 64   # the same, PyTorch's way
 
 PyTorch has torchrun; JAX and TensorFlow leave starting the processes to the user (or
@@ -75,7 +75,7 @@ def launch(command: list[str], nproc: int, port: int | None = None,
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m common.launch",
+        prog="python -m charrnn.common.launch",
         description="Run one training command as N data-parallel processes on this machine.")
     parser.add_argument("--nproc", type=int, required=True, help="number of processes")
     parser.add_argument("--port", type=int, default=None,

@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-from common.errors import CharRnnError
+from charrnn.common.errors import CharRnnError
 
 
 def check_sampling(temperature: float, top_n: int, top_p: float) -> None:

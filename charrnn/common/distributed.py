@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
 
-from common.errors import CharRnnError
+from charrnn.common.errors import CharRnnError
 
 DEFAULT_PORT = 29500  # torchrun's, when only an address is given
 JOINED = False  # whether this process has started joining a world (`common.cli.exit_process`)

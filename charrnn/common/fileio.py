@@ -10,7 +10,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from common.errors import CharRnnError
+from charrnn.common.errors import CharRnnError
 
 LOW_SPACE_BYTES = 1 << 20  # under this much free space, a failed write is a full disk
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from common.checkpoint import load_checkpoint, portable_metadata, restore_native
-from common.config import ExportConfig, OptimConfig
-from common.framework import CharRNN
-from common.paths import default_checkpoint_path, default_export_path
-from common.weights import save_portable
+from charrnn.common.checkpoint import load_checkpoint, portable_metadata, restore_native
+from charrnn.common.config import ExportConfig, OptimConfig
+from charrnn.common.framework import CharRNN
+from charrnn.common.paths import default_checkpoint_path, default_export_path
+from charrnn.common.weights import save_portable
 
 
 def run_export(model_cls: type[CharRNN], cfg: ExportConfig) -> Path:

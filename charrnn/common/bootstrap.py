@@ -4,9 +4,12 @@ Standard library only: it runs at the top of every framework file, before
 NumPy or the framework loads. OpenMP, MKL and MXNet read their thread
 variables once, at load time, so `--threads` has to be applied here.
 
-    from common.bootstrap import early_setup
-    early_setup(__file__)   # chainer_model.py: may re-execute under .venv-legacy
-    import chainer
+    from charrnn.common.bootstrap import run_script
+    run_script("chainer_model")   # chainer_model.py: may re-execute under .venv-legacy
+
+The framework modules themselves (charrnn/frameworks/) do nothing at import, so the
+Python API and the tests import them like any module; the entry points (the
+`<framework>_model.py` scripts, the `charrnn` command) call `early_setup` first.
 
 The environment and the library that tells whether it is present come from the
 framework's entry in `common.registry`.
@@ -19,9 +22,9 @@ import os
 import sys
 from pathlib import Path
 
-from common.paths import venv_python
-from common.registry import entry_of_module
-from common.threads import thread_env, threads_from_argv
+from charrnn.common.paths import ROOT, venv_python
+from charrnn.common.registry import entry_of_module
+from charrnn.common.threads import thread_env, threads_from_argv
 
 
 def ensure_environment(env: str, module: str) -> None:
@@ -42,7 +45,12 @@ def ensure_environment(env: str, module: str) -> None:
     if Path(sys.prefix).resolve() == python.parent.parent.resolve():
         return
     os.environ["CHARRNN_REEXEC"] = "1"  # never loop
-    os.execv(str(python), [str(python), *sys.argv])
+    # This checkout's package, whichever way it was started (the `charrnn` command of an
+    # editable install lives in another environment's bin/).
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    # The command line as typed (a script, `-m charrnn`, or the `charrnn` command's file).
+    os.execv(str(python), [str(python), *sys.orig_argv[1:]])
 
 
 # Frameworks whose native libraries print banners on stderr at import, below Python
@@ -50,17 +58,32 @@ def ensure_environment(env: str, module: str) -> None:
 QUIET_IMPORTS = ("tensorflow", "keras")
 
 
-def early_setup(script: str) -> None:
-    """For framework file `script` (pass `__file__`): pick the environment that has its
-    library, then apply --threads to the variables libraries read at load."""
-    entry = entry_of_module(Path(script).stem)
+def early_setup(module: str) -> None:
+    """For framework module `module` ("chainer_model"): pick the environment that has
+    its library, then apply --threads to the variables libraries read at load."""
+    entry = entry_of_module(module)
     env, module = entry.env, entry.requires
     ensure_environment(env, module)
     for key, value in thread_env(threads_from_argv(sys.argv[1:])).items():
         os.environ[key] = value
+    quiet_import(module)
+
+
+def quiet_import(module: str) -> None:
+    """Import framework library `module` without its start-up banners on stderr, where
+    it prints them (QUIET_IMPORTS); any other module is left to its first import."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter
     if module in QUIET_IMPORTS:
         _quiet_import(module)
+
+
+def run_script(module: str) -> None:
+    """The command line of framework module `module` ("numpy_model"), as its script in
+    the repository root runs it: set up, import the framework, run argv."""
+    early_setup(module)
+    from charrnn.common.cli import main
+    framework = importlib.import_module(f"charrnn.frameworks.{module}")
+    main(framework.MODEL, variants=getattr(framework, "VARIANTS", None))
 
 
 def _quiet_import(module: str) -> None:

@@ -16,7 +16,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 
-from common.errors import CharRnnError
+from charrnn.common.errors import CharRnnError
 
 CELLS = ("lstm", "gru", "rnn")  # docs/SPEC.md section 8
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}  # blocks of H rows in a cell's kernels

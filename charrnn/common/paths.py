@@ -9,9 +9,23 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-PRETRAINED_PATH = ROOT / "pretrained" / "tinyshakespeare.safetensors"
-DATA_DIR = ROOT / "data"  # where a downloaded corpus is kept (ignored by git)
+PACKAGE = Path(__file__).resolve().parent.parent  # charrnn/
+ROOT = PACKAGE.parent  # the repository root, in a checkout (or an editable install)
+IN_CHECKOUT = (ROOT / "pyproject.toml").is_file() and (ROOT / "numpy_model.py").is_file()
+PRETRAINED_PATH = PACKAGE / "pretrained" / "tinyshakespeare.safetensors"  # package data
+
+
+def work_dir() -> Path:
+    """Where default checkpoints, logs and a downloaded corpus go: the repository root
+    in a checkout (as the original suite's scripts had it), else the current directory
+    (an installed package: site-packages is no place for them)."""
+    return ROOT if IN_CHECKOUT else Path.cwd()
+
+
+def data_dir() -> Path:
+    """Where a downloaded corpus is kept (data/, ignored by git)."""
+    return work_dir() / "data"
+
 
 # The virtual environment behind each environment name of the registry. Two are
 # unavoidable: Chainer and MXNet need NumPy 1.x, TensorFlow 2.21 needs NumPy >= 1.26.
@@ -31,11 +45,11 @@ def slug(name: str) -> str:
 
 
 def default_checkpoint_path(framework: str) -> Path:
-    return ROOT / "checkpoints" / f"{slug(framework)}_model"
+    return work_dir() / "checkpoints" / f"{slug(framework)}_model"
 
 
 def default_log_path(framework: str) -> Path:
-    return ROOT / "logs" / f"{slug(framework)}_model.log"
+    return work_dir() / "logs" / f"{slug(framework)}_model.log"
 
 
 def default_export_path(checkpoint_path: Path, framework: str) -> Path:

@@ -16,11 +16,11 @@ import types
 import typing
 from pathlib import Path
 
-from common import distributed
-from common.config import ExportConfig, GenerateConfig, TrainConfig
-from common.errors import CharRnnError, Stopped
-from common.fileio import describe_os_error
-from common.logs import to_stderr
+from charrnn.common import distributed
+from charrnn.common.config import ExportConfig, GenerateConfig, TrainConfig
+from charrnn.common.errors import CharRnnError, Stopped
+from charrnn.common.fileio import describe_os_error
+from charrnn.common.logs import to_stderr
 
 COMMANDS = {
     "train": (TrainConfig, "train a model (resumable with --restore)"),
@@ -112,16 +112,19 @@ def flags_given(argv) -> frozenset[str]:
     return frozenset(args) - {"command"}
 
 
-def main(model_cls, argv: list[str] | None = None, variants: dict | None = None) -> None:
-    """Entry point of every `<framework>_model.py`; `variants` are its other
-    implementations, run when CHARRNN_VARIANT names one (common.registry)."""
-    from common.registry import pick_variant
+def main(model_cls, argv: list[str] | None = None, variants: dict | None = None,
+         prog: str | None = None) -> None:
+    """Entry point of every `<framework>_model.py` and of the `charrnn` command;
+    `variants` are the framework's other implementations, run when CHARRNN_VARIANT
+    names one (common.registry)."""
+    from charrnn.common.registry import pick_variant
     try:
         model_cls = pick_variant(model_cls, variants)
     except KeyError as exc:
         print(f"error: {exc.args[0]}", file=sys.stderr)
         sys.exit(2)
-    prog = Path(sys.argv[0]).name if argv is None else f"{model_cls.framework}_model.py"
+    prog = prog or (Path(sys.argv[0]).name if argv is None
+                    else f"{model_cls.framework}_model.py")
     argv = sys.argv[1:] if argv is None else argv
     command, cfg = parse_args(argv, prog)
     exit_process(_run(model_cls, command, cfg, flags_given(argv)))
@@ -142,16 +145,16 @@ def _run(model_cls, command: str, cfg, given: frozenset[str]) -> int:
     """Run `command` (`given`: the flags typed, for a resume); the process's exit status."""
     try:
         if command == "train":
-            from common.train import train
+            from charrnn.common.train import train
             train(model_cls, cfg, given)
         elif command == "generate":
-            from common.generate import run_generate
+            from charrnn.common.generate import run_generate
             run_generate(model_cls, cfg)
         elif command == "repl":
-            from common.generate import run_repl
+            from charrnn.common.generate import run_repl
             run_repl(model_cls, cfg)
         else:
-            from common.export import run_export
+            from charrnn.common.export import run_export
             run_export(model_cls, cfg)
     except CharRnnError as exc:
         to_stderr(f"error: {exc}")

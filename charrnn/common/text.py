@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from common.errors import CharRnnError
-from common.fileio import atomic_write_bytes
-from common.paths import DATA_DIR
+from charrnn.common.errors import CharRnnError
+from charrnn.common.fileio import atomic_write_bytes
+from charrnn.common.paths import data_dir
 
 # The corpus of the original suite, downloaded once and checked byte for byte.
 TINYSHAKESPEARE_URL = ("https://raw.githubusercontent.com/karpathy/char-rnn/master/"
@@ -41,12 +41,12 @@ def default_corpus_path() -> Path:
     candidates = []
     if os.environ.get(DATA_DIR_ENV):
         candidates.append(Path(os.environ[DATA_DIR_ENV]) / TINYSHAKESPEARE_NAME)
-    candidates.append(DATA_DIR / TINYSHAKESPEARE_NAME)
+    candidates.append(data_dir() / TINYSHAKESPEARE_NAME)
     for path in candidates:
         if path.is_file():
             _check_sha256(path.read_bytes(), str(path))
             return path
-    return download_corpus(DATA_DIR / TINYSHAKESPEARE_NAME)
+    return download_corpus(data_dir() / TINYSHAKESPEARE_NAME)
 
 
 def download_corpus(path: Path) -> Path:

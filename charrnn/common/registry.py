@@ -8,7 +8,7 @@ environment variables it needs set before import (Keras picks its backend
 from KERAS_BACKEND, the Keras way). A variant row ("chainer[nstep]") is a second
 implementation in the same file, in its `VARIANTS` dict: the idiomatic API where the
 plain name is the fastest conformant path. Its script picks it from CHARRNN_VARIANT.
-Standard library only: `common.bootstrap` reads it before a framework file imports
+Standard library only: `charrnn.common.bootstrap` reads it before a framework file imports
 anything heavy.
 """
 
@@ -21,7 +21,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common.paths import ROOT, slug, venv_python
+from charrnn.common.paths import IN_CHECKOUT, ROOT, slug, venv_python
 
 VARIANT_ENV = "CHARRNN_VARIANT"  # which of a script's VARIANTS its command line runs
 
@@ -37,6 +37,9 @@ class Entry:
     # Trains data-parallel under a launcher (docs/SPEC.md section 11); the others refuse
     # with a line saying what it would take (`CharRNN.data_parallel_refusal`).
     data_parallel: bool = False
+    # The package extra that installs its libraries (`pip install char-rnn-bench[torch]`);
+    # None: none does (Chainer and MXNet need the legacy environment's NumPy 1.x).
+    extra: str | None = None
 
     @property
     def script(self) -> Path:
@@ -64,18 +67,19 @@ class Entry:
 def _keras(backend: str) -> Entry:
     # Only the JAX backend trains data-parallel (keras.distribution.DataParallel).
     return Entry(f"keras[{backend}]", "keras_model", "modern", "keras",
-                 {"KERAS_BACKEND": backend}, data_parallel=backend == "jax")
+                 {"KERAS_BACKEND": backend}, data_parallel=backend == "jax", extra="keras")
 
 
 FRAMEWORKS: dict[str, Entry] = {e.name: e for e in [
     Entry("numpy", "numpy_model", "any", "safetensors"),  # common/ needs it too
-    Entry("pytorch", "pytorch_model", "modern", "torch", data_parallel=True),
-    Entry("tensorflow", "tf_model", "modern", "tensorflow", data_parallel=True),
+    Entry("pytorch", "pytorch_model", "modern", "torch", data_parallel=True, extra="torch"),
+    Entry("tensorflow", "tf_model", "modern", "tensorflow", data_parallel=True,
+          extra="tensorflow"),
     _keras("tensorflow"),
     _keras("jax"),
     _keras("torch"),
-    Entry("jax", "jax_model", "modern", "flax", data_parallel=True),
-    Entry("pytensor", "pytensor_model", "modern", "pytensor"),
+    Entry("jax", "jax_model", "modern", "flax", data_parallel=True, extra="jax"),
+    Entry("pytensor", "pytensor_model", "modern", "pytensor", extra="pytensor"),
     Entry("chainer", "chainer_model", "legacy", "chainer"),
     Entry("chainer[nstep]", "chainer_model", "legacy", "chainer", variant="nstep"),
     Entry("mxnet", "mxnet_model", "legacy", "mxnet"),
@@ -90,7 +94,13 @@ def unavailable_reason(name: str) -> str | None:
     """Why `name` cannot be imported in this process, or None if it can."""
     entry = FRAMEWORKS[name]
     if importlib.util.find_spec(entry.requires) is None:
-        return f"{entry.requires} is not installed in this environment ({entry.env} has it)"
+        if IN_CHECKOUT:
+            where = f"the {entry.env} environment has it: make setup"
+        elif entry.extra:
+            where = f"pip install 'char-rnn-bench[{entry.extra}]'"
+        else:
+            where = "it needs NumPy 1.x: see requirements/legacy.txt in the repository"
+        return f"{entry.requires} is not installed in this environment ({where})"
     for key, value in entry.env_vars.items():
         if os.environ.get(key, value) != value:
             return f"this process has {key}={os.environ[key]}, {name} needs {value}"
@@ -114,8 +124,10 @@ def load(name: str):
     entry = FRAMEWORKS[name]
     for key, value in entry.env_vars.items():
         os.environ[key] = value
+    from charrnn.common.bootstrap import quiet_import  # it imports this module
+    quiet_import(entry.requires)
     try:
-        module = importlib.import_module(entry.module)
+        module = importlib.import_module(f"charrnn.frameworks.{entry.module}")
     except ImportError as exc:
         raise Unavailable(f"{entry.module} failed to import: {exc}") from exc
     return module.VARIANTS[entry.variant] if entry.variant else module.MODEL

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from common.errors import CharRnnError
+from charrnn.common.errors import CharRnnError
 
 
 def split_ids(ids: np.ndarray, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,5 @@
+"""`python -m charrnn`: the `charrnn` command (charrnn.console)."""
+
+from charrnn.console import main
+
+main()
