@@ -10,6 +10,11 @@ modern environment) is imported only to draw, so the runner can use the log read
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # from any Python: re-run under the environment that has matplotlib
+    from charrnn.common.bootstrap import require_environment
+    require_environment("modern", "matplotlib",
+                        "make setup, or pip install 'char-rnn-bench[bench]'")
+
 import argparse
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -53,6 +53,10 @@ with --reference it rewrites the README's sweep block (between its sweep markers
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # from any Python: re-run under the environment that has pandas
+    from charrnn.common.bootstrap import require_environment
+    require_environment("modern", "pandas", "make setup, or pip install 'char-rnn-bench[bench]'")
+
 import argparse
 import json
 import math

@@ -63,6 +63,10 @@ from a run's records by `make reference-results` (benchmarks.report --reference)
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # from any Python: re-run under the environment that has pandas
+    from charrnn.common.bootstrap import require_environment
+    require_environment("modern", "pandas", "make setup, or pip install 'char-rnn-bench[bench]'")
+
 import argparse
 import dataclasses
 import hashlib

@@ -164,7 +164,7 @@ class TextGenerator:
         check_sampling(temperature, top_k, top_p)
         rng = np.random.default_rng(seed)
         return self._generator.generate(prefix, length, rng, temperature=temperature,
-                                        top_n=top_k, top_p=top_p, num_samples=n,
+                                        top_k=top_k, top_p=top_p, num_samples=n,
                                         on_chars=on_chars)
 
     # ---- saving ----------------------------------------------------------------------

@@ -266,3 +266,59 @@ def test_diverging_loss_stops_and_keeps_the_last_good_checkpoint(corpus, tmp_pat
     assert result["code"] == 2
     assert "diverged" in result["stderr"] and "Traceback" not in result["stderr"]
     assert (ck / "model.safetensors").read_bytes() == saved
+
+
+def test_repl_confirms_settings_and_honours_num_samples(tmp_path):
+    from charrnn.frameworks.numpy_model import NumpyCharRNN
+    from tests.cli_cases import run_cases
+    result = ok(run_cases(NumpyCharRNN, [{
+        "argv": ["repl", "--length", "10", "--num-samples", "2", "--random-seed", "1"],
+        "stdin": "KING\n:top_n 5\n:num_samples 1\n:temperature 0\nKING\n:length x\n"}])[0])
+    assert result["stdout"].count("--- sample ") == 2 and "--- sample 2 ---\nKING" in (
+        result["stdout"])
+    assert result["stdout"].endswith("\nKING" + result["stdout"].rsplit("KING", 1)[1])
+    assert len(result["stdout"].rsplit("\n", 2)[1]) == len("KING") + 10  # one, streamed
+    err = result["stderr"].splitlines()
+    assert ["top_k = 5", "num_samples = 1", "temperature = 0.0"] == [
+        line for line in err if " = " in line]
+    assert "error: :length needs an int" in err
+
+
+def test_repl_edits_lines_and_recalls_history_at_a_terminal(tmp_path):
+    """At a terminal the repl reads through readline: the Up arrow brings the last line
+    back (it printed ^[[A before), and the history is kept in ~/.charrnn_history."""
+    import os
+    import pty
+    import select
+    import time
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the repl on the pty, with its own home
+        os.environ["HOME"] = str(tmp_path)
+        os.execv(sys.executable, [sys.executable, str(ROOT / "numpy_model.py"), "repl",
+                                  "--length", "5", "--temperature", "0"])
+    output = b""
+
+    def prompts(count: int, timeout: float = 120) -> None:
+        """Read until the repl has shown its prompt `count` times."""
+        nonlocal output
+        deadline = time.time() + timeout
+        while output.count(b"> ") < count and time.time() < deadline:
+            if select.select([fd], [], [], 0.5)[0]:
+                try:
+                    output += os.read(fd, 4096)
+                except OSError:  # the child is gone
+                    return
+
+    prompts(1)
+    os.write(fd, b"KING\r")
+    prompts(2)
+    os.write(fd, b"\x1b[A\r")  # Up arrow, enter: KING again
+    prompts(3)
+    os.write(fd, b":quit\r")
+    os.waitpid(pid, 0)
+    text = output.decode(errors="replace")
+    assert "^[[A" not in text
+    completions = [line for line in text.replace("\r", "").splitlines()
+                   if line.startswith("KING") and len(line) == len("KING") + 5]
+    assert len(completions) == 2 and completions[0] == completions[1], text
+    assert "KING" in (tmp_path / ".charrnn_history").read_text()

@@ -88,11 +88,11 @@ def test_split_and_streams():
 
 
 # ---- sampling ----------------------------------------------------------------------------
-def test_sampling_top_n_and_temperature():
+def test_sampling_top_k_and_temperature():
     logits = np.log(np.array([[1e-9, 0.5, 0.3, 0.2]]))
-    np.testing.assert_allclose(next_char_probs(logits, 1.0, top_n=2), [[0, 0.625, 0.375, 0]])
+    np.testing.assert_allclose(next_char_probs(logits, 1.0, top_k=2), [[0, 0.625, 0.375, 0]])
     np.testing.assert_allclose(next_char_probs(logits, 0.0), [[0, 1, 0, 0]])
-    p = next_char_probs(logits, 0.5, top_n=0)
+    p = next_char_probs(logits, 0.5, top_k=0)
     expected = np.array([0.5, 0.3, 0.2]) ** 2
     np.testing.assert_allclose(p[0, 1:], expected / expected.sum())
     assert p[0, 0] == 0  # the unknown id is never sampled
@@ -130,9 +130,9 @@ def test_sampler_is_the_definition_bit_for_bit():
             logits[0, 7] = np.nan
         if trial == 6:
             logits[-1, 9] = np.inf
-        temperature, top_n, top_p = settings[trial % len(settings)]
+        temperature, top_k, top_p = settings[trial % len(settings)]
         with np.errstate(invalid="ignore"):
-            probs = next_char_probs(logits, temperature, top_n, top_p)
+            probs = next_char_probs(logits, temperature, top_k, top_p)
         cdf = np.cumsum(probs[0])
         steps = cdf[probs[0] > 0] / cdf[-1] if np.isfinite(cdf[-1]) else np.array([])
         # Zero, and the largest uniform below 1, where u * total may round up to the top.
@@ -141,12 +141,12 @@ def test_sampler_is_the_definition_bit_for_bit():
         for step in steps[:-1]:
             uniforms += [np.full(batch, u) for u in (np.nextafter(step, 0), step,
                                                      np.nextafter(step, 1))]
-        sampler = Sampler(temperature, top_n, top_p)
+        sampler = Sampler(temperature, top_k, top_p)
         for u in uniforms:
             with np.errstate(invalid="ignore"):
                 ids = sampler(logits, u)
             assert ids.dtype == np.int32
-            assert ids.tolist() == inverse_cdf(probs, u).tolist(), (temperature, top_n, top_p)
+            assert ids.tolist() == inverse_cdf(probs, u).tolist(), (temperature, top_k, top_p)
 
 
 def test_uniforms_drawn_at_once_are_the_same_draws():
@@ -260,7 +260,7 @@ def test_parser_defaults_match_config():
     _, cfg = parse_args(["train", "--restore", "--seq-len", "32", "--threads=2"], "x")
     assert cfg.restore == "" and cfg.seq_len == 32 and cfg.threads == 2
     _, cfg = parse_args(["generate", "--seed", "KING", "--temperature", "0"], "x")
-    assert cfg.seed == "KING" and cfg.temperature == 0.0 and cfg.top_n == 3
+    assert cfg.seed == "KING" and cfg.temperature == 0.0 and cfg.top_k == 3
 
 
 @pytest.mark.parametrize("argv", [["train", "--seq-len", "0"], ["train", "--batch-size", "-1"],

@@ -53,6 +53,17 @@ def ensure_environment(env: str, module: str) -> None:
     os.execv(str(python), [str(python), *sys.orig_argv[1:]])
 
 
+def require_environment(env: str, module: str, hint: str) -> None:
+    """For a tool run as a command (`python -m benchmarks.plot`): re-execute under
+    environment `env` when `module` is missing here, as the framework scripts do; where
+    no environment has it, say so in one line (`hint`: how to install it) and exit 2."""
+    ensure_environment(env, module)
+    if importlib.util.find_spec(module) is None:
+        print(f"error: {module} is not installed in this Python ({sys.executable}): {hint}",
+              file=sys.stderr)
+        sys.exit(2)
+
+
 # Frameworks whose native libraries print banners on stderr at import, below Python
 # (TensorFlow's oneDNN notice ignores TF_CPP_MIN_LOG_LEVEL): imported with fd 2 muted.
 QUIET_IMPORTS = ("tensorflow", "keras")

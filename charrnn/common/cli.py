@@ -69,6 +69,7 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, config_cls,
     for f in dataclasses.fields(config_cls):
         meta = dict(f.metadata)
         meta.pop("resume", None)
+        aliases = meta.pop("aliases", ())
         help_text = meta.pop("help", "")
         positive = meta.pop("positive", False)
         non_negative = meta.pop("non_negative", False)
@@ -80,7 +81,7 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, config_cls,
             kwargs["type"] = _number(kind, positive, non_negative, kind.__name__)
             kwargs["metavar"] = "N" if kind is int else "X"
         kwargs.update(meta)
-        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, **kwargs)
+        parser.add_argument("--" + f.name.replace("_", "-"), *aliases, dest=f.name, **kwargs)
 
 
 def build_parser(prog: str, defaults: bool = True) -> argparse.ArgumentParser:

@@ -270,7 +270,8 @@ class GenerateConfig(DeviceFlags):
     text_path: str | None = flag(None, "take a random seed of seq_len characters from this text")
     seed: str | None = flag(None, "seed text the generated text continues")
     length: int = flag(1024, "characters to generate", non_negative=True)
-    top_n: int = flag(3, "sample only among the n most likely characters (0 = all)",
+    top_k: int = flag(3, "sample only among the k most likely characters (0 = all); "
+                      "--top-n is the original suite's name for it", aliases=("--top-n",),
                       non_negative=True)
     temperature: float = flag(1.0, "softmax temperature; 0 means greedy", non_negative=True)
     top_p: float = flag(1.0, "nucleus sampling: smallest set with this total probability")

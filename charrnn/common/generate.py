@@ -82,7 +82,7 @@ class Generator:
         return self._warm
 
     def generate(self, seed: str, length: int, rng: np.random.Generator, *,
-                 temperature: float = 1.0, top_n: int = 3, top_p: float = 1.0,
+                 temperature: float = 1.0, top_k: int = 3, top_p: float = 1.0,
                  num_samples: int = 1,
                  on_chars: Callable[[list[str]], None] | None = None) -> list[str]:
         """`num_samples` continuations of `seed`, generated together as one batch.
@@ -94,7 +94,7 @@ class Generator:
         which may run the loop inside the framework's graph. `on_chars` receives each step's
         characters, one per sample, as they come. Returns the generated texts (without the seed).
         """
-        sampler = Sampler(temperature, top_n, top_p)
+        sampler = Sampler(temperature, top_k, top_p)
         seed_ids = self.check_seed(seed)
         ids = np.tile(seed_ids, (num_samples, 1)).astype(np.int32)  # (num_samples, len(seed))
         h, c = self.warm_state()
@@ -196,7 +196,7 @@ def run_generate(model_cls: type[CharRNN], cfg: GenerateConfig, out: TextIO | No
     """The `generate` command: stream one sample to `out` as it is made, or print each of
     --num-samples after the batch finishes; a timing line goes to `err`."""
     out, err = out or sys.stdout, err or sys.stderr
-    check_sampling(cfg.temperature, cfg.top_n, cfg.top_p)
+    check_sampling(cfg.temperature, cfg.top_k, cfg.top_p)
     loaded = load_for_generation(model_cls, cfg.checkpoint_path, cfg.device, cfg.threads,
                                  not cfg.cold_start)
     print(f"using {loaded.source}", file=err, flush=True)
@@ -221,7 +221,7 @@ def run_generate(model_cls: type[CharRNN], cfg: GenerateConfig, out: TextIO | No
         out.flush()
     start = time.perf_counter()
     texts = loaded.generator.generate(
-        seed, cfg.length, rng, temperature=cfg.temperature, top_n=cfg.top_n, top_p=cfg.top_p,
+        seed, cfg.length, rng, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
         num_samples=cfg.num_samples, on_chars=on_chars)
     duration_s = time.perf_counter() - start
     if stream:
@@ -244,64 +244,114 @@ def run_generate(model_cls: type[CharRNN], cfg: GenerateConfig, out: TextIO | No
     return texts
 
 
-REPL_SETTINGS = {"temperature": float, "top_n": int, "top_p": float, "length": int}
+REPL_SETTINGS = {"temperature": float, "top_k": int, "top_p": float, "length": int,
+                 "num_samples": int}
+REPL_ALIASES = {"top_n": "top_k"}  # the original suite's name
 REPL_HELP = ("type a seed and press enter; settings: "
              + ", ".join(f":{name} VALUE" for name in REPL_SETTINGS) + "; :quit to exit")
+HISTORY_PATH = Path.home() / ".charrnn_history"  # the repl's lines, as ~/.python_history
 
 
 def run_repl(model_cls: type[CharRNN], cfg: GenerateConfig, inp: TextIO | None = None,
              out: TextIO | None = None, err: TextIO | None = None) -> None:
-    """Read a line, print its completion, loop until end of input (or Ctrl-C)."""
+    """Read a line, print its completion(s), loop until end of input, :quit or Ctrl-C.
+
+    At a terminal the line is edited and remembered by the standard library's
+    readline (the arrows, Ctrl-R; kept in ~/.charrnn_history); a changed setting is
+    confirmed on stderr. --num-samples N prints N completions of each line, generated
+    as one batch (one streams as it is made)."""
     inp, out, err = inp or sys.stdin, out or sys.stdout, err or sys.stderr
-    check_sampling(cfg.temperature, cfg.top_n, cfg.top_p)
+    check_sampling(cfg.temperature, cfg.top_k, cfg.top_p)
     loaded = load_for_generation(model_cls, cfg.checkpoint_path, cfg.device, cfg.threads,
                                  not cfg.cold_start)
-    interactive = inp.isatty()
+    interactive = inp.isatty() and inp is sys.stdin
     print(f"using {loaded.source}", file=err, flush=True)
+    history = _LineHistory() if interactive else None
     if interactive:
         print(REPL_HELP, file=err, flush=True)
     rng = np.random.default_rng(cfg.random_seed)
     settings = cfg
-    while True:
-        if interactive:
-            err.write("> ")
-            err.flush()
-        try:
-            line = inp.readline()
-        except KeyboardInterrupt:
-            break
-        if not line:
-            break
-        line = line.rstrip("\n")
-        if line.startswith(":"):
+    try:
+        while True:
             try:
-                settings = _repl_command(line, settings)
+                line = input("> ") if history is not None else inp.readline()
+            except (KeyboardInterrupt, EOFError):
+                break
+            if history is None and not line:
+                break
+            line = line.rstrip("\n")
+            if line.startswith(":"):
+                try:
+                    changed = _repl_command(line, settings)
+                except CharRnnError as exc:
+                    print(f"error: {exc}", file=err, flush=True)
+                    continue
+                if changed is None:
+                    break
+                for name in REPL_SETTINGS:
+                    if getattr(changed, name) != getattr(settings, name):
+                        print(f"{name} = {getattr(changed, name)}", file=err, flush=True)
+                settings = changed
+                continue
+            if not line:
+                continue
+            try:
+                loaded.generator.check_seed(line)
             except CharRnnError as exc:
                 print(f"error: {exc}", file=err, flush=True)
                 continue
-            if settings is None:
-                break
-            continue
-        if not line:
-            continue
-        try:
-            loaded.generator.check_seed(line)
-        except CharRnnError as exc:
-            print(f"error: {exc}", file=err, flush=True)
-            continue
+            _complete(loaded.generator, line, settings, rng, out)
+    finally:
+        if history is not None:
+            history.save()
+            err.write("\n")
+
+
+def _complete(generator: Generator, line: str, settings: GenerateConfig,
+              rng: np.random.Generator, out: TextIO) -> None:
+    """The repl's completion(s) of `line`: one streamed, or each of num_samples after the
+    batch, under a `--- sample k ---` line as `generate` prints them."""
+    stream = settings.num_samples == 1
+    if stream:
         out.write(line)
         out.flush()
-        try:
-            loaded.generator.generate(
-                line, settings.length, rng, temperature=settings.temperature,
-                top_n=settings.top_n, top_p=settings.top_p,
-                on_chars=lambda chars: (out.write(chars[0]), out.flush()))
-        except KeyboardInterrupt:
-            pass
+    try:
+        texts = generator.generate(
+            line, settings.length, rng, temperature=settings.temperature,
+            top_k=settings.top_k, top_p=settings.top_p, num_samples=settings.num_samples,
+            on_chars=(lambda chars: (out.write(chars[0]), out.flush())) if stream else None)
+    except KeyboardInterrupt:
+        texts = None
+    if stream or texts is None:
         out.write("\n")
-        out.flush()
-    if interactive:
-        err.write("\n")
+    else:
+        out.write("".join(f"--- sample {k + 1} ---\n{line}{text}\n"
+                          for k, text in enumerate(texts)))
+    out.flush()
+
+
+class _LineHistory:
+    """readline's line editing and a history file, where the platform has readline."""
+
+    def __init__(self):
+        try:
+            import readline
+        except ImportError:  # no readline here: plain input() still works
+            self.readline = None
+            return
+        self.readline = readline
+        readline.set_history_length(1000)
+        try:
+            readline.read_history_file(HISTORY_PATH)
+        except OSError:  # none yet, or unreadable: start empty
+            pass
+
+    def save(self) -> None:
+        if self.readline is not None:
+            try:
+                self.readline.write_history_file(HISTORY_PATH)
+            except OSError:  # a read-only home: the history is not worth an error
+                pass
 
 
 def _repl_command(line: str, settings: GenerateConfig) -> GenerateConfig | None:
@@ -310,16 +360,21 @@ def _repl_command(line: str, settings: GenerateConfig) -> GenerateConfig | None:
     if not parts or parts[0] in ("quit", "exit", "q"):
         return None if parts else settings
     name = parts[0].replace("-", "_")
+    name = REPL_ALIASES.get(name, name)
     if name == "help":
         raise CharRnnError(REPL_HELP)
     if name not in REPL_SETTINGS or len(parts) != 2:
         raise CharRnnError(f"unknown command {line!r}; {REPL_HELP}")
+    kind = REPL_SETTINGS[name].__name__
     try:
         value = REPL_SETTINGS[name](parts[1])
     except ValueError:
-        raise CharRnnError(f":{name} needs a {REPL_SETTINGS[name].__name__}") from None
+        raise CharRnnError(f":{name} needs a{'n' if kind[0] in 'aeiou' else ''} {kind}"
+                           ) from None
     new = replace(settings, **{name: value})
-    check_sampling(new.temperature, new.top_n, new.top_p)
+    check_sampling(new.temperature, new.top_k, new.top_p)
     if new.length < 0:
         raise CharRnnError(":length must be >= 0")
+    if new.num_samples < 1:
+        raise CharRnnError(":num_samples must be >= 1")
     return new

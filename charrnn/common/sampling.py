@@ -1,11 +1,11 @@
-"""Choosing the next character from logits: temperature, top-n, top-p, one seeded generator.
+"""Choosing the next character from logits: temperature, top-k, top-p, one seeded generator.
 
 The same code for every framework, so the same weights and seed give the same
 text everywhere. `next_char_probs` and `sample` are the definition, written to be
 read; `Sampler` is what generation runs: the same ids from the same numbers with
 half the NumPy calls.
 
-    >>> probs = next_char_probs(np.log([[0.5, 0.3, 0.2]]), temperature=1.0, top_n=2)
+    >>> probs = next_char_probs(np.log([[0.5, 0.3, 0.2]]), temperature=1.0, top_k=2)
     >>> probs.round(3).tolist()
     [[0.625, 0.375, 0.0]]
 """
@@ -19,20 +19,20 @@ import numpy as np
 from charrnn.common.errors import CharRnnError
 
 
-def check_sampling(temperature: float, top_n: int, top_p: float) -> None:
+def check_sampling(temperature: float, top_k: int, top_p: float) -> None:
     if temperature < 0:
         raise CharRnnError(f"--temperature {temperature}: must be >= 0 (0 is greedy)")
-    if top_n < 0:
-        raise CharRnnError(f"--top-n {top_n}: must be >= 0 (0 keeps all)")
+    if top_k < 0:
+        raise CharRnnError(f"--top-k {top_k}: must be >= 0 (0 keeps all)")
     if not 0.0 < top_p <= 1.0:
         raise CharRnnError(f"--top-p {top_p}: must be in (0, 1]")
 
 
-def next_char_probs(logits: np.ndarray, temperature: float = 1.0, top_n: int = 0,
+def next_char_probs(logits: np.ndarray, temperature: float = 1.0, top_k: int = 0,
                     top_p: float = 1.0) -> np.ndarray:
     """Sampling distribution (batch, vocab_size) float64 from logits (batch, vocab_size).
 
-    In order: softmax of logits / temperature; keep the top_n most likely (0 = all,
+    In order: softmax of logits / temperature; keep the top_k most likely (0 = all,
     the original suite's default is 3); keep the smallest set whose probability
     reaches top_p; renormalise. Temperature 0 puts all mass on the argmax. Id 0
     (unknown, decodes to "") is never sampled.
@@ -51,8 +51,8 @@ def next_char_probs(logits: np.ndarray, temperature: float = 1.0, top_n: int = 0
     order = np.argsort(-probs, axis=1, kind="stable")
     sorted_probs = np.take_along_axis(probs, order, axis=1)
     keep = np.ones_like(sorted_probs, dtype=bool)
-    if top_n > 0:
-        keep[:, top_n:] = False
+    if top_k > 0:
+        keep[:, top_k:] = False
     if top_p < 1.0:
         # Keep a rank while the mass before it is still below top_p (always the first).
         before = np.cumsum(sorted_probs, axis=1) - sorted_probs
@@ -93,9 +93,9 @@ class Sampler:
     turns in one run, on a slower day than the first figures).
     """
 
-    def __init__(self, temperature: float = 1.0, top_n: int = 0, top_p: float = 1.0):
-        check_sampling(temperature, top_n, top_p)
-        self.temperature, self.top_n, self.top_p = temperature, top_n, top_p
+    def __init__(self, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0):
+        check_sampling(temperature, top_k, top_p)
+        self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
 
     def __call__(self, logits: np.ndarray, u: np.ndarray) -> np.ndarray:
         """Ids (batch,) int32 from logits (batch, vocab_size) and uniforms u (batch,)."""
@@ -116,16 +116,16 @@ class Sampler:
             np.exp(probs, out=probs)
             totals = probs.sum(axis=1, keepdims=True)
         if not all(map(math.isfinite, np.ravel(totals).tolist())):  # NaN or inf logits
-            return inverse_cdf(next_char_probs(logits, self.temperature, self.top_n,
+            return inverse_cdf(next_char_probs(logits, self.temperature, self.top_k,
                                                self.top_p), u).astype(np.int32)
         probs /= totals
         vocab_size = probs.shape[1]
-        top = self.top_n or vocab_size
+        top = self.top_k or vocab_size
         order = (np.argsort(-probs[0], kind="stable")[None, :top] if one
                  else np.argsort(-probs, axis=1, kind="stable")[:, :top])
         ids = np.empty(len(probs), np.int32)
         for b, (row, ranks) in enumerate(zip(probs, order)):
-            ranked = row[ranks]  # the top_n probabilities, descending
+            ranked = row[ranks]  # the top_k probabilities, descending
             if self.top_p < 1.0:
                 kept = np.count_nonzero(np.cumsum(ranked) - ranked < self.top_p)
                 ranks, ranked = ranks[:kept], ranked[:kept]

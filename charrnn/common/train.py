@@ -490,7 +490,7 @@ def _log_samples(generator: Generator, cfg: TrainConfig, epoch: int, log: RunLog
     for temperature in SAMPLE_TEMPERATURES:
         rng = np.random.default_rng([cfg.random_seed, epoch])
         text = generator.generate("\n", cfg.sample_length, rng, temperature=temperature,
-                                  top_n=0)[0]
+                                  top_k=0)[0]
         samples[str(temperature)] = text
         log.info(f"sample at temperature {temperature}:\n{text}\n")
     return samples
