@@ -6,7 +6,8 @@ own environment (another venv, another KERAS_BACKEND):
     python -m tests.conformance pytorch      # prints one JSON object
 
 Everything starts from the same portable weights and the same fixed batches. Every
-cell meets every optimiser (CASES), plus one case with both penalties on.
+cell meets every optimiser (CASES), plus one case with both penalties on and one per
+optimiser with the linear learning-rate schedule.
 """
 
 from __future__ import annotations
@@ -32,6 +33,10 @@ OPTIMS = {"adam": OptimConfig(learning_rate=0.01, clip_norm=1.0),
 CASES = {f"{cell}-{name}": (cell, optim) for cell in CELLS for name, optim in OPTIMS.items()}
 CASES["lstm-adam-l1-l2"] = ("lstm", OptimConfig(learning_rate=0.01, clip_norm=1.0,
                                                 l1=1e-3, l2=1e-2))
+# The linear schedule (docs/SPEC.md section 9) with each optimiser: `set_learning_rate`
+# before every step must reach the update, also where the update is a compiled graph.
+for _name, _optim in OPTIMS.items():
+    CASES[f"lstm-{_name}-linear"] = ("lstm", dataclasses.replace(_optim, lr_schedule="linear"))
 TOLERANCES = {"logits": 1e-5, "loss": 1e-6, "grads": 1e-5, "loss_after_steps": 1e-4,
               "weights_round_trip": 0.0, "state": 1e-5}
 
@@ -89,7 +94,11 @@ def measure(model_cls, case: str = "lstm-adam") -> dict:
     # 20 training steps with the state carried: the loss curves must agree.
     ref_state, state = ref.zero_state(BATCH_SIZE), model.zero_state(BATCH_SIZE)
     ref_curve, curve = [], []
-    for x, y in batches:
+    for step, (x, y) in enumerate(batches, 1):
+        if optim.lr_schedule != "constant":  # as the training loop sets it
+            rate = optim.learning_rate_at(step, len(batches))
+            ref.set_learning_rate(rate)
+            model.set_learning_rate(rate)
         loss, ref_state = ref.train_step(x, y, ref_state)
         ref_curve.append(loss)
         loss, state = model.train_step(x, y, state)

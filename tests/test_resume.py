@@ -53,7 +53,8 @@ def test_moved_text_resumes_and_python_api_resumes_bare(corpus, tmp_path):
     ck, log = tmp_path / "ck", tmp_path / "run.log"
     mine = tmp_path / "mine.txt"
     mine.write_text(corpus.read_text())
-    common = ["--num-epochs", "2", "--sample-length", "0"]
+    # The linear schedule too: each update's rate follows from the step, so a resume keeps it.
+    common = ["--num-epochs", "2", "--sample-length", "0", "--lr-schedule", "linear"]
     ok(_train(["--text-path", str(mine), *TINY, *common, "--max-steps", "10",
                "--checkpoint-path", str(ck), "--log-path", str(log)]))
     moved = mine.rename(tmp_path / "moved.txt")

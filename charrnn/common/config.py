@@ -21,6 +21,7 @@ from charrnn.common.errors import CharRnnError
 CELLS = ("lstm", "gru", "rnn")  # docs/SPEC.md section 8
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}  # blocks of H rows in a cell's kernels
 OPTIMIZERS = ("adam", "rmsprop", "sgd")  # docs/SPEC.md section 9
+LR_SCHEDULES = ("constant", "linear")  # docs/SPEC.md section 9
 
 
 # What `train --restore` does with a flag (docs/SPEC.md section 10, "Resuming"):
@@ -151,6 +152,9 @@ class OptimFlags:
                      non_negative=True)
     l2: float = flag(0.0, "L2 penalty on the kernels of the recurrent and dense layers",
                      non_negative=True)
+    lr_schedule: str = flag("constant", "learning rate over the run: constant, or linear "
+                            "(decays to zero at the run's last step, as textgenrnn's)",
+                            choices=LR_SCHEDULES)
 
 
 @dataclass(frozen=True)
@@ -175,10 +179,22 @@ class OptimConfig(OptimFlags):
                                    "in [0, 1)")
         if self.l1 < 0 or self.l2 < 0:
             raise CharRnnError(f"penalties must be >= 0 (--l1 {self.l1}, --l2 {self.l2})")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise CharRnnError(f"unknown --lr-schedule {self.lr_schedule!r}: choose from "
+                               f"{', '.join(LR_SCHEDULES)}")
 
     @property
     def penalised(self) -> bool:
         return self.l1 > 0 or self.l2 > 0
+
+    def learning_rate_at(self, step: int, total_steps: int) -> float:
+        """The learning rate of update `step` (1-based) of a run of `total_steps`:
+        constant, or linear, learning_rate * (1 - (step - 1) / total_steps), so the first
+        update takes the full rate and the rate would reach zero one step after the last
+        (docs/SPEC.md section 9)."""
+        if self.lr_schedule == "constant":
+            return self.learning_rate
+        return self.learning_rate * max(0.0, 1.0 - (step - 1) / max(total_steps, 1))
 
     def slots(self) -> tuple[str, ...]:
         """The per-parameter state arrays the optimiser keeps: Adam's moments m and v,

@@ -167,6 +167,13 @@ class CharRNN(abc.ABC):
         penalty, global-norm clip, the optimiser's step. Returns the batch's mean
         cross-entropy in nats (as a Python float, so the clock is synchronised)."""
 
+    @abc.abstractmethod
+    def set_learning_rate(self, learning_rate: float) -> None:
+        """The learning rate of the next `train_step`'s update and those after it, until
+        set again: `--lr-schedule` sets it before every step (docs/SPEC.md section 9).
+        It must reach an update that a compiled graph runs (a variable or an input,
+        not a constant traced in), and leave the optimiser's state as it is."""
+
     def eval_step(self, x: np.ndarray, y: np.ndarray, state: State) -> tuple[float, State]:
         """Mean cross-entropy of one batch in evaluation mode, no update."""
         logits, state = self.forward(x, state)

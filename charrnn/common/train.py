@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 import os
 import platform
@@ -32,7 +33,7 @@ from charrnn.common.checkpoint import (
     restore_native,
     save_checkpoint,
 )
-from charrnn.common.config import ModelConfig, TrainConfig
+from charrnn.common.config import ModelConfig, OptimConfig, TrainConfig
 from charrnn.common.distributed import Agreement, World, config_digest, world_from_env
 from charrnn.common.errors import CharRnnError, Stopped
 from charrnn.common.framework import CharRNN, Device
@@ -318,6 +319,10 @@ class _Loop:
     last_save: float = dataclasses.field(default_factory=time.perf_counter)
     saving_s: float = 0.0  # periodic saves within this epoch, left out of its duration
 
+    @functools.cached_property
+    def optim(self) -> OptimConfig:
+        return self.cfg.optim_config()
+
     def save(self, reason: str) -> float:
         """Write the checkpoint; returns how long it took (logged: the cost of a save).
 
@@ -396,6 +401,9 @@ class _Loop:
                 break
             x, y = batches.batch(epoch, j)
             x, y = x[self.rows], y[self.rows]
+            if self.optim.lr_schedule != "constant":  # the rate of this step's update
+                self.model.set_learning_rate(self.optim.learning_rate_at(
+                    progress.step + 1, cfg.num_epochs * len(batches)))
             t0 = time.perf_counter()
             with self.agree.watchdog.armed(f"training step {progress.step + 1}"):
                 loss, state = self.model.train_step(x, y, self.state)  # a float: synced

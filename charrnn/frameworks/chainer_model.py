@@ -515,6 +515,10 @@ class ChainerCharRNN(CharRNN):
         self.net.cleargrads()
         return float(loss.array), grads, state
 
+    def set_learning_rate(self, learning_rate):
+        # Every parameter's update rule reads `lr` from the optimiser's hyperparameters.
+        self.optimizer.hyperparam.lr = learning_rate
+
     def train_step(self, x, y, state):
         # Chainer's F.dropout draws a mask even at ratio 0; "train" only switches dropout.
         with chainer.using_config("train", self.config.drop_rate > 0):

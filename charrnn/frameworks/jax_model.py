@@ -186,14 +186,17 @@ def make_optimizer(optim: OptimConfig) -> optax.GradientTransformation:
     with these arguments. adam: PyTorch's (bias-corrected, eps outside the sqrt).
     rmsprop: eps_in_sqrt=False (its default puts eps inside the sqrt), initial_scale 0,
     uncentred, no momentum. sgd: `trace`, b = momentum b + g (nesterov off); with
-    momentum 0 no buffer at all."""
+    momentum 0 no buffer at all.
+
+    Built with a learning rate of 1: its last transformation multiplies by -1, and the
+    compiled step multiplies by the learning rate, an input (`set_learning_rate`), so a
+    schedule changes it without recompiling. -u * lr is u * -lr to the bit."""
     if optim.optimizer == "rmsprop":
-        tx = optax.rmsprop(optim.learning_rate, decay=optim.decay_rate, eps=optim.eps,
-                           eps_in_sqrt=False)
+        tx = optax.rmsprop(1.0, decay=optim.decay_rate, eps=optim.eps, eps_in_sqrt=False)
     elif optim.optimizer == "sgd":
-        tx = optax.sgd(optim.learning_rate, momentum=optim.momentum or None)
+        tx = optax.sgd(1.0, momentum=optim.momentum or None)
     else:
-        tx = optax.adam(optim.learning_rate, optim.beta1, optim.beta2, eps=optim.eps)
+        tx = optax.adam(1.0, optim.beta1, optim.beta2, eps=optim.eps)
     return optax.chain(optax.clip_by_global_norm(optim.clip_norm), tx)
 
 
@@ -273,6 +276,7 @@ class JaxCharRNN(CharRNN):
         penalty = penalty_fn(config, optim)
         self.opt_state = self._put(tx.init(self.params))
         self.key = self._put(jax.random.key(seed))  # dropout; split once per train step
+        self.learning_rate = np.float32(optim.learning_rate)  # set_learning_rate changes it
 
         def loss_fn(params, x, y, state, dropout_key=None):
             """What is differentiated (the mean loss, plus the penalties when one is on),
@@ -288,13 +292,14 @@ class JaxCharRNN(CharRNN):
                 params, x, y, state, dropout_key)
             return grads, key, losses, state
 
-        def update(params, opt_state, grads):
+        def update(params, opt_state, grads, lr):
             updates, opt_state = tx.update(grads, opt_state, params)  # clip, then step
+            updates = jax.tree.map(lambda u: u * lr, updates)
             return optax.apply_updates(params, updates), opt_state
 
-        def train(params, opt_state, key, x, y, state):
+        def train(params, opt_state, key, lr, x, y, state):
             grads, key, losses, state = gradient(params, key, x, y, state)
-            return *update(params, opt_state, grads), key, losses, state
+            return *update(params, opt_state, grads, lr), key, losses, state
 
         # One compile per input shape (training, validation and generation batches may
         # differ); params and optimiser slots are donated so XLA updates them in place. The
@@ -404,16 +409,20 @@ class JaxCharRNN(CharRNN):
                                                   np.asarray(y, np.int32), state)
         return mean_loss(losses), from_flax(grads, self.config), state
 
+    def set_learning_rate(self, learning_rate):
+        self.learning_rate = np.float32(learning_rate)  # an input of the compiled step
+
     def train_step(self, x, y, state):
         if self.world.size > 1:
             grads, self.key, losses, state = self._gradient(
                 self.params, self.key, np.asarray(x, np.int32), np.asarray(y, np.int32), state)
             self.params, self.opt_state = self._update(self.params, self.opt_state,
-                                                       self._world_mean(grads))
+                                                       self._world_mean(grads),
+                                                       self.learning_rate)
             return mean_loss(losses), state
         self.params, self.opt_state, self.key, losses, state = self._train(
-            self.params, self.opt_state, self.key, np.asarray(x, np.int32),
-            np.asarray(y, np.int32), state)
+            self.params, self.opt_state, self.key, self.learning_rate,
+            np.asarray(x, np.int32), np.asarray(y, np.int32), state)
         return mean_loss(losses), state  # reading the losses waits for the device
 
     # ---- native checkpoints ------------------------------------------------------------

@@ -539,6 +539,10 @@ class KerasCharRNN(CharRNN):
         loss, g, state = self._grads(self._ids(x), self._ids(y), list(state))
         return float(loss), self._canonical(g), tuple(state)
 
+    def set_learning_rate(self, learning_rate):
+        # A Keras variable (in opt.variables, so the JAX step takes it as an input).
+        self.optimizer.learning_rate = learning_rate
+
     def train_step(self, x, y, state):
         loss, state = self._train(self._ids(x), self._ids(y), list(state))
         return float(loss), tuple(state)  # float() waits for the device

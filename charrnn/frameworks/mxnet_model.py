@@ -356,6 +356,9 @@ class MxnetCharRNN(CharRNN):
                  for name, (trained, _) in self._native().items()}
         return float(loss.asscalar()), grads, state
 
+    def set_learning_rate(self, learning_rate):
+        self.trainer.set_learning_rate(learning_rate)  # the optimizer's lr, read per step
+
     def train_step(self, x, y, state):
         loss, state = self._loss(self.net, x, y, state)
         gluon.utils.clip_global_norm([p.grad() for p in self.params], self.optim.clip_norm,

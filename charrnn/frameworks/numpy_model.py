@@ -278,6 +278,7 @@ class NumpyCharRNN(NumpyState, CharRNN):
         self.slots = {slot: {name: np.zeros_like(a) for name, a in self.params.items()}
                       for slot in optim.slots()}
         self.count = 0
+        self.learning_rate = optim.learning_rate  # set_learning_rate changes it
         self.rng = np.random.default_rng(seed)  # dropout masks
 
     @classmethod
@@ -406,11 +407,14 @@ class NumpyCharRNN(NumpyState, CharRNN):
         self._update(clip_by_global_norm(grads, self.optim.clip_norm))
         return loss, state  # the cross-entropy: the penalty is logged on its own
 
+    def set_learning_rate(self, learning_rate):
+        self.learning_rate = learning_rate
+
     def _update(self, grads):
         """One optimiser step on the clipped gradients (SPEC sections 4 and 9)."""
         o = self.optim
         self.count += 1
-        lr = np.float32(o.learning_rate)
+        lr = np.float32(self.learning_rate)
         for name, g in grads.items():
             if o.optimizer == "adam":  # Kingma & Ba with PyTorch's epsilon placement
                 m, v = self.slots["m"][name], self.slots["v"][name]
@@ -421,7 +425,7 @@ class NumpyCharRNN(NumpyState, CharRNN):
                 correction1 = 1.0 - o.beta1 ** self.count
                 correction2 = 1.0 - o.beta2 ** self.count
                 denom = np.sqrt(v) / np.float32(np.sqrt(correction2)) + np.float32(o.eps)
-                self.params[name] -= np.float32(o.learning_rate / correction1) * m / denom
+                self.params[name] -= np.float32(self.learning_rate / correction1) * m / denom
             elif o.optimizer == "rmsprop":  # v = rho v + (1 - rho) g^2; p -= lr g / (sqrt(v) + eps)
                 v = self.slots["v"][name]
                 v *= np.float32(o.decay_rate)

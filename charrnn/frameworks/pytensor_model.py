@@ -186,6 +186,8 @@ class PytensorCharRNN(NumpyState, CharRNN):
         self.slots = {slot: {n: pytensor.shared(np.zeros_like(a), name=f"{slot}.{n}")
                              for n, a in weights.items()} for slot in optim.slots()}
         self.count = pytensor.shared(np.int64(0), name="count")
+        # Shared, not a constant of the graph: `set_learning_rate` changes it between steps.
+        self.lr = pytensor.shared(np.float64(optim.learning_rate), name="learning_rate")
         self.rng = pytensor.shared(np.random.default_rng(seed), name="dropout_rng")
         self.graph = Graph(config, self.p, self.rng)
         self._compiled: dict[str, object] = {}
@@ -254,14 +256,14 @@ class PytensorCharRNN(NumpyState, CharRNN):
         o, slots = self.optim, self.slots
         if o.optimizer == "adam":
             # PyTorch's formula: bias corrections in float64, applied in float32.
-            step_size = pt.cast(o.learning_rate / (1.0 - o.beta1 ** t), "float32")
+            step_size = pt.cast(self.lr / (1.0 - o.beta1 ** t), "float32")
             root_c2 = pt.cast(pt.sqrt(1.0 - o.beta2 ** t), "float32")
             m = np.float32(o.beta1) * slots["m"][name] + np.float32(1 - o.beta1) * g
             v = np.float32(o.beta2) * slots["v"][name] + np.float32(1 - o.beta2) * g * g
             denom = pt.sqrt(v) / root_c2 + np.float32(o.eps)
             return [(slots["m"][name], m), (slots["v"][name], v),
                     (param, param - step_size * m / denom)]
-        lr = np.float32(o.learning_rate)
+        lr = pt.cast(self.lr, "float32")
         if o.optimizer == "rmsprop":  # not centred, no momentum, eps outside the sqrt
             v = (np.float32(o.decay_rate) * slots["v"][name]
                  + np.float32(1 - o.decay_rate) * g * g)
@@ -325,6 +327,9 @@ class PytensorCharRNN(NumpyState, CharRNN):
         loss, h, c, *grads = self._function("grads")(np.asarray(x, np.int32),
                                                      np.asarray(y, np.int32), *state)
         return float(loss), dict(zip(self.p, (np.array(g) for g in grads))), (h, c)
+
+    def set_learning_rate(self, learning_rate):
+        self.lr.set_value(np.float64(learning_rate))
 
     def train_step(self, x, y, state):
         loss, h, c = self._function("train")(np.asarray(x, np.int32),

@@ -309,6 +309,10 @@ class TorchCharRNN(CharRNN):
         self.optimizer.zero_grad(set_to_none=True)
         return loss.item(), grads, state
 
+    def set_learning_rate(self, learning_rate):
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate
+
     def train_step(self, x, y, state):
         self.net.train()
         self.optimizer.zero_grad(set_to_none=True)

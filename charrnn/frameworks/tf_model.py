@@ -202,6 +202,9 @@ class Optimizer(tf.Module):
         super().__init__(name=optim.optimizer)
         self.optim = optim
         self.t = tf.Variable(0, dtype=tf.int64, trainable=False, name="t")
+        # A variable, not a constant of the graph: a schedule sets it before each step.
+        self.lr = tf.Variable(optim.learning_rate, dtype=tf.float64, trainable=False,
+                              name="lr")
         for slot in optim.slots():
             setattr(self, slot, [tf.Variable(tf.zeros_like(p), trainable=False, name=slot)
                                  for p in params])
@@ -215,7 +218,7 @@ class Adam(Optimizer):
         o = self.optim
         t = tf.cast(self.t.assign_add(1), tf.float64)
         # Bias corrections in float64, as the NumPy reference computes them.
-        step_size = tf.cast(o.learning_rate / (1.0 - o.beta1 ** t), tf.float32)
+        step_size = tf.cast(self.lr / (1.0 - o.beta1 ** t), tf.float32)
         sqrt_c2 = tf.cast(tf.sqrt(1.0 - o.beta2 ** t), tf.float32)
         for p, g, m, v in zip(params, grads, self.m, self.v):
             m.assign(o.beta1 * m + (1.0 - o.beta1) * g)
@@ -230,9 +233,10 @@ class RMSprop(Optimizer):
     def apply(self, params, grads):
         o = self.optim
         self.t.assign_add(1)
+        lr = tf.cast(self.lr, tf.float32)
         for p, g, v in zip(params, grads, self.v):
             v.assign(o.decay_rate * v + (1.0 - o.decay_rate) * tf.square(g))
-            p.assign_sub(o.learning_rate * g / (tf.sqrt(v) + o.eps))
+            p.assign_sub(lr * g / (tf.sqrt(v) + o.eps))
 
 
 class SGD(Optimizer):
@@ -241,8 +245,9 @@ class SGD(Optimizer):
     def apply(self, params, grads):
         o = self.optim
         self.t.assign_add(1)
+        lr = tf.cast(self.lr, tf.float32)
         for p, g, b in zip(params, grads, self.b):
-            p.assign_sub(o.learning_rate * b.assign(o.momentum * b + g))
+            p.assign_sub(lr * b.assign(o.momentum * b + g))
 
 
 OPTIMIZERS = {"adam": Adam, "rmsprop": RMSprop, "sgd": SGD}
@@ -401,6 +406,9 @@ class TFCharRNN(CharRNN):
         canonical = {name: in_out_layout(name, g.numpy()).copy()
                      for name, g in zip(self.net.names, grads)}
         return float(loss), canonical, (h, c)
+
+    def set_learning_rate(self, learning_rate):
+        self.optimizer.lr.assign(learning_rate)  # a variable the traced update reads
 
     def train_step(self, x, y, state):
         out = self._run(self._train, self._time_major(x), self._time_major(y), *state)
