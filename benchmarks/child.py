@@ -32,71 +32,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from benchmarks import records
-from benchmarks.mfu import PEAK_REPEATS, PEAK_SIZE
-from benchmarks.sweep import Point
+from benchmarks.plan import BATCH_SAMPLES, Plan, where_of  # noqa: F401 (where_of: for tests)
 from charrnn.common.logs import read_training_log
 from charrnn.common.paths import ROOT, venv_python
 from charrnn.common.registry import Entry
 from charrnn.common.threads import thread_env
 
-if TYPE_CHECKING:
-    from benchmarks.run_all import Settings
-
 # What the report keeps of a training log's header.
 HEADER_KEYS = ("versions", "device", "threads", "world_size", "python", "platform", "num_params",
                "train_batches", "val_batches", "chars_per_batch", "flops_per_char",
                "model_config", "vocab_size", "text_chars")
-BATCH_SAMPLES = 64  # streams of the batch generation figure (generate --num-samples)
 WATCH_EVERY_S = 1.0  # how often a training child's log is looked at for new epochs
-
-
-def where_of(cell: str | None, point: Point | None, world_size: int | None = None) -> str:
-    """records.where_key of a cell, a sweep point and a world size."""
-    return records.where_key(cell, point.key if point else "", world_size)
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What every framework of a run (or of one sweep point) shares."""
-
-    settings: Settings  # a sweep point's: its sizes in extra_train_args, its batches
-    out: Path  # the results directory
-    timeout_s: float | None  # training, and again generation, per framework
-    keep_checkpoints: bool
-    peak_size: int = PEAK_SIZE  # the float32 matmul peak measured before and after each run
-    peak_repeats: int = PEAK_REPEATS
-    point: Point | None = None  # the sweep point; None for a run of one point
-    generations: tuple[int, ...] = (1, BATCH_SAMPLES)  # --num-samples of each `generate`
-    cell: str | None = None  # the cell of a run over --cells; None: the default LSTM alone
-    # The scaling profile: trained as this many processes (charrnn.common.launch); None: one
-    # process, started directly.
-    world_size: int | None = None
-
-    @property
-    def where(self) -> str:
-        """records.where_key of this plan's runs: its cell, sweep point and world size."""
-        return where_of(self.cell, self.point, self.world_size)
-
-    @property
-    def init_path(self) -> Path:
-        """The initial weights: one file per cell and sweep point (their sizes shape it);
-        every world size starts from the same one."""
-        where = where_of(self.cell, self.point)
-        return self.out / (f"init-{where.replace(' ', '-')}.safetensors" if where
-                           else "init.safetensors")
-
-    @property
-    def records_path(self) -> Path:
-        return self.out / records.RECORDS_NAME
-
-    def run_dir(self, entry: Entry, repeat: int) -> Path:
-        where = self.out / "runs" / entry.slug
-        for part in self.where.split():
-            where = where / part
-        return where / str(repeat)
 
 
 # ---------------------------------------------------------------------------------------

@@ -46,7 +46,7 @@ each world size, the speedup over one process and the efficiency (speedup / W); 
 --reference it rewrites the README's scaling block (between its scaling markers).
 
 The records of a sweep (`run_all --profile sweep`) get the sweep's report instead,
-from benchmarks.scaling: step time, MFU, throughput and memory against model and
+from benchmarks.sweep_report: step time, MFU, throughput and memory against model and
 batch size, the fastest framework at each point and each one's scaling exponent;
 with --reference it rewrites the README's sweep block (between its sweep markers).
 """
@@ -61,30 +61,51 @@ import argparse
 import json
 import math
 import shutil
-import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 
-from benchmarks.mfu import mfu, train_flops_per_step
+from benchmarks import sweep_report
 from benchmarks.plot import Curve, plot_losses, plot_throughput
 from benchmarks.records import (
     RECORDS_NAME,
     REFERENCE_ROOT,
     machine_slug,
     previous_settings,
-    record_machines,
     run_seconds,
 )
-from benchmarks.sweep import point_key
+from benchmarks.render import (  # noqa: F401 (README_START, SPREAD, update_readme: for tests)
+    README_END,
+    README_START,
+    SPREAD,
+    _cell,
+    _machine_kinds,
+    _machine_lines,
+    _missing,
+    _spread_cell,
+    _versions_table,
+    machine_header,
+    markdown_table,
+    readme_link,
+    update_readme,
+)
+from benchmarks.summary import (  # noqa: F401 (peaks: for tests)
+    _get,
+    _peak_measurements,
+    _present,
+    _records,
+    cell_of,
+    load_records,
+    peaks,
+    read_records,
+    summarise,
+)
 from charrnn.common.config import CELLS
 from charrnn.common.fileio import atomic_write_text
-from charrnn.common.logs import bits, format_duration, read_jsonl
+from charrnn.common.logs import format_duration
 from charrnn.common.paths import ROOT
 from charrnn.common.train import STALL_FACTOR
 
-README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
 CELLS_START, CELLS_END = "<!-- cells:start -->", "<!-- cells:end -->"
 SCALING_START, SCALING_END = "<!-- scaling:start -->", "<!-- scaling:end -->"
 FULL_START, FULL_END = "<!-- full:start -->", "<!-- full:end -->"
@@ -162,52 +183,11 @@ GENERATION_TABLE = [
 # Over repeats a row shows the median, except: these add up or take the worst.
 AGGREGATE = {"stalls": "sum", "peak_diff": "max", "step_max_ms": "max", "load_min": "min",
              "load_max": "max"}
-# The time columns that show their spread over repeats: "median (min–max)".
-SPREAD = ("s_per_epoch", "wall_s_per_epoch", "chars_per_s", "step_ms", "first_step_s",
-          "gen_chars_per_s", "batch_gen_chars_per_s")
 
 
 # ---------------------------------------------------------------------------------------
 # Records -> one row per framework
 # ---------------------------------------------------------------------------------------
-
-
-def read_records(results_dir: str | Path) -> list[dict]:
-    """The records of RESULTS_DIR/records.jsonl; one line when there are none."""
-    path = Path(results_dir) / RECORDS_NAME
-    if not path.exists():
-        raise SystemExit(f"error: {path}: no records (run python -m benchmarks.run_all first)")
-    return read_jsonl(path)  # a line cut by a crash is left out; the rest still counts
-
-
-def load_records(results_dir: str | Path) -> tuple[list[dict], pd.DataFrame]:
-    """(run records, framework records) of records.jsonl; the last record of each
-    (framework, repeat, cell, sweep point, world size) wins (a resumed run may have
-    skipped it first). Where the records come from several machine kinds (merged), each
-    framework record gets the kind of the run record before it (records.record_machines)
-    as its "machine"."""
-    path = Path(results_dir) / RECORDS_NAME
-    records = read_records(results_dir)
-    df = pd.json_normalize(records, max_level=0) if records else pd.DataFrame()
-    if df.empty or "kind" not in df:
-        raise SystemExit(f"error: {path}: no records")
-    runs = [r for r in records if r.get("kind") == "run"]
-    frameworks = df[df["kind"] == "framework"].copy()
-    if "repeat" not in frameworks:
-        frameworks["repeat"] = 0
-    frameworks["repeat"] = frameworks["repeat"].fillna(0).astype(int)
-    machines = record_machines(records)
-    if len(set(filter(None, machines))) > 1:
-        frameworks["machine"] = [machines[i] for i in frameworks.index]
-    # A sweep's records are one per point as well (benchmarks.sweep), a run over --cells's
-    # one per cell, a scaling run's one per world size.
-    frameworks["point_key"] = [point_key(r) for r in _records(frameworks)]
-    frameworks["cell"] = [cell_of(r) for r in _records(frameworks)]
-    frameworks["world"] = [int(r.get("world_size") or 0) for r in _records(frameworks)]
-    frameworks = frameworks.drop_duplicates(
-        ["framework", "repeat", "point_key", "cell", "world",
-         *(["machine"] if "machine" in frameworks else [])], keep="last")
-    return runs, frameworks.drop(columns="world").reset_index(drop=True)
 
 
 def merge_records(results_dirs: list[Path], out: Path) -> None:
@@ -237,13 +217,6 @@ def merge_records(results_dirs: list[Path], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / RECORDS_NAME, "".join(
         json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in merged))
-
-
-def cell_of(record: dict) -> str:
-    """The cell a framework record trained: its own field (a run over --cells), else the
-    model config its log names, else the LSTM (records from before the cells)."""
-    model = _get(record.get("header"), "model_config")
-    return record.get("cell") or _get(model, "cell") or "lstm"
 
 
 def shows_cells(table: pd.DataFrame) -> bool:
@@ -287,138 +260,6 @@ def with_cell(columns: list[tuple[str, str, str]], table: pd.DataFrame) -> list:
         [("world_size", "processes", "{:.0f}")] if shows_worlds(table) else []) + (
         [("machine", "machine", "{}")] if shows_machines(table) else [])
     return [columns[0], *where, *columns[1:]]
-
-
-def _get(d, key, default=None):
-    return d.get(key, default) if isinstance(d, dict) else default
-
-
-def _present(row: dict) -> dict:
-    """A record as pandas hands it back, without the NaNs that stand for absent fields."""
-    return {k: v for k, v in row.items() if not (isinstance(v, float) and math.isnan(v))}
-
-
-def _records(frameworks: pd.DataFrame) -> list[dict]:
-    return [_present(r) for r in frameworks.to_dict("records")]
-
-
-def _mean(values) -> float | None:
-    present = [v for v in values if v]
-    return sum(present) / len(present) if present else None
-
-
-def step_stats(epochs: list[dict]) -> dict:
-    """The step-time distribution of a run from its epochs' (common.train step_time_stats):
-    the median of the epochs' median steps, the worst epoch's p90, p99 and max, and the
-    stalls of all epochs. None where the records predate a field."""
-    def values(key):
-        return [e[key] for e in epochs if e.get(key) is not None]
-    medians, p90, p99, top, stalls = map(values, ("step_s_median", "step_s_p90", "step_s_p99",
-                                                  "step_s_max", "stalls"))
-    return {"step_s": float(pd.Series(medians).median()) if medians else None,
-            "step_p90_s": max(p90, default=None), "step_p99_s": max(p99, default=None),
-            "step_max_s": max(top, default=None), "stalls": sum(stalls) if stalls else None}
-
-
-def peaks(record: dict) -> dict:
-    """The float32 matmul peaks of a run: measured before and after it, the mean of the two
-    (what its MFU is measured against), and how far apart they are (max / min - 1).
-    Older records carry one peak, measured at the start of the whole run."""
-    before, after = (_get(record.get(k), "peak_flops") for k in ("peak_before", "peak_after"))
-    both = before and after
-    return {"peak_before_flops": before, "peak_after_flops": after,
-            "peak_flops": _mean([before, after]) or record.get("peak_flops"),
-            "peak_diff": max(before, after) / min(before, after) - 1 if both else None}
-
-
-def generation_figures(record: dict) -> dict:
-    """One stream's rate, the sampler's share of its time and the rate without it, and the
-    batch's rate with every stream's characters counted."""
-    gen = record.get("generation") if isinstance(record.get("generation"), dict) else {}
-    batch = (record.get("generation_batch") if isinstance(record.get("generation_batch"), dict)
-             else {})
-    duration, sampler = gen.get("duration_s"), gen.get("sampler_s")
-    without = duration - sampler if duration and sampler is not None else None
-    return {
-        "gen_chars_per_s": gen.get("chars_per_s"), "gen_first_step_s": gen.get("first_step_s"),
-        "gen_sampler_s": sampler,
-        "gen_sampler_share": sampler / duration if duration and sampler is not None else None,
-        "gen_model_chars_per_s": gen["chars"] / without if without and without > 0 else None,
-        "batch_gen_chars_per_s": batch.get("total_chars_per_s"),
-        "batch_gen_first_step_s": batch.get("first_step_s"),
-        "batch_gen_samples": batch.get("num_samples"),
-    }
-
-
-def summarise(record: dict) -> dict:
-    """The measurements of one framework run, from its raw record.
-
-    duration_s sums the epochs' training time (no start-up, validation or
-    checkpointing); wall_s_per_epoch is that over the epochs trained (a fraction for
-    a partial epoch). s_per_epoch is the median step (after the first, which is
-    reported apart as first_step_s: compilation and warm-up) times the batches of an
-    epoch: what the framework takes, without the machine's hiccups; chars/s and MFU
-    are measured from the same median step.
-    """
-    header = record.get("header") or {}
-    epochs = record.get("epochs") or []
-    versions = header.get("versions") or {}
-    loads = [record[key][0] for key in ("loadavg_start", "loadavg_end")
-             if isinstance(record.get(key), list) and record[key]]
-    row = {"framework": record["framework"], "cell": cell_of(record),
-           **{k: record[k] for k in ("world_size", "machine") if record.get(k) is not None},
-           "repeat": int(record.get("repeat") or 0),
-           "status": record.get("status"), "stage": record.get("stage"),
-           "error": record.get("error"),
-           "version": next(iter(versions.values()), None),
-           "versions": ", ".join(f"{k} {v}" for k, v in versions.items()) or None,
-           "device": header.get("device"), "threads": header.get("threads"),
-           "python": header.get("python"), "num_params": header.get("num_params"),
-           "load_min": min(loads, default=None), "load_max": max(loads, default=None)}
-    if not epochs:
-        return row
-    last = epochs[-1]
-    steps = last["step"]
-    train_batches, chars_per_batch = header.get("train_batches"), header.get("chars_per_batch")
-    duration_s = sum(e.get("duration_s") or 0.0 for e in epochs)
-    epochs_trained = steps / train_batches if train_batches else float(len(epochs))
-    stats = step_stats(epochs)
-    step_s = stats["step_s"]
-    flops_step = (train_flops_per_step(header["flops_per_char"], chars_per_batch)
-                  if header.get("flops_per_char") and chars_per_batch else None)
-    peak = peaks(record)
-
-    def ms(seconds):
-        return 1000 * seconds if seconds is not None else None
-    row.update({
-        "steps": steps, "epochs": epochs_trained, "duration_s": duration_s,
-        "s_per_epoch": step_s * train_batches if step_s and train_batches else None,
-        "wall_s_per_epoch": duration_s / epochs_trained if epochs_trained else None,
-        "chars_per_s": chars_per_batch / step_s if step_s and chars_per_batch else None,
-        "wall_chars_per_s": steps * (chars_per_batch or 0) / duration_s if duration_s else None,
-        "step_ms": ms(step_s), "step_p90_ms": ms(stats["step_p90_s"]),
-        "step_p99_ms": ms(stats["step_p99_s"]), "step_max_ms": ms(stats["step_max_s"]),
-        "stalls": stats["stalls"],
-        "first_step_s": epochs[0].get("first_step_s"),
-        "val_duration_s": sum(e.get("val_duration_s") or 0.0 for e in epochs),
-        "train_loss": last.get("train/loss"), "train_bpc": bits(last.get("train/loss")),
-        "val_loss": last.get("val/loss"), "val_bpc": bits(last.get("val/loss")),
-        "model_gflops_per_s": flops_step / step_s / 1e9 if flops_step and step_s else None,
-        **peak,
-        "peak_before_gflops": peak["peak_before_flops"] / 1e9 if peak["peak_before_flops"]
-        else None,
-        "peak_after_gflops": peak["peak_after_flops"] / 1e9 if peak["peak_after_flops"]
-        else None,
-        # W processes of `threads` threads each: against W peaks of that many threads.
-        "mfu": mfu(header.get("flops_per_char"), chars_per_batch, step_s,
-                   peak["peak_flops"] * (record.get("world_size") or 1)
-                   if peak["peak_flops"] else None),
-        "peak_mb": _get(record.get("train_process"), "max_rss_mb"),
-        "train_wall_s": _get(record.get("train_process"), "wall_s"),
-        **generation_figures(record),
-        "gen_peak_mb": _get(record.get("generate_process"), "max_rss_mb"),
-    })
-    return row
 
 
 def _aggregate(runs: pd.DataFrame, numeric: list[str]) -> dict:
@@ -487,38 +328,6 @@ def summary_table(frameworks: pd.DataFrame) -> pd.DataFrame:
 # ---------------------------------------------------------------------------------------
 # Formatting
 # ---------------------------------------------------------------------------------------
-
-
-def _missing(value) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
-
-
-def _cell(value, fmt: str) -> str:
-    if _missing(value):
-        return "–"
-    if fmt == "duration":
-        return format_duration(value)
-    if fmt == "pct":
-        return f"{100 * value:.2f}%"
-    return fmt.format(value)
-
-
-def _spread_cell(row: dict, column: str, fmt: str) -> str:
-    """The cell of `column`: its value, and for SPREAD's columns over several runs that
-    differ, their min–max: "12.3 (12.1–12.9)"."""
-    text = _cell(row.get(column), fmt)
-    low, high = row.get(f"{column}_min"), row.get(f"{column}_max")
-    if column in SPREAD and not _missing(low) and not _missing(high) and low != high:
-        text += f" ({_cell(low, fmt)}–{_cell(high, fmt)})"
-    return text
-
-
-def markdown_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
-    lines = ["| " + " | ".join(h for _, h, _ in columns) + " |",
-             "|" + "|".join("---" if f == "{}" else "---:" for _, _, f in columns) + "|"]
-    for row in rows:
-        lines.append("| " + " | ".join(_spread_cell(row, c, f) for c, _, f in columns) + " |")
-    return "\n".join(lines)
 
 
 def _trained(table: pd.DataFrame) -> list[dict]:
@@ -626,66 +435,6 @@ def compare_original(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def _peak_measurements(frameworks: pd.DataFrame) -> list[dict]:
-    """Every peak measurement of the framework records (before and after each run)."""
-    return [r[k] for r in _records(frameworks) for k in ("peak_before", "peak_after")
-            if isinstance(r.get(k), dict) and r[k].get("peak_flops")]
-
-
-def _first_load(value) -> float | None:
-    return value[0] if isinstance(value, list) and value else None
-
-
-def machine_header(runs: list[dict], frameworks: pd.DataFrame) -> str:
-    """One paragraph: the CPU, cores and threads, the 1-minute load average before, around
-    and after the frameworks' runs, and the float32 matmul peaks. Merged records of
-    several machine kinds: a paragraph per kind, of its own runs."""
-    kinds = _machine_kinds(runs)
-    if len(kinds) > 1 and "machine" in frameworks:
-        return "\n\n".join(
-            f"**{kind}**: " + machine_header(
-                [r for r in runs if machine_slug(r.get("machine") or {}) == kind],
-                frameworks[frameworks["machine"] == kind]) for kind in kinds)
-    run = runs[-1] if runs else {}
-    m, threads = run.get("machine", {}), run.get("settings", {}).get("threads")
-    ordered = sorted(_records(frameworks), key=lambda r: str(r.get("finished") or ""))
-    around = [x for r in ordered for x in map(_first_load, (r.get("loadavg_start"),
-                                                          r.get("loadavg_end"))) if x is not None]
-    before = _first_load(runs[0].get("loadavg")) if runs else None
-    after = _first_load(ordered[-1].get("loadavg_end")) if ordered else None
-    load = [f"{before:.1f} before the run" if before is not None else None,
-            f"{min(around):.1f}–{max(around):.1f} (min–max) at the frameworks' starts and ends"
-            if around else None,
-            f"{after:.1f} after the last" if after is not None else None]
-    worlds = run.get("settings", {}).get("world_sizes") or []
-    used = threads * max(worlds) if threads is not None and worlds else threads
-    per = (f"{threads} thread{'s' if threads != 1 else ''} per process, up to {max(worlds)} "
-           "processes" if worlds else f"{threads} threads per framework")
-    text = (f"Machine: {m.get('cpu')}, {m.get('cores')} cores ({m.get('usable_cores')} "
-            f"usable), {per}. 1-minute load average: "
-            + ("; ".join(filter(None, load)) or "not recorded"))
-    loads = [x for x in (before, after, *around) if x is not None]
-    if used is not None and loads and max(loads) > used + 0.5:
-        text += (f" (above the {used} threads used: other work shared the CPU, so these "
-                 "times are pessimistic)")
-    measured = [p["peak_flops"] / 1e9 for p in _peak_measurements(frameworks)]
-    old = run.get("peak", {}).get("peak_flops") if isinstance(run.get("peak"), dict) else None
-    if measured:
-        text += (f". float32 matmul peak: {min(measured):,.1f}–{max(measured):,.1f} GFLOP/s "
-                 f"over {len(measured)} measurements, right before and right after each run "
-                 "(each run's MFU is against the mean of its two).")
-    elif old:
-        text += f". float32 matmul peak: {old / 1e9:,.1f} GFLOP/s, measured once at the start."
-    else:
-        text += ". float32 matmul peak: not measured."
-    return text
-
-
-def _machine_kinds(runs: list[dict]) -> list[str]:
-    """The machine kinds (records.machine_slug) of these run records, in order."""
-    return list(dict.fromkeys(machine_slug(r.get("machine") or {}) for r in runs))
-
-
 def machine_section(runs: list[dict], table: pd.DataFrame, frameworks: pd.DataFrame) -> list[str]:
     """The lines of report.md's Machine section; merged records of several machine kinds
     get a subsection per kind."""
@@ -699,38 +448,6 @@ def machine_section(runs: list[dict], table: pd.DataFrame, frameworks: pd.DataFr
                                                      frameworks[frameworks["machine"] == kind]),
                   ""]
     return lines[:-1]
-
-
-def _machine_lines(run: dict, table: pd.DataFrame, frameworks: pd.DataFrame) -> list[str]:
-    m, git, s = run.get("machine", {}), run.get("git", {}), run.get("settings", {})
-    commit = (git.get("commit") or "unknown")[:12] + (" (with uncommitted changes)"
-                                                      if git.get("dirty") else "")
-    measured = _peak_measurements(frameworks)
-    peak = measured[0] if measured else run.get("peak") or {}
-    how = (f"NumPy {peak.get('numpy')}, {peak.get('blas')}, {peak.get('size')}² matrices, best "
-           f"of {peak.get('repeats')}") if peak.get("peak_flops") else "not measured"
-    lines = [
-        f"- CPU: {m.get('cpu')}, {m.get('cores')} cores ({m.get('usable_cores')} usable), "
-        f"{m.get('memory_gb')} GB memory",
-        f"- threads per {'process' if s.get('world_sizes') else 'framework'}: "
-        f"{s.get('threads')} (`--threads` and the OMP/MKL/OpenBLAS/"
-        "TF/MXNet thread variables); device: " + ", ".join(
-            sorted({str(d) for d in table.get("device", pd.Series(dtype=object)).dropna()}) or
-            [str(s.get("device"))]),
-        f"- OS: {m.get('os')}; runner Python {m.get('runner_python')}",
-        f"- float32 matmul peak: {how}"
-        + (", right before and right after each run" if measured else
-           ", once at the start of the run" if peak.get("peak_flops") else ""),
-        f"- git commit {commit}; started {run.get('started')}",
-    ]
-    return lines
-
-
-def _versions_table(table: pd.DataFrame) -> str:
-    rows = [r for r in table.to_dict("records") if isinstance(r.get("versions"), str)]
-    return markdown_table(rows, [("framework", "framework", "{}"), ("versions", "libraries", "{}"),
-                                 ("python", "Python", "{}"), ("device", "device", "{}"),
-                                 ("repeats", "runs", "{}")])
 
 
 def _samples(frameworks: pd.DataFrame) -> list[str]:
@@ -1003,15 +720,6 @@ def scaling_block(table: pd.DataFrame, run: dict, results_dir: Path, readme: Pat
         scaling_table(table), "", SCALING_END])
 
 
-def readme_link(results_dir: Path, readme: Path) -> Callable[[str], str]:
-    """The link from `readme` to a file of `results_dir`, by name."""
-    try:
-        rel = results_dir.resolve().relative_to(readme.resolve().parent).as_posix()
-    except ValueError:
-        rel = results_dir.resolve().as_posix()
-    return (lambda name: name) if rel == "." else (lambda name: f"{rel}/{name}")
-
-
 def readme_block(table: pd.DataFrame, run: dict, results_dir: Path, readme: Path) -> str:
     """The README's results block: the table and links to the plots and the full report."""
     link = readme_link(results_dir, readme)
@@ -1048,21 +756,6 @@ def full_block(table: pd.DataFrame, runs: list[dict], frameworks: pd.DataFrame,
         FULL_END])
 
 
-def update_readme(readme: Path, block: str,
-                  markers: tuple[str, str] = (README_START, README_END)) -> bool:
-    """Replace the block between `markers` (included) of `readme` with `block`; False, with
-    a line on stderr, where the markers are missing."""
-    text = readme.read_text(encoding="utf-8") if readme.exists() else ""
-    start_marker, end_marker = markers
-    start, end = text.find(start_marker), text.find(end_marker)
-    if start < 0 or end < start:
-        print(f"{readme}: no {start_marker} ... {end_marker} markers; README not updated",
-              file=sys.stderr)
-        return False
-    atomic_write_text(readme, text[:start] + block + text[end + len(end_marker):])
-    return True
-
-
 # ---------------------------------------------------------------------------------------
 # Main
 # ---------------------------------------------------------------------------------------
@@ -1086,14 +779,13 @@ def curves(frameworks: pd.DataFrame) -> list[Curve]:
 
 def build(results_dir: str | Path, compare: bool = False) -> tuple[pd.DataFrame, str, list[dict]]:
     """Write every report file into `results_dir`; (table, report.md text, run records).
-    A sweep's records get the sweep's report (benchmarks.scaling), its table one row per
+    A sweep's records get the sweep's report (benchmarks.sweep_report), its table one row per
     framework and point."""
     results_dir = Path(results_dir)
     runs, frameworks = load_records(results_dir)
-    from benchmarks import scaling  # it builds on this module
-    if scaling.is_sweep(frameworks):
+    if sweep_report.is_sweep(frameworks):
         _one_machine_sweep(results_dir, runs)
-        return (*scaling.build(results_dir, runs, frameworks), runs)
+        return (*sweep_report.build(results_dir, runs, frameworks), runs)
     table = summary_table(frameworks)
     if table.empty:
         raise SystemExit(f"error: {results_dir}: no framework records yet")
@@ -1114,7 +806,7 @@ def build(results_dir: str | Path, compare: bool = False) -> tuple[pd.DataFrame,
 
 
 def _one_machine_sweep(results_dir: Path, runs: list[dict]) -> None:
-    """A sweep's report ranks the frameworks at each point (benchmarks.scaling): one line
+    """A sweep's report ranks the frameworks at each point (benchmarks.sweep_report): one line
     for merged records of several machine kinds, whose times must not be compared."""
     kinds = _machine_kinds(runs)
     if len(kinds) > 1:
@@ -1172,10 +864,9 @@ def main(argv: list[str] | None = None) -> None:
     results_dir = publish_reference(results_dir) if args.reference else results_dir
     readme = ROOT / "README.md"
     runs, frameworks = load_records(results_dir)
-    from benchmarks import scaling
-    if scaling.is_sweep(frameworks):
+    if sweep_report.is_sweep(frameworks):
         _one_machine_sweep(results_dir, runs)
-        scaling.main(results_dir, runs, frameworks, readme if args.reference else None)
+        sweep_report.main(results_dir, runs, frameworks, readme if args.reference else None)
         return
     table, _, runs = build(results_dir, compare=args.compare_original)
     print(results_table(table))

@@ -27,7 +27,7 @@ The sweep profile (benchmarks.sweep) runs every framework once per point of a gr
 of model and batch sizes, each point a run of its own with its own initial weights
 and record, the frameworks taking turns at each point; its report plots step time,
 MFU, throughput and memory against the sizes and fits each framework's scaling
-exponent (benchmarks.scaling).
+exponent (benchmarks.sweep_report).
 
 The scaling profile trains every framework with a data-parallel path (the registry's
 `data_parallel`) as a world of 1 and of 2 processes on this machine (`python -m
@@ -72,163 +72,32 @@ import dataclasses
 import hashlib
 import math
 import os
-import re
 import shlex
 import signal
 import statistics
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks import child, records
-from benchmarks.child import Plan
 from benchmarks.mfu import PEAK_REPEATS, PEAK_SIZE
+from benchmarks.plan import (  # noqa: F401 (PROFILES, SWEEP_STEPS: the runner's, for tests)
+    PROFILES,
+    SWEEP_STEPS,
+    Job,
+    Plan,
+    Profile,
+    Settings,
+    Shard,
+    Where,
+    describe_where,
+    parse_shard,
+    total_steps,
+)
 from benchmarks.sweep import Grid, Point, parse_sizes
 from charrnn.common import registry
 from charrnn.common.config import CELLS
 from charrnn.common.registry import Entry
-
-# ---------------------------------------------------------------------------------------
-# Profiles: what a run trains. Explicit --num-epochs / --max-steps override them.
-# ---------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Profile:
-    num_epochs: int
-    max_steps: int | None  # None: whole epochs
-    timeout_s: float  # per framework (and sweep point), training and generation each
-    description: str
-    train_args: tuple[str, ...] = ()  # train flags of the profile, before --extra-train-args
-    sweep: bool = False  # one run per point of a Grid (benchmarks.sweep)
-    cells: tuple[str, ...] = ("lstm",)  # one run per cell (docs/SPEC.md section 8)
-    # One run per data-parallel world size (charrnn.common.launch --nproc W), of the frameworks
-    # with a data-parallel path; () for a run of one process, started directly.
-    world_sizes: tuple[int, ...] = ()
-    threads: int | None = None  # --threads of each process; None: every usable core
-
-
-# The quick profile must finish in under 15 minutes for all ten frameworks together on
-# a 2-core CPU. Measured on a quiet machine (a 40-step run, 2 threads, default spec): a
-# step takes 25 ms (pytorch) to about 210 ms (pytensor, chainer), so one whole epoch of
-# 245 steps is 7 s to 70 s per framework and about 270 s for the ten; start-up,
-# compilation, validation and `generate --length 1024` add about 80 s. One full epoch
-# therefore takes about 6 minutes in all, and seconds per epoch and the epoch-1 losses
-# are measured, not extrapolated.
-#
-# The sweep profile must finish in 30 minutes on the same machine: 11 rows (the ten
-# of the quick reference and chainer[nstep], taken as slow as chainer) x 7 points
-# (benchmarks.sweep: rnn sizes 64-512 at batch 64, batch sizes 1-256 at rnn size 128),
-# 77 training and 44 generation processes. Estimated from the quick reference
-# (amd-epyc-2core/quick): a step of all of them takes 1.04 s at the default point.
-# Scaled by each point's training FLOPs (0.28x, 1x, 3.7x, 14.5x over the rnn sizes;
-# 1/64x, 0.25x, 1x, 4x over the batch sizes) but never below the default point's, which
-# overstates the overhead-bound rows, the seven points take at most 26 x 1.04 = 27 s a
-# step of everything, so 24 steps take at most 11 minutes; first steps (compilation)
-# add 8 s a point, 1 minute. Start-up and the end-of-run checkpoint take 22 s a point
-# (train wall time minus epoch and validation time in the reference), 2.6 minutes;
-# generation 33 s a point at rnn size 128, about 3 minutes over the four rnn sizes;
-# the two matmul peaks about 1.5 s a run, 2 minutes. At most about 20 minutes in all,
-# with room for a loaded machine. Trimmed to stay there: validation (--val-fraction 0;
-# at batch size 1 one pass over the 10% held out is 1,742 steps, 70 times the
-# training), the 64-stream generation, and generation at the batch-size points (the
-# model it generates with is the default point's); kept: all seven points, 24 steps.
-# Timed steps: every step but the first counts in the median (common.train), so 24
-# steps give 23, at least 20 of them after any warm-up of up to 3 more steps (the
-# report counts the warm-up steps of each framework where it is more than the first).
-SWEEP_STEPS = 24
-PROFILES = {
-    "quick": Profile(1, None, 900,
-                     "one epoch (245 steps of 64 x 64 characters) on tinyshakespeare with "
-                     "the default model spec from the same initial weights, then one pass "
-                     "over the validation text and 1,024 generated characters"),
-    "full": Profile(32, None, 24 * 3600,
-                    "32 epochs of the default model spec on tinyshakespeare, the original "
-                    "suite's table"),
-    "sweep": Profile(1, SWEEP_STEPS, 240,
-                     "at each point of the sweep, 24 training steps of 64-character "
-                     "sequences on tinyshakespeare (the first, with any compilation, timed "
-                     "apart), no validation, then 1,024 generated characters (one stream) at "
-                     "each rnn size", train_args=("--val-fraction", "0"), sweep=True),
-    # One epoch of each cell, as the quick profile trains the LSTM: what a GRU and a vanilla
-    # RNN cost against the LSTM in each framework (0.75x and 0.25x its matrix FLOPs).
-    "cells": Profile(1, None, 900,
-                     "one epoch of each cell (lstm, gru, rnn) on tinyshakespeare with the "
-                     "default model spec otherwise, each cell from its own initial weights "
-                     "(the same in every framework), then one pass over the validation text "
-                     "and 1,024 generated characters", cells=CELLS),
-    # Data-parallel throughput (docs/SPEC.md section 11): the sweep's 24 steps (the first
-    # timed apart) at world sizes 1 and 2, one thread per process so that W processes use
-    # W cores and the speedup is the data parallelism's, not more threads'. Both world
-    # sizes start through charrnn.common.launch (child.train_command). No validation and no
-    # generation: only rank 0 would generate, as one process does. Measured on the 2-core
-    # CPU: 71 s for pytorch, tensorflow and jax at both world sizes (steps of 70-150 ms,
-    # start-up, compilation and the matmul peaks), so 3 repeats take under 4 minutes.
-    "scaling": Profile(1, SWEEP_STEPS, 300,
-                       "at world sizes 1 and 2 (`python -m charrnn.common.launch --nproc W`, one "
-                       "thread per process), 24 training steps of the default model spec (a "
-                       "global batch of 64 x 64 characters, 64 / W rows per process) on "
-                       "tinyshakespeare from the same initial weights (the first step, with any "
-                       "compilation, timed apart), no validation, no generation",
-                       train_args=("--val-fraction", "0"), world_sizes=(1, 2), threads=1),
-}
-
-
-# ---------------------------------------------------------------------------------------
-# Settings: everything that decides what is trained, fixed for a run and checked on --resume.
-# ---------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Settings:
-    profile: str  # "quick", "full", or "custom" when flags override the profile
-    description: str
-    num_epochs: int
-    max_steps: int | None
-    threads: int
-    random_seed: int
-    text_path: str  # absolute, for the commands; recorded by file name (records.portable)
-    text_sha256: str
-    extra_train_args: tuple[str, ...]
-    device: str
-    gen_length: int
-    log_every: int
-    train_batches: int  # per epoch, as common.batching cuts the text
-    chars_per_batch: int
-    grid: Grid | None = None  # the sweep's points; None for a run of one point
-    cells: tuple[str, ...] = ("lstm",)  # --cells: one run per cell
-    world_sizes: tuple[int, ...] = ()  # --world-sizes: one run per world; (): one process
-
-    @property
-    def total_steps(self) -> int:
-        """Training steps of one framework's run."""
-        return total_steps(self.num_epochs, self.max_steps, self.train_batches)
-
-    def identity(self) -> dict:
-        """The fields two runs must share for --resume to combine their records."""
-        d = dataclasses.asdict(self)
-        d.pop("description")
-        d["text_path"] = records.portable(self.text_path)
-        d["extra_train_args"] = list(d["extra_train_args"])
-        if self.grid:  # as JSON reads it back; a run of one point has no key (older records)
-            d["grid"] = self.grid.as_dict()
-        else:
-            d.pop("grid")
-        if self.cells == ("lstm",):  # likewise: records from before --cells have none
-            d.pop("cells")
-        else:
-            d["cells"] = list(self.cells)
-        if self.world_sizes:  # and those from before the scaling profile
-            d["world_sizes"] = list(self.world_sizes)
-        else:
-            d.pop("world_sizes")
-        return d
-
-
-def total_steps(num_epochs: int, max_steps: int | None, train_batches: int) -> int:
-    whole = num_epochs * train_batches
-    return whole if max_steps is None else min(max_steps, whole)
 
 
 def train_config_from_args(extra: list[str]):
@@ -458,37 +327,6 @@ def parse_args(argv: list[str] | None):
     return args
 
 
-@dataclass(frozen=True)
-class Shard:
-    """The K-th of N slices of a run's jobs (--shard K/N, K from 1)."""
-
-    index: int  # K
-    count: int  # N
-
-    def holds(self, i: int) -> bool:
-        """Whether job i (from 0) of the whole ordered list is this shard's."""
-        return i % self.count == self.index - 1
-
-    @property
-    def name(self) -> str:
-        """Its default results directory, under the profile's: "shard-2-of-4"."""
-        return f"shard-{self.index}-of-{self.count}"
-
-    def __str__(self) -> str:
-        return f"{self.index}/{self.count}"
-
-
-def parse_shard(text: str | None) -> Shard | None:
-    """--shard "2/4" -> Shard(2, 4); one line for anything but K/N with 1 <= K <= N."""
-    if text is None:
-        return None
-    match = re.fullmatch(r"(\d+)/(\d+)", text.strip(), flags=re.ASCII)
-    if not match or not 1 <= int(match[1]) <= int(match[2]):
-        raise SystemExit(f"error: --shard {text}: expected K/N with 1 <= K <= N, e.g. "
-                         "--shard 1/4 for the first of four slices")
-    return Shard(int(match[1]), int(match[2]))
-
-
 def select_entries(frameworks: str | None, profile: Profile | None = None) -> list[Entry]:
     """The registry entries named by --frameworks, in that order; by default all of them, or
     for the scaling profile those with a data-parallel path (one named without is
@@ -529,7 +367,6 @@ def make_plan(args) -> Plan:
     return dataclasses.replace(plan, generations=()) if settings.world_sizes else plan
 
 
-Where = tuple[str | None, Point | None]  # (cell, sweep point) of a run; None, None: the default
 
 
 def point_plans(plan: Plan) -> dict[Where, Plan]:
@@ -587,45 +424,6 @@ def open_records(plan: Plan, resume: bool) -> list[dict]:
         print(f"starting a new run; the previous records are in {records.portable(backup)}",
               file=sys.stderr)
     return []
-
-
-@dataclass(frozen=True)
-class Job:
-    """One framework run: a framework, a repeat, its cell and sweep point (None, None for
-    the default LSTM outside a sweep) and its world size (None: one process, directly)."""
-
-    entry: Entry
-    repeat: int
-    point: Point | None = None
-    cell: str | None = None
-    world_size: int | None = None
-
-    @property
-    def where(self) -> str:
-        return child.where_of(self.cell, self.point, self.world_size)
-
-    @property
-    def key(self) -> str:
-        """What past run times are kept under: the framework, its cell, sweep point and
-        world size."""
-        return records.run_key(self.entry.name, self.where)
-
-    def label(self, repeats: int) -> str:
-        return (describe_where(self.entry.name, self.cell, self.point, self.world_size)
-                + (f" (repeat {self.repeat + 1})" if repeats > 1 else ""))
-
-    def plan(self, plans: dict[Where, Plan]) -> Plan:
-        """The plan this run follows: its cell's and point's, at its world size."""
-        plan = plans[self.cell, self.point]
-        return dataclasses.replace(plan, world_size=self.world_size) if self.world_size else plan
-
-
-def describe_where(name: str, cell: str | None, point: Point | None,
-                   world_size: int | None = None) -> str:
-    """"pytorch", "pytorch (gru)", "pytorch at rnn256-batch64", "pytorch with 2 processes"."""
-    return (name + (f" ({cell})" if cell else "") + (f" at {point.key}" if point else "")
-            + (f" with {world_size} process{'es' if world_size > 1 else ''}" if world_size
-               else ""))
 
 
 def all_jobs(entries: list[Entry], repeats: int, wheres: list[Where] = ((None, None),),

@@ -42,7 +42,7 @@ from benchmarks.mfu import mfu  # noqa: E402
 DATA = Path(__file__).resolve().parent / "data"
 TINY_MODEL = "--seq-len 16 --batch-size 4 --rnn-size 16 --embedding-size 8"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-# What the report of a sweep writes beside its records (benchmarks.scaling).
+# What the report of a sweep writes beside its records (benchmarks.sweep_report).
 SWEEP_FILES = ["generation_vs_rnn_size.png", "memory_vs_batch_size.png", "mfu_vs_rnn_size.png",
                "records.jsonl", "report.md", "step_time_vs_rnn_size.png", "sweep.csv",
                "throughput_vs_batch_size.png"]

@@ -29,7 +29,8 @@ from tests.conftest import TEXT
 pytest.importorskip("pandas")
 pytest.importorskip("matplotlib")
 
-from benchmarks import records, report, run_all, scaling  # noqa: E402
+from benchmarks import records, report, run_all  # noqa: E402
+from benchmarks import sweep_report as scaling  # noqa: E402
 from benchmarks.sweep import Grid, Point, parse_sizes, point_of  # noqa: E402
 from tests.test_benchmarks import (  # noqa: E402
     PNG_MAGIC,

@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 from charrnn.common.paths import ROOT, venv_python
-from charrnn.common.registry import entry_of_module
+from charrnn.common.registry import entry_of_module, quiet_import
 from charrnn.common.threads import thread_env, threads_from_argv
 
 
@@ -64,11 +64,6 @@ def require_environment(env: str, module: str, hint: str) -> None:
         sys.exit(2)
 
 
-# Frameworks whose native libraries print banners on stderr at import, below Python
-# (TensorFlow's oneDNN notice ignores TF_CPP_MIN_LOG_LEVEL): imported with fd 2 muted.
-QUIET_IMPORTS = ("tensorflow", "keras")
-
-
 def early_setup(module: str) -> None:
     """For framework module `module` ("chainer_model"): pick the environment that has
     its library, then apply --threads to the variables libraries read at load."""
@@ -80,14 +75,6 @@ def early_setup(module: str) -> None:
     quiet_import(module)
 
 
-def quiet_import(module: str) -> None:
-    """Import framework library `module` without its start-up banners on stderr, where
-    it prints them (QUIET_IMPORTS); any other module is left to its first import."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter
-    if module in QUIET_IMPORTS:
-        _quiet_import(module)
-
-
 def run_script(module: str) -> None:
     """The command line of framework module `module` ("numpy_model"), as its script in
     the repository root runs it: set up, import the framework, run argv."""
@@ -95,23 +82,3 @@ def run_script(module: str) -> None:
     from charrnn.common.cli import main
     framework = importlib.import_module(f"charrnn.frameworks.{module}")
     main(framework.MODEL, variants=getattr(framework, "VARIANTS", None))
-
-
-def _quiet_import(module: str) -> None:
-    """Import `module` with file descriptor 2 pointed at /dev/null.
-
-    A failure is swallowed here: the framework file imports the module again right
-    after, and that import raises the error with stderr intact.
-    """
-    sys.stderr.flush()
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    try:
-        importlib.import_module(module)
-    except Exception:  # reported by the real import that follows
-        pass
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-

@@ -124,7 +124,6 @@ def load(name: str):
     entry = FRAMEWORKS[name]
     for key, value in entry.env_vars.items():
         os.environ[key] = value
-    from charrnn.common.bootstrap import quiet_import  # it imports this module
     quiet_import(entry.requires)
     try:
         module = importlib.import_module(f"charrnn.frameworks.{entry.module}")
@@ -157,3 +156,35 @@ def entry_of_module(module: str) -> Entry:
 def names(env: str | None = None) -> list[str]:
     """Registered names, optionally only those of one environment ("any" counts for both)."""
     return [n for n, e in FRAMEWORKS.items() if env is None or e.env in (env, "any")]
+
+
+# Frameworks whose native libraries print banners on stderr at import, below Python
+# (TensorFlow's oneDNN notice ignores TF_CPP_MIN_LOG_LEVEL): imported with fd 2 muted.
+QUIET_IMPORTS = ("tensorflow", "keras")
+
+
+def quiet_import(module: str) -> None:
+    """Import framework library `module` without its start-up banners on stderr, where
+    it prints them (QUIET_IMPORTS); any other module is left to its first import."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter
+    if module in QUIET_IMPORTS:
+        _quiet_import(module)
+
+
+def _quiet_import(module: str) -> None:
+    """Import `module` with file descriptor 2 pointed at /dev/null.
+
+    A failure is swallowed here: the framework file imports the module again right
+    after, and that import raises the error with stderr intact.
+    """
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        importlib.import_module(module)
+    except Exception:  # reported by the real import that follows
+        pass
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)

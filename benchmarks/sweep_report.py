@@ -33,9 +33,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmarks import report
 from benchmarks.mfu import train_flops_per_step
 from benchmarks.plot import Line, plot_lines
+from benchmarks.render import (
+    _machine_lines,
+    _versions_table,
+    machine_header,
+    markdown_table,
+    readme_link,
+    update_readme,
+)
+from benchmarks.summary import _peak_measurements, _records, summarise
 from benchmarks.sweep import Grid, Point, point_of
 from charrnn.common.fileio import atomic_write_text
 
@@ -78,8 +86,8 @@ def warmup_steps(steps) -> int | None:
 
 
 def point_row(record: dict) -> dict:
-    """The measurements of one framework at one point (report.summarise, and the point)."""
-    row = report.summarise(record)
+    """The measurements of one framework at one point (summarise, and the point)."""
+    row = summarise(record)
     point = point_of(record)
     header = record.get("header") or {}
     flops, chars = header.get("flops_per_char"), header.get("chars_per_batch")
@@ -92,7 +100,7 @@ def point_row(record: dict) -> dict:
 def sweep_table(frameworks: pd.DataFrame) -> pd.DataFrame:
     """One row per framework and point, in the order they ran: the median over the point's
     successful repeats (the last run, with its error, when none succeeded)."""
-    rows = pd.DataFrame([point_row(r) for r in report._records(frameworks) if point_of(r)])
+    rows = pd.DataFrame([point_row(r) for r in _records(frameworks) if point_of(r)])
     if rows.empty:
         return rows
     numeric = [c for c in rows.columns if c not in ("repeat", "rnn_size", "batch_size")
@@ -212,7 +220,7 @@ def problem_lines(table: pd.DataFrame, frameworks: pd.DataFrame) -> list[str]:
             stage = f" at {r['stage']}" if isinstance(r.get("stage"), str) else ""
             lines.append(f"- **{r['framework']}** at {r['point']}: {r['status']}{stage}: "
                          f"`{r['error']}`")
-    for r in report._records(frameworks):
+    for r in _records(frameworks):
         if r.get("status") == "skipped":
             lines.append(f"- **{r['framework']}**: skipped: `{r.get('error')}`")
     return lines
@@ -230,7 +238,7 @@ def _lines(rows: pd.DataFrame, x: str, y: str) -> list[Line]:
 
 def peak_flops(frameworks: pd.DataFrame) -> float | None:
     """The median float32 GEMM peak of every measurement of the sweep."""
-    measured = [p["peak_flops"] for p in report._peak_measurements(frameworks)]
+    measured = [p["peak_flops"] for p in _peak_measurements(frameworks)]
     return float(np.median(measured)) if measured else None
 
 
@@ -276,8 +284,8 @@ def tables_text(table: pd.DataFrame, grid: Grid) -> str:
     """The two tables, in markdown."""
     rows, columns = framework_rows(table, grid)
     return "\n".join(["Fastest at each point:", "",
-                      report.markdown_table(fastest_rows(table, grid), FASTEST_TABLE), "",
-                      "Each framework:", "", report.markdown_table(rows, columns)])
+                      markdown_table(fastest_rows(table, grid), FASTEST_TABLE), "",
+                      "Each framework:", "", markdown_table(rows, columns)])
 
 
 def how_to_read(run: dict, grid: Grid) -> str:
@@ -315,7 +323,7 @@ def render(runs: list[dict], table: pd.DataFrame, frameworks: pd.DataFrame,
                      .set_index("framework").loc[order].reset_index())
     lines = [f"# Benchmark: {s.get('profile', '?')} profile (a sweep)", "",
              f"What it trains: {first.get('description', '?')}.", "",
-             report.machine_header(runs, frameworks), "", tables_text(table, grid), ""]
+             machine_header(runs, frameworks), "", tables_text(table, grid), ""]
     bad = problem_lines(table, frameworks)
     if bad:
         lines += ["Failed, timed out or skipped (the sweep went on):", "", *bad, ""]
@@ -325,22 +333,22 @@ def render(runs: list[dict], table: pd.DataFrame, frameworks: pd.DataFrame,
               "![generation against rnn size](generation_vs_rnn_size.png)", "",
               f"![throughput against batch size]({BATCH_PLOT})", "",
               "![memory against batch size](memory_vs_batch_size.png)", "",
-              "## Machine", "", *report._machine_lines(run, per_framework, frameworks), "",
-              report._versions_table(per_framework), ""]
+              "## Machine", "", *_machine_lines(run, per_framework, frameworks), "",
+              _versions_table(per_framework), ""]
     return "\n".join(lines).rstrip() + "\n"
 
 
 def readme_block(table: pd.DataFrame, grid: Grid, run: dict, results_dir: Path,
                  readme: Path) -> str:
     """The README's sweep block: the per-framework table and the two main plots."""
-    link = report.readme_link(results_dir, readme)
+    link = readme_link(results_dir, readme)
     rows, columns = framework_rows(table, grid)
     m = run.get("machine", {})
     return "\n".join([
         SWEEP_START,
         f"Sweep on {m.get('cpu')} ({run.get('settings', {}).get('threads')} threads), "
         f"{str(run.get('started', ''))[:10]}; full report: [{link('report.md')}]"
-        f"({link('report.md')}).", "", report.markdown_table(rows, columns), "",
+        f"({link('report.md')}).", "", markdown_table(rows, columns), "",
         f"![step time against rnn size]({link(STEP_PLOT)}) "
         f"![throughput against batch size]({link(BATCH_PLOT)})",
         SWEEP_END])
@@ -369,7 +377,7 @@ def main(results_dir: Path, runs: list[dict], frameworks: pd.DataFrame, readme: 
     for line in problem_lines(table, frameworks):
         print(line)
     print(f"\nreport: {results_dir / 'report.md'}")
-    if readme is not None and report.update_readme(
+    if readme is not None and update_readme(
             readme, readme_block(table, grid, runs[-1], results_dir, readme),
             (SWEEP_START, SWEEP_END)):
         print(f"updated the sweep block of {readme.name}")

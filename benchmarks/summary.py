@@ -1,0 +1,199 @@
+"""A run's records as figures: reading records.jsonl, and one framework run's record
+summarised (step times, MFU, throughput, memory, losses, generation) for the reports of
+every profile (benchmarks.report, and the sweep's, benchmarks.sweep_report).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from benchmarks.mfu import mfu, train_flops_per_step
+from benchmarks.records import RECORDS_NAME, record_machines
+from benchmarks.sweep import point_key
+from charrnn.common.logs import bits, read_jsonl
+
+
+def read_records(results_dir: str | Path) -> list[dict]:
+    """The records of RESULTS_DIR/records.jsonl; one line when there are none."""
+    path = Path(results_dir) / RECORDS_NAME
+    if not path.exists():
+        raise SystemExit(f"error: {path}: no records (run python -m benchmarks.run_all first)")
+    return read_jsonl(path)  # a line cut by a crash is left out; the rest still counts
+
+
+def load_records(results_dir: str | Path) -> tuple[list[dict], pd.DataFrame]:
+    """(run records, framework records) of records.jsonl; the last record of each
+    (framework, repeat, cell, sweep point, world size) wins (a resumed run may have
+    skipped it first). Where the records come from several machine kinds (merged), each
+    framework record gets the kind of the run record before it (records.record_machines)
+    as its "machine"."""
+    path = Path(results_dir) / RECORDS_NAME
+    records = read_records(results_dir)
+    df = pd.json_normalize(records, max_level=0) if records else pd.DataFrame()
+    if df.empty or "kind" not in df:
+        raise SystemExit(f"error: {path}: no records")
+    runs = [r for r in records if r.get("kind") == "run"]
+    frameworks = df[df["kind"] == "framework"].copy()
+    if "repeat" not in frameworks:
+        frameworks["repeat"] = 0
+    frameworks["repeat"] = frameworks["repeat"].fillna(0).astype(int)
+    machines = record_machines(records)
+    if len(set(filter(None, machines))) > 1:
+        frameworks["machine"] = [machines[i] for i in frameworks.index]
+    # A sweep's records are one per point as well (benchmarks.sweep), a run over --cells's
+    # one per cell, a scaling run's one per world size.
+    frameworks["point_key"] = [point_key(r) for r in _records(frameworks)]
+    frameworks["cell"] = [cell_of(r) for r in _records(frameworks)]
+    frameworks["world"] = [int(r.get("world_size") or 0) for r in _records(frameworks)]
+    frameworks = frameworks.drop_duplicates(
+        ["framework", "repeat", "point_key", "cell", "world",
+         *(["machine"] if "machine" in frameworks else [])], keep="last")
+    return runs, frameworks.drop(columns="world").reset_index(drop=True)
+
+
+def cell_of(record: dict) -> str:
+    """The cell a framework record trained: its own field (a run over --cells), else the
+    model config its log names, else the LSTM (records from before the cells)."""
+    model = _get(record.get("header"), "model_config")
+    return record.get("cell") or _get(model, "cell") or "lstm"
+
+
+def _get(d, key, default=None):
+    return d.get(key, default) if isinstance(d, dict) else default
+
+
+def _present(row: dict) -> dict:
+    """A record as pandas hands it back, without the NaNs that stand for absent fields."""
+    return {k: v for k, v in row.items() if not (isinstance(v, float) and math.isnan(v))}
+
+
+def _records(frameworks: pd.DataFrame) -> list[dict]:
+    return [_present(r) for r in frameworks.to_dict("records")]
+
+
+def _mean(values) -> float | None:
+    present = [v for v in values if v]
+    return sum(present) / len(present) if present else None
+
+
+def step_stats(epochs: list[dict]) -> dict:
+    """The step-time distribution of a run from its epochs' (common.train step_time_stats):
+    the median of the epochs' median steps, the worst epoch's p90, p99 and max, and the
+    stalls of all epochs. None where the records predate a field."""
+    def values(key):
+        return [e[key] for e in epochs if e.get(key) is not None]
+    medians, p90, p99, top, stalls = map(values, ("step_s_median", "step_s_p90", "step_s_p99",
+                                                  "step_s_max", "stalls"))
+    return {"step_s": float(pd.Series(medians).median()) if medians else None,
+            "step_p90_s": max(p90, default=None), "step_p99_s": max(p99, default=None),
+            "step_max_s": max(top, default=None), "stalls": sum(stalls) if stalls else None}
+
+
+def peaks(record: dict) -> dict:
+    """The float32 matmul peaks of a run: measured before and after it, the mean of the two
+    (what its MFU is measured against), and how far apart they are (max / min - 1).
+    Older records carry one peak, measured at the start of the whole run."""
+    before, after = (_get(record.get(k), "peak_flops") for k in ("peak_before", "peak_after"))
+    both = before and after
+    return {"peak_before_flops": before, "peak_after_flops": after,
+            "peak_flops": _mean([before, after]) or record.get("peak_flops"),
+            "peak_diff": max(before, after) / min(before, after) - 1 if both else None}
+
+
+def generation_figures(record: dict) -> dict:
+    """One stream's rate, the sampler's share of its time and the rate without it, and the
+    batch's rate with every stream's characters counted."""
+    gen = record.get("generation") if isinstance(record.get("generation"), dict) else {}
+    batch = (record.get("generation_batch") if isinstance(record.get("generation_batch"), dict)
+             else {})
+    duration, sampler = gen.get("duration_s"), gen.get("sampler_s")
+    without = duration - sampler if duration and sampler is not None else None
+    return {
+        "gen_chars_per_s": gen.get("chars_per_s"), "gen_first_step_s": gen.get("first_step_s"),
+        "gen_sampler_s": sampler,
+        "gen_sampler_share": sampler / duration if duration and sampler is not None else None,
+        "gen_model_chars_per_s": gen["chars"] / without if without and without > 0 else None,
+        "batch_gen_chars_per_s": batch.get("total_chars_per_s"),
+        "batch_gen_first_step_s": batch.get("first_step_s"),
+        "batch_gen_samples": batch.get("num_samples"),
+    }
+
+
+def summarise(record: dict) -> dict:
+    """The measurements of one framework run, from its raw record.
+
+    duration_s sums the epochs' training time (no start-up, validation or
+    checkpointing); wall_s_per_epoch is that over the epochs trained (a fraction for
+    a partial epoch). s_per_epoch is the median step (after the first, which is
+    reported apart as first_step_s: compilation and warm-up) times the batches of an
+    epoch: what the framework takes, without the machine's hiccups; chars/s and MFU
+    are measured from the same median step.
+    """
+    header = record.get("header") or {}
+    epochs = record.get("epochs") or []
+    versions = header.get("versions") or {}
+    loads = [record[key][0] for key in ("loadavg_start", "loadavg_end")
+             if isinstance(record.get(key), list) and record[key]]
+    row = {"framework": record["framework"], "cell": cell_of(record),
+           **{k: record[k] for k in ("world_size", "machine") if record.get(k) is not None},
+           "repeat": int(record.get("repeat") or 0),
+           "status": record.get("status"), "stage": record.get("stage"),
+           "error": record.get("error"),
+           "version": next(iter(versions.values()), None),
+           "versions": ", ".join(f"{k} {v}" for k, v in versions.items()) or None,
+           "device": header.get("device"), "threads": header.get("threads"),
+           "python": header.get("python"), "num_params": header.get("num_params"),
+           "load_min": min(loads, default=None), "load_max": max(loads, default=None)}
+    if not epochs:
+        return row
+    last = epochs[-1]
+    steps = last["step"]
+    train_batches, chars_per_batch = header.get("train_batches"), header.get("chars_per_batch")
+    duration_s = sum(e.get("duration_s") or 0.0 for e in epochs)
+    epochs_trained = steps / train_batches if train_batches else float(len(epochs))
+    stats = step_stats(epochs)
+    step_s = stats["step_s"]
+    flops_step = (train_flops_per_step(header["flops_per_char"], chars_per_batch)
+                  if header.get("flops_per_char") and chars_per_batch else None)
+    peak = peaks(record)
+
+    def ms(seconds):
+        return 1000 * seconds if seconds is not None else None
+    row.update({
+        "steps": steps, "epochs": epochs_trained, "duration_s": duration_s,
+        "s_per_epoch": step_s * train_batches if step_s and train_batches else None,
+        "wall_s_per_epoch": duration_s / epochs_trained if epochs_trained else None,
+        "chars_per_s": chars_per_batch / step_s if step_s and chars_per_batch else None,
+        "wall_chars_per_s": steps * (chars_per_batch or 0) / duration_s if duration_s else None,
+        "step_ms": ms(step_s), "step_p90_ms": ms(stats["step_p90_s"]),
+        "step_p99_ms": ms(stats["step_p99_s"]), "step_max_ms": ms(stats["step_max_s"]),
+        "stalls": stats["stalls"],
+        "first_step_s": epochs[0].get("first_step_s"),
+        "val_duration_s": sum(e.get("val_duration_s") or 0.0 for e in epochs),
+        "train_loss": last.get("train/loss"), "train_bpc": bits(last.get("train/loss")),
+        "val_loss": last.get("val/loss"), "val_bpc": bits(last.get("val/loss")),
+        "model_gflops_per_s": flops_step / step_s / 1e9 if flops_step and step_s else None,
+        **peak,
+        "peak_before_gflops": peak["peak_before_flops"] / 1e9 if peak["peak_before_flops"]
+        else None,
+        "peak_after_gflops": peak["peak_after_flops"] / 1e9 if peak["peak_after_flops"]
+        else None,
+        # W processes of `threads` threads each: against W peaks of that many threads.
+        "mfu": mfu(header.get("flops_per_char"), chars_per_batch, step_s,
+                   peak["peak_flops"] * (record.get("world_size") or 1)
+                   if peak["peak_flops"] else None),
+        "peak_mb": _get(record.get("train_process"), "max_rss_mb"),
+        "train_wall_s": _get(record.get("train_process"), "wall_s"),
+        **generation_figures(record),
+        "gen_peak_mb": _get(record.get("generate_process"), "max_rss_mb"),
+    })
+    return row
+
+
+def _peak_measurements(frameworks: pd.DataFrame) -> list[dict]:
+    """Every peak measurement of the framework records (before and after each run)."""
+    return [r[k] for r in _records(frameworks) for k in ("peak_before", "peak_after")
+            if isinstance(r.get(k), dict) and r[k].get("peak_flops")]
