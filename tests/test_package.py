@@ -141,3 +141,21 @@ def test_grown_vocabulary_keeps_the_known_characters_probabilities():
     np.testing.assert_array_equal(grown.weights["embedding"][:98], portable.weights["embedding"])
     assert grow_vocab(portable, "KING", seed=0) is portable
     assert Path(PRETRAINED_PATH).parent.name == "pretrained"  # package data
+
+
+def test_plot_command_runs_from_a_python_without_matplotlib(tmp_path):
+    """`python -m benchmarks.plot`, as the README shows it, from a Python that lacks
+    matplotlib (the legacy environment's): it re-executes under the one that has it."""
+    from charrnn.common.paths import venv_python
+    python = venv_python("legacy")
+    if not python.exists() or not venv_python("modern").exists():
+        pytest.skip("both environments are needed (make setup)")
+    lacks = subprocess.run([str(python), "-c", "import matplotlib"], capture_output=True)
+    if lacks.returncode == 0:
+        pytest.skip(f"{python} has matplotlib")
+    log = PRETRAINED_PATH.with_suffix(".jsonl")
+    proc = subprocess.run([str(python), "-m", "benchmarks.plot", str(log), "--output",
+                           str(tmp_path / "loss.png")], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "loss.png").stat().st_size > 10_000
