@@ -288,14 +288,16 @@ def test_repl_edits_lines_and_recalls_history_at_a_terminal(tmp_path):
     """At a terminal the repl reads through readline: the Up arrow brings the last line
     back (it printed ^[[A before), and the history is kept in ~/.charrnn_history."""
     import os
-    import pty
     import select
     import time
-    pid, fd = pty.fork()
-    if pid == 0:  # the child: the repl on the pty, with its own home
-        os.environ["HOME"] = str(tmp_path)
-        os.execv(sys.executable, [sys.executable, str(ROOT / "numpy_model.py"), "repl",
-                                  "--length", "5", "--temperature", "0"])
+    # A pseudo-terminal for the repl's stdin, stdout and stderr; subprocess forks and
+    # execs at once (pty.fork in a worker with framework threads can deadlock).
+    fd, terminal = os.openpty()
+    proc = subprocess.Popen([sys.executable, str(ROOT / "numpy_model.py"), "repl",
+                             "--length", "5", "--temperature", "0"],
+                            stdin=terminal, stdout=terminal, stderr=terminal,
+                            env={**os.environ, "HOME": str(tmp_path)}, start_new_session=True)
+    os.close(terminal)
     output = b""
 
     def prompts(count: int, timeout: float = 120) -> None:
@@ -315,7 +317,8 @@ def test_repl_edits_lines_and_recalls_history_at_a_terminal(tmp_path):
     os.write(fd, b"\x1b[A\r")  # Up arrow, enter: KING again
     prompts(3)
     os.write(fd, b":quit\r")
-    os.waitpid(pid, 0)
+    proc.wait(timeout=60)
+    os.close(fd)
     text = output.decode(errors="replace")
     assert "^[[A" not in text
     completions = [line for line in text.replace("\r", "").splitlines()
