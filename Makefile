@@ -13,9 +13,12 @@ setup:
 	$(MAKE) --no-print-directory -j2 $(VENV)/.installed $(LEGACY)/.installed
 
 # A stamp per environment: reinstalled only when its requirements change.
-$(VENV)/.installed: requirements/modern.txt
+# The package itself goes in editable (no dependencies: the pins above are its
+# environment), so the `charrnn` command is .venv/bin/charrnn.
+$(VENV)/.installed: requirements/modern.txt pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements/modern.txt
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch $@
 
 # chainer is an sdist whose setup.py imports pkg_resources: build tools and
