@@ -43,7 +43,7 @@ from charrnn.common.threads import thread_env
 # What the report keeps of a training log's header.
 HEADER_KEYS = ("versions", "device", "threads", "world_size", "python", "platform", "num_params",
                "train_batches", "val_batches", "chars_per_batch", "flops_per_char",
-               "model_config", "vocab_size", "text_chars")
+               "model_config", "vocab_size", "text_chars", "stall_factor")
 WATCH_EVERY_S = 1.0  # how often a training child's log is looked at for new epochs
 
 

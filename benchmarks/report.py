@@ -104,7 +104,6 @@ from charrnn.common.config import CELLS
 from charrnn.common.fileio import atomic_write_text
 from charrnn.common.logs import format_duration
 from charrnn.common.paths import ROOT
-from charrnn.common.train import STALL_FACTOR
 
 CELLS_START, CELLS_END = "<!-- cells:start -->", "<!-- cells:end -->"
 SCALING_START, SCALING_END = "<!-- scaling:start -->", "<!-- scaling:end -->"
@@ -345,6 +344,17 @@ def results_table(table: pd.DataFrame) -> str:
     return markdown_table(_trained(table), columns)
 
 
+# What the training loop counted as a stall before its log header said so.
+STALL_FACTOR_BEFORE_HEADERS = 5.0
+
+
+def stall_factor(table: pd.DataFrame) -> float:
+    """How many times the median a step took to count as a stall: the training loop's
+    own figure, from the runs' log headers (common.train.STALL_FACTOR)."""
+    values = table.get("stall_factor", pd.Series(dtype=float)).dropna()
+    return float(values.max()) if len(values) else STALL_FACTOR_BEFORE_HEADERS
+
+
 def flag_notes(table: pd.DataFrame) -> list[str]:
     """The footnotes of the flags in the table (only of those that occur)."""
     cells = " ".join(str(f) for f in table.get("flags", pd.Series(dtype=object)).dropna())
@@ -356,9 +366,9 @@ def flag_notes(table: pd.DataFrame) -> list[str]:
                      "a shared machine, or CPU clocks), so its times and MFU are less "
                      "trustworthy than the others'.")
     if "²" in cells:
-        notes.append(f"² Training steps that took more than {STALL_FACTOR:g}x the median step "
-                     "(all repeats together): the machine stalled, not the framework. They "
-                     "count in wall s/epoch, not in s/epoch.")
+        notes.append(f"² Training steps that took more than {stall_factor(table):g}x the "
+                     "median step (all repeats together): the machine stalled, not the "
+                     "framework. They count in wall s/epoch, not in s/epoch.")
     return notes
 
 
@@ -513,7 +523,7 @@ def timing_section(table: pd.DataFrame) -> list[str]:
         markdown_table(_trained(table), with_cell(TIMING_TABLE, table)), "",
         "*step ms*: the median step after the first (median of the epochs' medians and of the "
         "repeats); *p90*, *p99*, *max*: of the worst epoch (p90 and p99 the median over "
-        f"repeats, max the largest); *stalls*: steps over {STALL_FACTOR:g}x the median, all "
+        f"repeats, max the largest); *stalls*: steps over {stall_factor(table):g}x the median, all "
         "repeats together; *peak before* and *peak after*: the float32 matmul peak right "
         "before and right after the run (medians over repeats); *peaks apart*: their max / "
         f"min - 1, the largest over repeats, flagged above {PEAK_TOLERANCE:.0%}; *load "

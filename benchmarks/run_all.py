@@ -96,7 +96,7 @@ from benchmarks.plan import (  # noqa: F401 (PROFILES, SWEEP_STEPS: the runner's
 )
 from benchmarks.sweep import Grid, Point, parse_sizes
 from charrnn.common import registry
-from charrnn.common.config import CELLS
+from charrnn.common.config import CELLS, DEVICES, GenerateConfig, TrainConfig
 from charrnn.common.registry import Entry
 
 
@@ -277,14 +277,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=1, help="runs per framework, taking turns "
                    "(A B C, A B C); the report gives medians and their min-max")
     p.add_argument("--text-path", help="training text (default: tinyshakespeare)")
-    p.add_argument("--random-seed", type=int, default=42,
+    p.add_argument("--random-seed", type=int, default=TrainConfig.random_seed,
                    help="seed of the shared initial weights and of generation")
     p.add_argument("--extra-train-args", default="", metavar="'FLAGS'",
                    help="more train flags for every framework, e.g. '--seq-len 16 --batch-size 4 "
                    "--rnn-size 16 --embedding-size 8' (the model sizes shape the initial weights)")
-    p.add_argument("--device", default="cpu", choices=("auto", "cpu", "gpu"),
-                   help="--device of every framework")
-    p.add_argument("--gen-length", type=int, default=1024, help="characters to generate")
+    # The CPU by default, not train's "auto": the reference tables are CPU tables.
+    p.add_argument("--device", default="cpu", choices=DEVICES, help="--device of every framework")
+    p.add_argument("--gen-length", type=int, default=GenerateConfig.length,
+                   help="characters to generate")
     p.add_argument("--timeout", type=float, help="seconds per framework (per point in a "
                    "sweep) for training, and again for generation (default: the profile's)")
     p.add_argument("--cells", metavar="CELL,...", help="train each of these cells "

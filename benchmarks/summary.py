@@ -145,6 +145,7 @@ def summarise(record: dict) -> dict:
            "version": next(iter(versions.values()), None),
            "versions": ", ".join(f"{k} {v}" for k, v in versions.items()) or None,
            "device": header.get("device"), "threads": header.get("threads"),
+           "stall_factor": header.get("stall_factor"),
            "python": header.get("python"), "num_params": header.get("num_params"),
            "load_min": min(loads, default=None), "load_max": max(loads, default=None)}
     if not epochs:

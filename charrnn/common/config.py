@@ -22,6 +22,7 @@ CELLS = ("lstm", "gru", "rnn")  # docs/SPEC.md section 8
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}  # blocks of H rows in a cell's kernels
 OPTIMIZERS = ("adam", "rmsprop", "sgd")  # docs/SPEC.md section 9
 LR_SCHEDULES = ("constant", "linear")  # docs/SPEC.md section 9
+DEVICES = ("auto", "cpu", "gpu")  # --device (docs/SPEC.md section 10, "Devices and threads")
 
 
 # What `train --restore` does with a flag (docs/SPEC.md section 10, "Resuming"):
@@ -207,7 +208,7 @@ class DeviceFlags:
     """Where a command runs; every command has these."""
 
     device: str = flag("auto", "auto (the first GPU if the framework sees one, else the "
-                       "CPU), cpu or gpu", choices=("auto", "cpu", "gpu"), resume=COMMAND)
+                       "CPU), cpu or gpu", choices=DEVICES, resume=COMMAND)
     threads: int | None = flag(None, "CPU threads for the framework (default: its own)",
                                positive=True, resume=COMMAND)
 

@@ -227,6 +227,7 @@ def _train(model_cls: type[CharRNN], run: Prepared, device: Device, agree: Agree
         "restored_from": str(checkpoint.directory) if checkpoint else None,
         "start_epoch": progress.epoch, "start_batch": progress.batch,
         "start_step": progress.step, "text": dataclasses.asdict(run.text_id),
+        "stall_factor": STALL_FACTOR,  # what the epochs' "stalls" count, for the report
     }
     log.record("header", **header)
     where = f"{device}, {world.size} processes ({world.source})" if world.size > 1 else device
