@@ -33,7 +33,7 @@ from charrnn.common.config import TrainConfig
 from charrnn.common.errors import CharRnnError
 from charrnn.common.fileio import atomic_write_text
 from charrnn.common.framework import CharRNN
-from charrnn.common.generate import Generator, load_for_generation
+from charrnn.common.generate import Generator, load_for_generation, samples_text
 from charrnn.common.paths import PRETRAINED_PATH, default_checkpoint_path
 from charrnn.common.sampling import check_sampling
 from charrnn.common.text import read_text
@@ -153,8 +153,7 @@ class TextGenerator:
         """`generate`, and write the texts to `path` (atomically), as the CLI's
         --output does: one text, or each under a `--- sample k ---` line."""
         texts = self.generate(n, prefix, length, **sampling)
-        shown = (texts[0] + "\n" if n == 1 else
-                 "".join(f"--- sample {k + 1} ---\n{t}\n" for k, t in enumerate(texts)))
+        shown = texts[0] + "\n" if n == 1 else samples_text("", texts)
         atomic_write_text(path, shown)
         return texts
 

@@ -182,6 +182,12 @@ def _trained_for(meta: dict[str, str]) -> str:
     return f"{done or '0 epochs'}" + (f" (step {step})" if step.isdigit() else "")
 
 
+def samples_text(seed: str, texts: list[str]) -> str:
+    """Several samples as `generate` prints them: each under a `--- sample k ---` line,
+    its seed and its text."""
+    return "".join(f"--- sample {k + 1} ---\n{seed}{text}\n" for k, text in enumerate(texts))
+
+
 def pick_seed(cfg: GenerateConfig, rng: np.random.Generator, seq_len: int = 64) -> str:
     """--seed, else a random seq_len-character slice of --text-path (or the default corpus)."""
     if cfg.seed is not None:
@@ -228,7 +234,7 @@ def run_generate(model_cls: type[CharRNN], cfg: GenerateConfig, out: TextIO | No
         shown = seed + texts[0] + "\n"
         out.write("\n")
     else:
-        shown = "".join(f"--- sample {k + 1} ---\n{seed}{text}\n" for k, text in enumerate(texts))
+        shown = samples_text(seed, texts)
         out.write(shown)
     out.flush()
     if cfg.output:
@@ -325,8 +331,7 @@ def _complete(generator: Generator, line: str, settings: GenerateConfig,
     if stream or texts is None:
         out.write("\n")
     else:
-        out.write("".join(f"--- sample {k + 1} ---\n{line}{text}\n"
-                          for k, text in enumerate(texts)))
+        out.write(samples_text(line, texts))
     out.flush()
 
 
