@@ -119,8 +119,12 @@ def prepare(framework: str, cfg: TrainConfig, given: frozenset[str] | None = Non
 
 def _prepare_resume(framework: str, cfg: TrainConfig, given: frozenset[str]) -> Prepared:
     """The checkpoint's run, its text checked, with the flags given that may change."""
-    given_path = cfg.restore or cfg.checkpoint_path
-    checkpoint = load_checkpoint(given_path or default_checkpoint_path(framework), framework)
+    # Saves go back where the run was read from (the path as named: after an interrupted
+    # swap the files come from `<path>.old`), unless --checkpoint-path says otherwise.
+    checkpoint_path = Path(cfg.restore or cfg.checkpoint_path
+                           or default_checkpoint_path(framework))
+    checkpoint = load_checkpoint(checkpoint_path, framework)
+    checkpoint_path = Path(cfg.checkpoint_path or checkpoint_path)
     directory = checkpoint.directory
     if checkpoint.run is None or checkpoint.text is None:
         raise CharRnnError(f"{directory}: written before checkpoints recorded their run (text, "
@@ -131,8 +135,6 @@ def _prepare_resume(framework: str, cfg: TrainConfig, given: frozenset[str]) -> 
     text_path, text, text_id = resume.resume_text(cfg, given, checkpoint.text, portable.vocab,
                                                   directory)
     resume.check_vocab(cfg, given, text, portable.vocab, directory)
-    # Saves go back where the run was read from, unless --checkpoint-path says otherwise.
-    checkpoint_path = Path(cfg.checkpoint_path or given_path or directory)
     run_cfg = dataclasses.replace(run_cfg, checkpoint_path=str(checkpoint_path),
                                   text_path=text_id.path)
     model_config = dataclasses.replace(portable.config, drop_rate=run_cfg.drop_rate)
