@@ -56,11 +56,10 @@ def main(argv: list[str] | None = None) -> None:
         print(USAGE.replace("{names}", ", ".join(registry.names())), end="")
         sys.exit(0 if argv else 2)
     entry = registry.FRAMEWORKS[framework]
-    # The backend (Keras) and variant (Chainer's nstep) of this row, as its script has them.
+    # The backend of this row (Keras'); a variant row's class comes from registry.load,
+    # so CHARRNN_VARIANT, which the scripts read, must not pick one again.
     os.environ.update(entry.env_vars)
     os.environ.pop(registry.VARIANT_ENV, None)
-    if entry.variant:
-        os.environ[registry.VARIANT_ENV] = entry.variant
     early_setup(entry.module)  # may re-execute under the framework's environment
     from charrnn.common.cli import main as run
     try:

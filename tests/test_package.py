@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from charrnn import CharRnnError, TextGenerator
-from charrnn.common.paths import PRETRAINED_PATH, ROOT
+from charrnn.common import registry
+from charrnn.common.paths import PRETRAINED_PATH, ROOT, venv_python
 from charrnn.common.weights import load_portable
 from tests.conftest import TEXT
 
@@ -80,6 +81,14 @@ def test_installs_in_a_fresh_venv_and_runs_outside_the_repository(editable, refe
 def test_python_m_charrnn_is_the_scripts_command_line(reference_text):
     assert script_output("-m", "charrnn", *GENERATE) == reference_text
     assert script_output("-m", "charrnn", "--framework", "numpy", *GENERATE) == reference_text
+    # A variant row, in the other environment: re-executed there, its own class.
+    if registry.unavailable_reason("chainer[nstep]") and not venv_python("legacy").exists():
+        pytest.skip("chainer is in the legacy environment, which is not set up")
+    proc = subprocess.run([sys.executable, "-m", "charrnn", "--framework", "chainer[nstep]",
+                           *GENERATE, "--threads", "1"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout == reference_text
 
 
 def test_api_generate_stream_and_write(reference_text, tmp_path):
@@ -146,7 +155,6 @@ def test_grown_vocabulary_keeps_the_known_characters_probabilities():
 def test_plot_command_runs_from_a_python_without_matplotlib(tmp_path):
     """`python -m benchmarks.plot`, as the README shows it, from a Python that lacks
     matplotlib (the legacy environment's): it re-executes under the one that has it."""
-    from charrnn.common.paths import venv_python
     python = venv_python("legacy")
     if not python.exists() or not venv_python("modern").exists():
         pytest.skip("both environments are needed (make setup)")
