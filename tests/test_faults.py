@@ -36,14 +36,15 @@ from tests.conftest import TINY, framework_params, ok, run
 NUM_EPOCHS = 20
 
 
-def start(name: str, args: list[str]) -> subprocess.Popen:
-    """The framework's script, `train` with `args`, in its own environment."""
+def start(name: str, args: list[str], stderr=subprocess.PIPE) -> subprocess.Popen:
+    """The framework's script, `train` with `args`, in its own environment (`stderr`:
+    subprocess.STDOUT puts both streams on one pipe, as `2>&1 |` does)."""
     entry = registry.FRAMEWORKS[name]
     if not entry.python().exists():
         pytest.skip(f"{entry.python()} does not exist (run make setup)")
     return subprocess.Popen([str(entry.python()), str(entry.script), "train", *args],
                             env=entry.process_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=stderr, text=True)
 
 
 def read_log(log: Path) -> tuple[int, list[int]]:
@@ -153,14 +154,9 @@ def test_closed_output_keeps_training(name, corpus, tmp_path):
     """`train ... 2>&1 | head -1`: the reader leaves after the first line; the run goes on
     to its end, saves, exits 0, and its log file has every line."""
     ck, log = tmp_path / "ck", tmp_path / "run.log"
-    entry = registry.FRAMEWORKS[name]
-    if not entry.python().exists():
-        pytest.skip(f"{entry.python()} does not exist (run make setup)")
-    proc = subprocess.Popen(
-        [str(entry.python()), str(entry.script), "train", "--text-path", str(corpus), *TINY,
-         "--threads", "1", "--num-epochs", "1", "--log-every", "1", "--checkpoint-path",
-         str(ck), "--log-path", str(log)],
-        env=entry.process_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = start(name, ["--text-path", str(corpus), *TINY, "--threads", "1", "--num-epochs",
+                        "1", "--log-every", "1", "--checkpoint-path", str(ck),
+                        "--log-path", str(log)], stderr=subprocess.STDOUT)
     proc.stdout.readline()
     proc.stdout.close()
     assert proc.wait(timeout=600) == 0
