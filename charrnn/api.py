@@ -62,7 +62,8 @@ class TextGenerator:
     """
 
     def __init__(self, path: str | Path | None = None, framework: str = "numpy", *,
-                 device: str = "auto", threads: int | None = None, cold_start: bool = False):
+                 device: str = TrainConfig.device, threads: int | None = None,
+                 cold_start: bool = False):
         self.framework = framework
         self.device, self.threads = device, threads
         self._model_cls = model_class(framework)
@@ -190,8 +191,8 @@ class TextGenerator:
         checkpoint_path = Path(checkpoint_path or default_checkpoint_path(framework))
         _train(model_cls, text_path=str(text_path), checkpoint_path=str(checkpoint_path),
                **flags)
-        return cls(checkpoint_path / PORTABLE_NAME, framework, device=flags.get("device", "auto"),
-                   threads=flags.get("threads"))
+        return cls(checkpoint_path / PORTABLE_NAME, framework,
+                   device=flags.get("device", TrainConfig.device), threads=flags.get("threads"))
 
     @classmethod
     def train_on_text(cls, text: str, framework: str = "numpy", *,
@@ -210,7 +211,8 @@ class TextGenerator:
         has never seen join its vocabulary (`common.weights.grow_vocab`)."""
         text = read_text(text_path)
         checkpoint_path = Path(checkpoint_path or default_checkpoint_path(self.framework))
-        start = grow_vocab(self._portable_now(), text, flags.get("random_seed", 42))
+        seed = flags.get("random_seed", TrainConfig.random_seed)
+        start = grow_vocab(self._portable_now(), text, seed)
         with tempfile.TemporaryDirectory() as tmp:
             init = Path(tmp) / "init.safetensors"
             save_portable(init, start.weights, start.config, start.vocab)
