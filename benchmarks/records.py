@@ -1,7 +1,8 @@
 """What a benchmark run records: one JSON line per run and per framework, and nothing else.
 
-    >>> machine_slug({"cpu": "Intel(R) Xeon(R) Platinum 8375C CPU @ 2.90GHz", "cores": 8})
-    'intel-xeon-platinum-8375c-8core'
+    >>> machine_slug({"cpu": "Intel(R) Xeon(R) Platinum 8375C CPU @ 2.90GHz", "cores": 8,
+    ...               "isa": ["avx2", "avx512f"]})
+    'intel-xeon-platinum-8375c-avx512-8core'
 
 `records.jsonl` holds a "run" record (settings, machine, load average), then one
 "framework" record per framework and repeat (and sweep point: its "point" field,
@@ -86,23 +87,48 @@ def _proc_field(path: str, key: str) -> str | None:
     return None
 
 
+# The vector and matrix extensions that decide which kernels a framework can reach (as
+# /proc/cpuinfo names them), and the kind of CPU they make, best first: a reference is
+# published per kind (machine_slug), since the ranking of the frameworks moves between them.
+ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
+ISA_TIERS = (("amx", "amx_bf16"), ("avx512bf16", "avx512_bf16"), ("avx512", "avx512f"),
+             ("avx2", "avx2"))
+
+
 def machine_info() -> dict:
-    """CPU, core counts, memory and OS (no hostname: records are committed)."""
+    """CPU (model, family and model numbers, ISA extensions), core counts, memory and OS (no
+    hostname: records are committed)."""
     mem_kb = _proc_field("/proc/meminfo", "MemTotal")
+    flags = set((_proc_field("/proc/cpuinfo", "flags") or "").split())
     return {"cpu": _proc_field("/proc/cpuinfo", "model name") or platform.processor() or None,
+            "cpu_family": _proc_field("/proc/cpuinfo", "cpu family"),
+            "cpu_model": _proc_field("/proc/cpuinfo", "model\t"),
+            "isa": [f for f in ISA_FLAGS if f in flags],
             "cores": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
             "memory_gb": round(int(mem_kb.split()[0]) / 1024 ** 2, 1) if mem_kb else None,
             "os": platform.platform(), "machine": platform.machine(),
             "runner_python": platform.python_version()}
 
 
+def isa_tier(machine: dict) -> str | None:
+    """The best of ISA_TIERS this machine has ("amx", "avx512bf16", "avx512", "avx2"); None
+    for a record made before machines recorded their extensions."""
+    isa = machine.get("isa")
+    if isa is None:
+        return None
+    return next((tier for tier, flag in ISA_TIERS if flag in isa), "base")
+
+
 def machine_slug(machine: dict) -> str:
-    """The reference directory of a machine: CPU model and core count, as one lowercase word
-    ("AMD EPYC", 2 cores -> "amd-epyc-2core"); trademarks, "CPU" and the clock are left out."""
+    """The reference directory of a machine kind: CPU model, its best ISA tier and core
+    count, as one lowercase word ("AMD EPYC" with AVX-512, 2 cores ->
+    "amd-epyc-avx512-2core"); trademarks, "CPU" and the clock are left out. Records from
+    before the tier was recorded give no tier ("amd-epyc-2core")."""
     cpu = re.sub(r"\((R|TM)\)|\bCPU\b|\bProcessor\b|@.*", " ", machine.get("cpu") or "unknown",
                  flags=re.IGNORECASE)
     words = re.sub(r"[^a-z0-9]+", "-", cpu.lower()).strip("-")
-    return f"{words}-{machine.get('cores') or 0}core"
+    tier = isa_tier(machine)
+    return f"{words}{'-' + tier if tier else ''}-{machine.get('cores') or 0}core"
 
 
 def git_info() -> dict:

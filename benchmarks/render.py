@@ -16,6 +16,9 @@ from benchmarks.summary import _peak_measurements, _records
 from charrnn.common.fileio import atomic_write_text
 from charrnn.common.logs import format_duration
 
+# records.ISA_FLAGS as Intel's and AMD's manuals name them.
+ISA_NAMES = {"avx2": "AVX2", "avx512f": "AVX-512", "avx512_bf16": "AVX512-BF16",
+             "amx_tile": "AMX", "amx_bf16": "AMX-BF16"}
 README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
 
 
@@ -85,8 +88,11 @@ def machine_header(runs: list[dict], frameworks: pd.DataFrame) -> str:
     used = threads * max(worlds) if threads is not None and worlds else threads
     per = (f"{threads} thread{'s' if threads != 1 else ''} per process, up to {max(worlds)} "
            "processes" if worlds else f"{threads} threads per framework")
-    text = (f"Machine: {m.get('cpu')}, {m.get('cores')} cores ({m.get('usable_cores')} "
-            f"usable), {per}. 1-minute load average: "
+    isa = m.get("isa")
+    extensions = ("" if isa is None else
+                  f" ({', '.join(ISA_NAMES.get(f, f) for f in isa) or 'no AVX2, AVX-512 or AMX'})")
+    text = (f"Machine: {m.get('cpu')}{extensions}, {m.get('cores')} cores "
+            f"({m.get('usable_cores')} usable), {per}. 1-minute load average: "
             + ("; ".join(filter(None, load)) or "not recorded"))
     loads = [x for x in (before, after, *around) if x is not None]
     if used is not None and loads and max(loads) > used + 0.5:

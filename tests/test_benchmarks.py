@@ -324,6 +324,13 @@ def test_portable_paths_and_machine_slug():
     assert records.machine_slug({"cpu": "Intel(R) Xeon(R) CPU E5-2686 v4 @ 2.30GHz",
                                  "cores": 16}) == "intel-xeon-e5-2686-v4-16core"
     assert records.machine_slug({"cpu": None, "cores": None}) == "unknown-0core"
+    # Since the ISA extensions are recorded, the kind names its best tier.
+    amx = {"cpu": "Intel(R) Xeon(R) Platinum 8488C", "cores": 2,
+           "isa": ["avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16"]}
+    assert records.machine_slug(amx) == "intel-xeon-platinum-8488c-amx-2core"
+    assert records.machine_slug({**amx, "isa": ["avx2"]}) == "intel-xeon-platinum-8488c-avx2-2core"
+    assert records.machine_slug({**amx, "isa": []}) == "intel-xeon-platinum-8488c-base-2core"
+    assert set(records.machine_info()["isa"]) <= set(records.ISA_FLAGS)
 
 
 def test_parse_generated_line_with_and_without_the_sampler():
