@@ -24,10 +24,10 @@ script re-executes itself there. What differs from the other frameworks:
   (docs/SPEC.md section 1): the function is given its arrays, not the Parameters.
 - Generation replays one step as a Chainer static graph (`chainer.static_graph`).
 - Chainer's Adam computes lr * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps),
-  which is PyTorch's formula only with a step-dependent eps; `TorchAdam` below
-  is the PyTorch formula itself. Chainer's MomentumSGD keeps v = momentum * v - lr * g
-  (the learning rate inside the buffer); `TorchSGD` is b = momentum * b + g,
-  p -= lr * b. Chainer's RMSprop (eps outside the sqrt, not centred) is section 9's.
+  which is PyTorch's formula only with a step-dependent eps; Chainer's MomentumSGD keeps
+  v = momentum * v - lr * g (the learning rate inside the buffer). `SpecOptimizer` below
+  runs charrnn.common.optim's Adam and SGD (b = momentum * b + g, p -= lr * b) instead.
+  Chainer's RMSprop (eps outside the sqrt, not centred) is section 9's.
 """
 
 
@@ -44,6 +44,7 @@ from chainer.backends import cuda
 
 from charrnn.common.config import ModelConfig, OptimConfig
 from charrnn.common.framework import CPU, CharRNN, Device, choose_device
+from charrnn.common.optim import penalty_grad, update
 from charrnn.common.weights import Weights
 
 # Type checks run on every function call; on these small tensors they cost more
@@ -253,67 +254,40 @@ class NStepNet(chainer.Chain):
         return (self.dense(out, n_batch_axes=2), *(s.array for s in state))
 
 
-class TorchAdam(chainer.optimizer.GradientMethod):
-    """Adam with PyTorch's bias correction and eps placement (docs/SPEC.md section 4)."""
+class SpecOptimizer(chainer.optimizer.GradientMethod):
+    """Adam (PyTorch's bias correction and eps placement, docs/SPEC.md section 4) or SGD
+    (PyTorch's momentum, section 9) as charrnn.common.optim writes them, on NumPy or
+    CuPy arrays. Every parameter's rule reads `lr` from these hyperparameters."""
 
-    def __init__(self, lr, beta1, beta2, eps):
+    def __init__(self, optim: OptimConfig):
         super().__init__()
-        self.hyperparam.lr, self.hyperparam.beta1 = lr, beta1
-        self.hyperparam.beta2, self.hyperparam.eps = beta2, eps
+        self.optim = optim
+        self.hyperparam.lr = optim.learning_rate
 
     def create_update_rule(self):
-        return TorchAdamRule(self.hyperparam)
+        return SpecUpdateRule(self.optim, self.hyperparam)
 
 
-class TorchAdamRule(chainer.optimizer.UpdateRule):
+class SpecUpdateRule(chainer.optimizer.UpdateRule):
+    def __init__(self, optim: OptimConfig, parent_hyperparam):
+        super().__init__(parent_hyperparam)
+        self.optim = optim
+
     def init_state(self, param):
-        xp = param.device.xp
-        self.state["m"] = xp.zeros_like(param.array)
-        self.state["v"] = xp.zeros_like(param.array)
+        # Adam's m and v or SGD's b: the names checkpoints keep them under.
+        for slot in self.optim.slots():
+            self.state[slot] = param.device.xp.zeros_like(param.array)
 
     def update_core(self, param):
-        # The NumPy reference's operations in its order, on NumPy or CuPy arrays;
-        # self.t was already incremented for this step by UpdateRule.update.
-        hp, g = self.hyperparam, param.grad
-        if g is None:
+        # self.t was already incremented for this step by UpdateRule.update. Written back
+        # in place: the static one-step graph holds the Parameters' arrays.
+        if param.grad is None:
             return
-        m, v = self.state["m"], self.state["v"]
-        correction1 = 1.0 - hp.beta1 ** self.t
-        correction2 = 1.0 - hp.beta2 ** self.t
-        m *= np.float32(hp.beta1)
-        m += np.float32(1.0 - hp.beta1) * g
-        v *= np.float32(hp.beta2)
-        v += np.float32(1.0 - hp.beta2) * g * g
-        denom = param.device.xp.sqrt(v) / np.float32(np.sqrt(correction2)) + np.float32(hp.eps)
-        param.array -= np.float32(hp.lr / correction1) * m / denom
-
-
-class TorchSGD(chainer.optimizer.GradientMethod):
-    """SGD with PyTorch's momentum form (docs/SPEC.md section 9): b = momentum * b + g,
-    p -= lr * b. Chainer's MomentumSGD keeps v = momentum * v - lr * g instead, the
-    learning rate inside the buffer: the same steps only up to rounding, and a buffer
-    that means something else."""
-
-    def __init__(self, lr, momentum):
-        super().__init__()
-        self.hyperparam.lr, self.hyperparam.momentum = lr, momentum
-
-    def create_update_rule(self):
-        return TorchSGDRule(self.hyperparam)
-
-
-class TorchSGDRule(chainer.optimizer.UpdateRule):
-    def init_state(self, param):
-        self.state["b"] = param.device.xp.zeros_like(param.array)
-
-    def update_core(self, param):
-        hp, g = self.hyperparam, param.grad
-        if g is None:
-            return
-        b = self.state["b"]
-        b *= np.float32(hp.momentum)
-        b += g
-        param.array -= np.float32(hp.lr) * b
+        array, slots = update(param.device.xp, self.optim, param.array, param.grad,
+                              self.state, self.t, self.hyperparam.lr, np.float32)
+        param.array[...] = array
+        for slot, a in slots.items():
+            self.state[slot][...] = a
 
 
 def make_optimizer(optim: OptimConfig) -> chainer.Optimizer:
@@ -322,9 +296,7 @@ def make_optimizer(optim: OptimConfig) -> chainer.Optimizer:
     if optim.optimizer == "rmsprop":
         return chainer.optimizers.RMSprop(lr=optim.learning_rate, alpha=optim.decay_rate,
                                           eps=optim.eps)
-    if optim.optimizer == "sgd":
-        return TorchSGD(optim.learning_rate, optim.momentum)
-    return TorchAdam(optim.learning_rate, optim.beta1, optim.beta2, optim.eps)
+    return SpecOptimizer(optim)
 
 
 # ---------------------------------------------------------------------------------------
@@ -498,10 +470,9 @@ class ChainerCharRNN(CharRNN):
         o = self.optim
         if not o.penalised:
             return
-        xp = self.chainer_device.xp
         for param in self._kernels:
-            w = param.array
-            param.grad += np.float32(o.l1) * xp.sign(w) + np.float32(2.0 * o.l2) * w
+            param.grad += penalty_grad(self.chainer_device.xp, param.array, o.l1, o.l2,
+                                       np.float32)
 
     def loss_and_grads(self, x, y, state):
         with chainer.using_config("train", False):

@@ -21,7 +21,8 @@ script re-executes itself there. What differs from the other frameworks:
   PyTorch's formula only with a step-dependent eps; its RMSProp divides by
   sqrt(v + eps), eps inside the sqrt; its SGD keeps b = momentum * b + lr * g, the
   learning rate inside the buffer. `TorchAdam`, `TorchRMSProp` and `TorchSGD` below
-  are registered optimizers with the formulas of docs/SPEC.md sections 4 and 9.
+  are registered optimizers that run charrnn.common.optim's (docs/SPEC.md sections 4
+  and 9).
 - The engine is asynchronous: `train_step` returns `loss.asscalar()`, which
   waits for the step, so the clock measures the work.
 """
@@ -51,6 +52,7 @@ from mxnet.gluon import nn, rnn
 
 from charrnn.common.config import ModelConfig, OptimConfig
 from charrnn.common.framework import CPU, CharRNN, Device, choose_device
+from charrnn.common.optim import adam_update, penalty_grad, rmsprop_update, sgd_update
 from charrnn.common.weights import Weights
 
 # ---------------------------------------------------------------------------------------
@@ -132,7 +134,9 @@ class StepNet(gluon.HybridBlock):
 class SpecOptimizer(mx.optimizer.Optimizer):
     """An update of docs/SPEC.md sections 4 and 9: `slots` zero arrays per weight, and
     `apply` given the step count, the learning rate, the weight, the gradient and the
-    slots. Subclasses are registered, so Trainer can save them."""
+    slots, which writes charrnn.common.optim's results back into them (MXNet casts the
+    Python float scalars to float32 itself). Subclasses are registered, so Trainer can
+    save them."""
 
     slots = 1
 
@@ -148,8 +152,7 @@ class SpecOptimizer(mx.optimizer.Optimizer):
 
 @mx.optimizer.register
 class TorchAdam(SpecOptimizer):
-    """Adam with PyTorch's bias correction and eps placement (docs/SPEC.md section 4),
-    in the NumPy reference's order of operations."""
+    """Adam with PyTorch's bias correction and eps placement (docs/SPEC.md section 4)."""
 
     slots = 2
 
@@ -158,12 +161,8 @@ class TorchAdam(SpecOptimizer):
         self.beta1, self.beta2, self.epsilon = beta1, beta2, epsilon
 
     def apply(self, t, lr, weight, g, m, v):
-        correction1 = 1.0 - self.beta1 ** t
-        correction2 = 1.0 - self.beta2 ** t
-        m[:] = m * self.beta1 + (1.0 - self.beta1) * g
-        v[:] = v * self.beta2 + (1.0 - self.beta2) * g * g
-        denom = nd.sqrt(v) / float(np.sqrt(correction2)) + self.epsilon
-        weight[:] = weight - (lr / correction1) * m / denom
+        weight[:], m[:], v[:] = adam_update(nd, weight, g, m, v, t, lr, self.beta1,
+                                            self.beta2, self.epsilon)
 
 
 @mx.optimizer.register
@@ -177,8 +176,7 @@ class TorchRMSProp(SpecOptimizer):
         self.rho, self.epsilon = rho, epsilon
 
     def apply(self, t, lr, weight, g, v):
-        v[:] = v * self.rho + (1.0 - self.rho) * g * g
-        weight[:] = weight - lr * g / (nd.sqrt(v) + self.epsilon)
+        weight[:], v[:] = rmsprop_update(nd, weight, g, v, lr, self.rho, self.epsilon)
 
 
 @mx.optimizer.register
@@ -192,8 +190,7 @@ class TorchSGD(SpecOptimizer):
         self.momentum = momentum
 
     def apply(self, t, lr, weight, g, b):
-        b[:] = b * self.momentum + g
-        weight[:] = weight - lr * b
+        weight[:], b[:] = sgd_update(weight, g, b, lr, self.momentum)
 
 
 def make_optimizer(optim: OptimConfig) -> mx.optimizer.Optimizer:
@@ -340,8 +337,8 @@ class MxnetCharRNN(CharRNN):
         if not o.penalised:
             return
         for param in self._kernels:
-            w, g = param.data(), param.grad()
-            g += o.l1 * nd.sign(w) + 2.0 * o.l2 * w
+            grad = param.grad()
+            grad += penalty_grad(nd, param.data(), o.l1, o.l2)
 
     def loss_and_grads(self, x, y, state):
         # Evaluation mode means no dropout: with drop_rate > 0, a dropout-free twin that

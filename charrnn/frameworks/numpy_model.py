@@ -1,7 +1,8 @@
-"""The framework-free reference: forward, backpropagation through time, clipping, the
-penalties and the optimisers in NumPy, written to be read. Every other framework is
-tested against it, for every cell (LSTM, GRU, vanilla RNN; SPEC section 8) and every
-optimiser (Adam, RMSprop, SGD; section 9).
+"""The framework-free reference: forward, backpropagation through time and clipping in
+NumPy, written to be read; the optimisers (Adam, RMSprop, SGD; SPEC section 9) and the
+penalties' gradient are the formulas of charrnn.common.optim, applied to NumPy arrays.
+Every other framework is tested against it, for every cell (LSTM, GRU, vanilla RNN;
+section 8) and every optimiser.
 
     python numpy_model.py train --num-epochs 1 --max-steps 200
     python numpy_model.py generate --checkpoint-path checkpoints/pytorch_model.safetensors
@@ -18,6 +19,7 @@ import numpy as np
 from charrnn.common.checkpoint import load_arrays_and_slots, save_arrays_and_slots
 from charrnn.common.config import ModelConfig, OptimConfig
 from charrnn.common.framework import CPU, CharRNN, Device, NumpyState, choose_device
+from charrnn.common.optim import penalty_grad, update
 from charrnn.common.weights import Weights
 
 # ---------------------------------------------------------------------------------------
@@ -357,9 +359,8 @@ class NumpyCharRNN(NumpyState, CharRNN):
         if not o.penalised:
             return grads
         for name in self.config.kernel_names():
-            w = self.params[name]
-            grads[name] = grads[name] + (np.float32(o.l1) * np.sign(w)
-                                         + np.float32(2.0 * o.l2) * w)
+            grads[name] = grads[name] + penalty_grad(np, self.params[name], o.l1, o.l2,
+                                                     np.float32)
         return grads
 
     def forward(self, x, state):
@@ -411,31 +412,16 @@ class NumpyCharRNN(NumpyState, CharRNN):
         self.learning_rate = learning_rate
 
     def _update(self, grads):
-        """One optimiser step on the clipped gradients (SPEC sections 4 and 9)."""
-        o = self.optim
+        """One optimiser step on the clipped gradients (SPEC sections 4 and 9), the
+        formulas of charrnn.common.optim written back in place."""
         self.count += 1
-        lr = np.float32(self.learning_rate)
         for name, g in grads.items():
-            if o.optimizer == "adam":  # Kingma & Ba with PyTorch's epsilon placement
-                m, v = self.slots["m"][name], self.slots["v"][name]
-                m *= np.float32(o.beta1)
-                m += np.float32(1.0 - o.beta1) * g
-                v *= np.float32(o.beta2)
-                v += np.float32(1.0 - o.beta2) * g * g
-                correction1 = 1.0 - o.beta1 ** self.count
-                correction2 = 1.0 - o.beta2 ** self.count
-                denom = np.sqrt(v) / np.float32(np.sqrt(correction2)) + np.float32(o.eps)
-                self.params[name] -= np.float32(self.learning_rate / correction1) * m / denom
-            elif o.optimizer == "rmsprop":  # v = rho v + (1 - rho) g^2; p -= lr g / (sqrt(v) + eps)
-                v = self.slots["v"][name]
-                v *= np.float32(o.decay_rate)
-                v += np.float32(1.0 - o.decay_rate) * g * g
-                self.params[name] -= lr * g / (np.sqrt(v) + np.float32(o.eps))
-            else:  # sgd: b = momentum b + g; p -= lr b
-                b = self.slots["b"][name]
-                b *= np.float32(o.momentum)
-                b += g
-                self.params[name] -= lr * b
+            slots = {slot: values[name] for slot, values in self.slots.items()}
+            param, new_slots = update(np, self.optim, self.params[name], g, slots, self.count,
+                                      self.learning_rate, np.float32)
+            self.params[name][...] = param
+            for slot, a in new_slots.items():
+                slots[slot][...] = a
 
     # ---- weights and checkpoints -------------------------------------------------------
     def get_weights(self):

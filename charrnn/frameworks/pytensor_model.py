@@ -1,6 +1,6 @@
 """PyTensor (the maintained successor of Theano): a symbolic graph with `pytensor.scan`,
-`pytensor.grad`, and clipping plus the optimiser (Adam, RMSprop or SGD) written as update
-expressions on shared variables.
+`pytensor.grad`, and clipping plus the optimiser (Adam, RMSprop or SGD: the formulas of
+charrnn.common.optim) as update expressions on shared variables.
 
     python pytensor_model.py train --num-epochs 1
     python pytensor_model.py generate --seed "KING"
@@ -24,6 +24,7 @@ from pytensor.tensor.special import log_softmax
 from charrnn.common.checkpoint import load_arrays_and_slots, save_arrays_and_slots
 from charrnn.common.config import ModelConfig, OptimConfig
 from charrnn.common.framework import CPU, CharRNN, Device, NumpyState, choose_device
+from charrnn.common.optim import update
 from charrnn.common.weights import Weights
 
 # PyTensor 3's default backend, named so no PYTENSOR_FLAGS changes what is measured. The C
@@ -154,6 +155,13 @@ class Graph:
                 self.cell_state(cs, c0))
 
 
+def float32(a):
+    """A scalar as float32 for the update expressions: a host number as a NumPy constant
+    (a Python float would become a float64 constant and widen the graph), a graph
+    scalar (the learning rate, a bias correction) cast."""
+    return np.float32(a) if isinstance(a, (int, float)) else pt.cast(a, "float32")
+
+
 def losses_of(logits, y):
     """Per-character cross-entropy (T * B,) float32: logits (T, B, V), y (B, T)."""
     logp = log_softmax(logits, axis=-1).reshape((-1, logits.shape[-1]))
@@ -251,26 +259,12 @@ class PytensorCharRNN(NumpyState, CharRNN):
 
     def _update(self, name, param, g, t):
         """The update expressions of one parameter and its slots, from its clipped gradient
-        g and the update count t: section 9's formulas written out, as the file holds no
-        optimiser objects."""
-        o, slots = self.optim, self.slots
-        if o.optimizer == "adam":
-            # PyTorch's formula: bias corrections in float64, applied in float32.
-            step_size = pt.cast(self.lr / (1.0 - o.beta1 ** t), "float32")
-            root_c2 = pt.cast(pt.sqrt(1.0 - o.beta2 ** t), "float32")
-            m = np.float32(o.beta1) * slots["m"][name] + np.float32(1 - o.beta1) * g
-            v = np.float32(o.beta2) * slots["v"][name] + np.float32(1 - o.beta2) * g * g
-            denom = pt.sqrt(v) / root_c2 + np.float32(o.eps)
-            return [(slots["m"][name], m), (slots["v"][name], v),
-                    (param, param - step_size * m / denom)]
-        lr = pt.cast(self.lr, "float32")
-        if o.optimizer == "rmsprop":  # not centred, no momentum, eps outside the sqrt
-            v = (np.float32(o.decay_rate) * slots["v"][name]
-                 + np.float32(1 - o.decay_rate) * g * g)
-            return [(slots["v"][name], v),
-                    (param, param - lr * g / (pt.sqrt(v) + np.float32(o.eps)))]
-        b = np.float32(o.momentum) * slots["b"][name] + g  # sgd, PyTorch's momentum form
-        return [(slots["b"][name], b), (param, param - lr * b)]
+        g and the update count t: charrnn.common.optim's formulas as graph expressions,
+        the bias corrections of Adam in float64 (t and the rate are graph scalars),
+        rounded to float32 once."""
+        slots = {slot: values[name] for slot, values in self.slots.items()}
+        param_new, slots_new = update(pt, self.optim, param, g, slots, t, self.lr, float32)
+        return [(slots[slot], slots_new[slot]) for slot in slots] + [(param, param_new)]
 
     def _build_grads(self):
         x, y, h0, c0 = self._inputs()
