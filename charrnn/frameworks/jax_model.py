@@ -33,6 +33,7 @@ from charrnn.common.config import ModelConfig, OptimConfig
 from charrnn.common.distributed import World, join_jax, sum_by_allgather
 from charrnn.common.errors import CharRnnError
 from charrnn.common.framework import CPU, CharRNN, Device, choose_device
+from charrnn.common.gpus import jax_gpu_names
 from charrnn.common.threads import limit_xla_threads
 from charrnn.common.weights import Weights, in_out_layout
 
@@ -360,10 +361,7 @@ class JaxCharRNN(CharRNN):
         limit_xla_threads(threads, xla_bridge.backends_are_initialized(),
                           cls.world.local_rank)
         keep_freed_memory()
-        try:
-            gpu_names = [d.device_kind for d in jax.local_devices(backend="gpu")]
-        except RuntimeError:  # no GPU platform in this jaxlib
-            gpu_names = []
+        gpu_names = jax_gpu_names()
         return choose_device(device, gpu_names, "JAX sees no GPU (this jaxlib is CPU-only "
                                                 "unless installed as jax[cuda12])",
                              cls.world.local_rank if len(gpu_names) > 1 else 0)

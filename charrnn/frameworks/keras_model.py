@@ -10,7 +10,8 @@ The (h, c) state is an explicit input and output of the functional model rather 
 `stateful=True` layers: stateful layers fix the batch size in their state variables,
 while the same model must also evaluate and generate with any batch (the training loop
 samples one text after each epoch). Keras' Adam, RMSprop and SGD are subclassed to
-update as SPEC sections 4 and 9 (and PyTorch) do; --l1 and --l2 are Keras regularizers.
+update as SPEC sections 4 and 9 (and PyTorch) do, with charrnn.common.optim's formulas;
+--l1 and --l2 are Keras regularizers.
 `fit` cannot return the carried state, so each backend computes gradients its own way
 (GradientTape, jax.grad, autograd); everything else (layers, loss, optimizer, clipping,
 penalties, saving) is backend-agnostic Keras.
@@ -29,7 +30,9 @@ from keras import layers, ops
 from charrnn.common.config import ModelConfig, OptimConfig
 from charrnn.common.distributed import World, join_jax, sum_by_allgather
 from charrnn.common.framework import CPU, CharRNN, Device, choose_device
+from charrnn.common.gpus import jax_gpu_names, tf_gpu_names, torch_gpu_names
 from charrnn.common.graph_loop import TFStepLoop
+from charrnn.common.optim import adam_update, rmsprop_update, sgd_update
 from charrnn.common.threads import limit_xla_threads, set_tf_threads
 from charrnn.common.weights import Weights, in_out_layout
 
@@ -142,16 +145,15 @@ class TorchAdam(keras.optimizers.Adam):
     uncorrected, which differs while 1-b2^t is small."""
 
     def update_step(self, gradient, variable, learning_rate):
+        # t and the bias corrections in the variable's float32 (JAX keeps float64 off).
         dtype = variable.dtype
-        gradient = ops.cast(gradient, dtype)
-        t = ops.cast(self.iterations + 1, dtype)
-        step_size = ops.cast(learning_rate, dtype) / (1.0 - ops.power(self.beta_1, t))
-        sqrt_c2 = ops.sqrt(1.0 - ops.power(self.beta_2, t))
-        m = self._momentums[self._get_variable_index(variable)]
-        v = self._velocities[self._get_variable_index(variable)]
-        self.assign(m, self.beta_1 * m + (1.0 - self.beta_1) * gradient)
-        self.assign(v, self.beta_2 * v + (1.0 - self.beta_2) * ops.square(gradient))
-        self.assign_sub(variable, step_size * m / (ops.sqrt(v) / sqrt_c2 + self.epsilon))
+        i = self._get_variable_index(variable)
+        m, v = self._momentums[i], self._velocities[i]
+        new = adam_update(ops, variable, ops.cast(gradient, dtype), m, v,
+                          ops.cast(self.iterations + 1, dtype), ops.cast(learning_rate, dtype),
+                          self.beta_1, self.beta_2, self.epsilon)
+        for target, value in zip((variable, m, v), new):
+            self.assign(target, value)
 
 
 class TorchRMSprop(keras.optimizers.RMSprop):
@@ -163,11 +165,11 @@ class TorchRMSprop(keras.optimizers.RMSprop):
 
     def update_step(self, gradient, variable, learning_rate):
         dtype = variable.dtype
-        gradient = ops.cast(gradient, dtype)
         v = self._velocities[self._get_variable_index(variable)]
-        self.assign(v, self.rho * v + (1.0 - self.rho) * ops.square(gradient))
-        self.assign_sub(variable, ops.cast(learning_rate, dtype) * gradient
-                        / (ops.sqrt(v) + self.epsilon))
+        new = rmsprop_update(ops, variable, ops.cast(gradient, dtype), v,
+                             ops.cast(learning_rate, dtype), self.rho, self.epsilon)
+        for target, value in zip((variable, v), new):
+            self.assign(target, value)
 
 
 class TorchSGD(keras.optimizers.SGD):
@@ -184,8 +186,10 @@ class TorchSGD(keras.optimizers.SGD):
             return super().update_step(gradient, variable, learning_rate)
         dtype = variable.dtype
         b = self.momentums[self._get_variable_index(variable)]
-        self.assign(b, self.momentum * b + ops.cast(gradient, dtype))
-        self.assign_sub(variable, ops.cast(learning_rate, dtype) * b)
+        new = sgd_update(variable, ops.cast(gradient, dtype), b, ops.cast(learning_rate, dtype),
+                         self.momentum)
+        for target, value in zip((variable, b), new):
+            self.assign(target, value)
 
 
 def build_optimizer(optim: OptimConfig) -> keras.optimizers.Optimizer:
@@ -277,17 +281,16 @@ class KerasCharRNN(CharRNN):
         index = 0  # which of the GPUs: a data-parallel rank's own (jax backend)
         if BACKEND == "tensorflow":
             set_tf_threads(tf, threads)
-            gpu_names = [tf.config.experimental.get_device_details(gpu).get("device_name", "GPU")
-                         for gpu in tf.config.list_physical_devices("GPU")]
+            gpu_names = tf_gpu_names()
         elif BACKEND == "jax":
             limit_xla_threads(threads, xla_bridge.backends_are_initialized(),  # before devices()
                               cls.world.local_rank)
-            gpu_names = [d.device_kind for d in jax.local_devices() if d.platform == "gpu"]
+            gpu_names = jax_gpu_names()
             index = cls.world.local_rank if len(gpu_names) > 1 else 0
         else:
             if threads:
                 torch.set_num_threads(threads)
-            gpu_names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+            gpu_names = torch_gpu_names()
         chosen = choose_device(device, gpu_names, f"Keras' {BACKEND} backend sees no GPU (a "
                                                   f"CPU-only {BACKEND} build, or no GPU driver)",
                                index)

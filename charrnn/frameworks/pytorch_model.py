@@ -26,6 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from charrnn.common.config import ModelConfig, OptimConfig
 from charrnn.common.distributed import World
 from charrnn.common.framework import CPU, CharRNN, Device, choose_device
+from charrnn.common.gpus import torch_gpu_names
 from charrnn.common.weights import Weights
 
 # ---------------------------------------------------------------------------------------
@@ -151,10 +152,9 @@ class TorchCharRNN(CharRNN):
     def setup_device(cls, device, threads):
         if threads:
             torch.set_num_threads(threads)
-        gpu_names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-        return choose_device(device, gpu_names, f"PyTorch {torch.__version__} sees no CUDA GPU "
-                                                "(a CPU-only build of torch, or no NVIDIA driver)",
-                             cls.world.local_rank)
+        return choose_device(device, torch_gpu_names(),
+                             f"PyTorch {torch.__version__} sees no CUDA GPU (a CPU-only build "
+                             "of torch, or no NVIDIA driver)", cls.world.local_rank)
 
     # ---- data parallel: torch.distributed (docs/SPEC.md section 11) -------------------
     _host_group = None  # gloo group for the loop's host arrays when the gradients use NCCL

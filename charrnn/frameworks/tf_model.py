@@ -1,6 +1,6 @@
 """TensorFlow 2 without Keras: variables in a `tf.Module`, the LSTM, GRU and RNN cells in
 TF ops, a compiled train step with `tf.GradientTape`, global-norm clipping and the
-optimisers written out (SPEC sections 4, 8 and 9).
+optimisers of charrnn.common.optim in TF ops (SPEC sections 4, 8 and 9).
 
     python tf_model.py train --num-epochs 1
     python tf_model.py train --cell gru --optimizer rmsprop --l2 1e-5
@@ -23,7 +23,9 @@ import tensorflow as tf
 from charrnn.common.config import ModelConfig, OptimConfig
 from charrnn.common.distributed import World
 from charrnn.common.framework import CPU, CharRNN, Device, choose_device
+from charrnn.common.gpus import tf_gpu_names
 from charrnn.common.graph_loop import TFStepLoop
+from charrnn.common.optim import update
 from charrnn.common.threads import set_tf_threads
 from charrnn.common.weights import Weights, in_out_layout
 
@@ -193,10 +195,16 @@ def penalty(kernels, l1, l2):
     return tf.add_n(terms)
 
 
+def float32(a):
+    """A scalar of the update as float32: a graph's (the rate, a bias correction) cast, a
+    Python number left to TF, which makes it a float32 constant beside float32 tensors."""
+    return a if isinstance(a, (int, float)) else tf.cast(a, tf.float32)
+
+
 class Optimizer(tf.Module):
-    """The update count t (which also seeds dropout) and the per-parameter slots of
-    `OptimConfig.slots()` (Adam's m and v, RMSprop's v, SGD's b), zero at the start; a
-    subclass writes `apply`, SPEC sections 4 and 9's formula."""
+    """The optimiser of `optim`, charrnn.common.optim's formulas in TF ops (SPEC sections
+    4 and 9): the update count t (which also seeds dropout) and the per-parameter slots
+    of `OptimConfig.slots()` (Adam's m and v, RMSprop's v, SGD's b), zero at the start."""
 
     def __init__(self, params, optim: OptimConfig):
         super().__init__(name=optim.optimizer)
@@ -209,48 +217,17 @@ class Optimizer(tf.Module):
             setattr(self, slot, [tf.Variable(tf.zeros_like(p), trainable=False, name=slot)
                                  for p in params])
 
-
-class Adam(Optimizer):
-    """Adam with PyTorch's epsilon placement:
-    p -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps)."""
-
     def apply(self, params, grads):
-        o = self.optim
+        # t and the rate in float64: Adam's bias corrections as the NumPy reference
+        # computes them, rounded to float32 once.
         t = tf.cast(self.t.assign_add(1), tf.float64)
-        # Bias corrections in float64, as the NumPy reference computes them.
-        step_size = tf.cast(self.lr / (1.0 - o.beta1 ** t), tf.float32)
-        sqrt_c2 = tf.cast(tf.sqrt(1.0 - o.beta2 ** t), tf.float32)
-        for p, g, m, v in zip(params, grads, self.m, self.v):
-            m.assign(o.beta1 * m + (1.0 - o.beta1) * g)
-            v.assign(o.beta2 * v + (1.0 - o.beta2) * tf.square(g))
-            p.assign_sub(step_size * m / (tf.sqrt(v) / sqrt_c2 + o.eps))
-
-
-class RMSprop(Optimizer):
-    """v = rho v + (1 - rho) g^2, p -= lr g / (sqrt(v) + eps): eps outside the square root,
-    not centred, no momentum."""
-
-    def apply(self, params, grads):
-        o = self.optim
-        self.t.assign_add(1)
-        lr = tf.cast(self.lr, tf.float32)
-        for p, g, v in zip(params, grads, self.v):
-            v.assign(o.decay_rate * v + (1.0 - o.decay_rate) * tf.square(g))
-            p.assign_sub(lr * g / (tf.sqrt(v) + o.eps))
-
-
-class SGD(Optimizer):
-    """PyTorch's momentum: b = momentum b + g, p -= lr b."""
-
-    def apply(self, params, grads):
-        o = self.optim
-        self.t.assign_add(1)
-        lr = tf.cast(self.lr, tf.float32)
-        for p, g, b in zip(params, grads, self.b):
-            p.assign_sub(lr * b.assign(o.momentum * b + g))
-
-
-OPTIMIZERS = {"adam": Adam, "rmsprop": RMSprop, "sgd": SGD}
+        names = self.optim.slots()
+        for p, g, *slots in zip(params, grads, *(getattr(self, name) for name in names)):
+            new_p, new_slots = update(tf.math, self.optim, p, g, dict(zip(names, slots)), t,
+                                      self.lr, float32)
+            for slot, name in zip(slots, names):
+                slot.assign(new_slots[name])
+            p.assign(new_p)
 
 
 # ---------------------------------------------------------------------------------------
@@ -268,7 +245,7 @@ class TFCharRNN(CharRNN):
         L, H = config.num_layers, config.rnn_size
         with tf.device(self.tf_device):
             self.net = Net(config, {n: np.asarray(a, np.float32) for n, a in weights.items()})
-            self.optimizer = OPTIMIZERS[optim.optimizer](self.net.params, optim)
+            self.optimizer = Optimizer(self.net.params, optim)
         self.dropout_seed = tf.constant([seed, 0], tf.int64)
         # The sequence functions trace once per (B, T) shape: the unrolled time loop needs a
         # static T, and a static B drops the broadcast-gradient Sums of every elementwise op
@@ -330,11 +307,9 @@ class TFCharRNN(CharRNN):
     @classmethod
     def setup_device(cls, device, threads):
         set_tf_threads(tf, threads)
-        gpu_names = [tf.config.experimental.get_device_details(gpu).get("device_name", "GPU")
-                     for gpu in tf.config.list_physical_devices("GPU")]
-        return choose_device(device, gpu_names, "TensorFlow sees no GPU (a CPU-only "
-                                                "tensorflow, or no CUDA driver; install "
-                                                "tensorflow[and-cuda])")
+        return choose_device(device, tf_gpu_names(), "TensorFlow sees no GPU (a CPU-only "
+                                                     "tensorflow, or no CUDA driver; install "
+                                                     "tensorflow[and-cuda])")
 
     # ---- compiled functions: x, y (T, B) int32, time-major; h, c (L, B, H) ---------------
     def _grads_fn(self, x, y, h, c, seed=None):
