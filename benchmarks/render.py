@@ -1,11 +1,11 @@
 """What every report renders the same way: markdown tables with the repeats' spread, the
-machine header and its kinds, the versions table, and the README's marked blocks.
+machine header and its kinds, the versions table, and links from the results page.
 """
 
 from __future__ import annotations
 
 import math
-import sys
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,13 +13,11 @@ import pandas as pd
 
 from benchmarks.records import machine_slug
 from benchmarks.summary import _peak_measurements, _records
-from charrnn.common.fileio import atomic_write_text
 from charrnn.common.logs import format_duration
 
 # records.ISA_FLAGS as Intel's and AMD's manuals name them.
 ISA_NAMES = {"avx2": "AVX2", "avx512f": "AVX-512", "avx512_bf16": "AVX512-BF16",
              "amx_tile": "AMX", "amx_bf16": "AMX-BF16"}
-README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
 
 
 # The time columns that show their spread over repeats: "median (min–max)".
@@ -148,25 +146,7 @@ def _versions_table(table: pd.DataFrame) -> str:
                                  ("repeats", "runs", "{}")])
 
 
-def readme_link(results_dir: Path, readme: Path) -> Callable[[str], str]:
-    """The link from `readme` to a file of `results_dir`, by name."""
-    try:
-        rel = results_dir.resolve().relative_to(readme.resolve().parent).as_posix()
-    except ValueError:
-        rel = results_dir.resolve().as_posix()
+def page_link(results_dir: Path, page: Path) -> Callable[[str], str]:
+    """The link from the markdown file `page` to a file of `results_dir`, by name."""
+    rel = Path(os.path.relpath(results_dir.resolve(), page.resolve().parent)).as_posix()
     return (lambda name: name) if rel == "." else (lambda name: f"{rel}/{name}")
-
-
-def update_readme(readme: Path, block: str,
-                  markers: tuple[str, str] = (README_START, README_END)) -> bool:
-    """Replace the block between `markers` (included) of `readme` with `block`; False, with
-    a line on stderr, where the markers are missing."""
-    text = readme.read_text(encoding="utf-8") if readme.exists() else ""
-    start_marker, end_marker = markers
-    start, end = text.find(start_marker), text.find(end_marker)
-    if start < 0 or end < start:
-        print(f"{readme}: no {start_marker} ... {end_marker} markers; README not updated",
-              file=sys.stderr)
-        return False
-    atomic_write_text(readme, text[:start] + block + text[end + len(end_marker):])
-    return True

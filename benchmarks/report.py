@@ -23,10 +23,10 @@ writes beside the records:
 --reference publishes the run as this machine's reference results: its records.jsonl
 is copied to benchmarks/reference/<machine>/<profile>/ (<machine> is the CPU model
 and core count, e.g. amd-epyc-2core: benchmarks.records.machine_slug), the report is
-written there, and the block between the results markers of README.md is rewritten
-to show it (a full run: the block between its full markers, beside the quick table,
-with the original suite's numbers). Those files, and nothing else of a run, are
-committed.
+written there, and the results page, docs/RESULTS.md, is written whole again from every
+committed reference (`results_page`: a part per machine kind, a section per profile; a
+full run's with the original suite's numbers). Those files, and nothing else of a run,
+are committed.
 
 Every table of several frameworks of one cell gets an agreement line (how far apart
 their last-epoch losses are, against a target of 0.02 nats) and the run's time.
@@ -42,13 +42,11 @@ scaling) within one machine; a sweep or a reference of several kinds is refused.
 
 The scaling profile's records (`run_all --profile scaling`: a "world_size" each) get
 a row per framework and world size, and a scaling table: the whole batch's chars/s at
-each world size, the speedup over one process and the efficiency (speedup / W); with
---reference it rewrites the README's scaling block (between its scaling markers).
+each world size, the speedup over one process and the efficiency (speedup / W).
 
 The records of a sweep (`run_all --profile sweep`) get the sweep's report instead,
 from benchmarks.sweep_report: step time, MFU, throughput and memory against model and
-batch size, the fastest framework at each point and each one's scaling exponent;
-with --reference it rewrites the README's sweep block (between its sweep markers).
+batch size, the fastest framework at each point and each one's scaling exponent.
 """
 
 from __future__ import annotations
@@ -74,9 +72,7 @@ from benchmarks.records import (
     previous_settings,
     run_seconds,
 )
-from benchmarks.render import (  # noqa: F401 (README_START, SPREAD, update_readme: for tests)
-    README_END,
-    README_START,
+from benchmarks.render import (  # noqa: F401 (SPREAD: for tests)
     SPREAD,
     _cell,
     _machine_kinds,
@@ -86,8 +82,7 @@ from benchmarks.render import (  # noqa: F401 (README_START, SPREAD, update_read
     _versions_table,
     machine_header,
     markdown_table,
-    readme_link,
-    update_readme,
+    page_link,
 )
 from benchmarks.summary import (  # noqa: F401 (peaks: for tests)
     _get,
@@ -97,7 +92,7 @@ from benchmarks.summary import (  # noqa: F401 (peaks: for tests)
     cell_of,
     load_records,
     peaks,
-    read_records,
+    results_records,
     summarise,
 )
 from charrnn.common.config import CELLS
@@ -105,9 +100,8 @@ from charrnn.common.fileio import atomic_write_text
 from charrnn.common.logs import format_duration
 from charrnn.common.paths import ROOT
 
-CELLS_START, CELLS_END = "<!-- cells:start -->", "<!-- cells:end -->"
-SCALING_START, SCALING_END = "<!-- scaling:start -->", "<!-- scaling:end -->"
-FULL_START, FULL_END = "<!-- full:start -->", "<!-- full:end -->"
+# The committed results, written whole from benchmarks/reference/ (results_page).
+RESULTS_PAGE = ROOT / "docs" / "RESULTS.md"
 SAMPLE_CHARS = 500  # of each framework's generated text shown in report.md
 
 # The original suite (yxtay/char-rnn-text-generation) published no results table in any
@@ -125,8 +119,8 @@ ORIGINAL = {  # our name: (original script, training seconds, last epoch's train
     "mxnet": ("mxnet_model.py", 7348, 1.34199),
 }
 
-# Why the original suite's five losses cannot be set against one another (the README's full
-# block says it under the comparison).
+# Why the original suite's five losses cannot be set against one another (the full
+# run's section says it under the comparison).
 ORIGINAL_NOT_COMPARABLE = (
     "The original's losses are not comparable with one another: each script built the model "
     "from its own framework's layers with that framework's own initial weights, so its five "
@@ -199,7 +193,7 @@ def merge_records(results_dirs: list[Path], out: Path) -> None:
                          "another (it gets the merged records.jsonl)")
     merged, first = [], None
     for results_dir in results_dirs:
-        records = read_records(results_dir)
+        records = results_records(results_dir)
         settings = previous_settings(records)
         if settings is None:
             raise SystemExit(f"error: {results_dir / RECORDS_NAME}: no run record, so no "
@@ -688,7 +682,7 @@ def scaling_section(table: pd.DataFrame, s: dict) -> list[str]:
 
 
 def run_line(run: dict) -> str:
-    """"Profile `quick` on <cpu> (2 threads), <date>": how a README block begins."""
+    """"Profile `quick` on <cpu> (2 threads), <date>": how a section of the page begins."""
     s, m = run.get("settings", {}), run.get("machine", {})
     threads = s.get("threads")
     return (f"Profile `{s.get('profile')}` on {m.get('cpu')} ({threads} "
@@ -704,37 +698,37 @@ def _cell_training(run: dict) -> str:
             else "one epoch of each cell")
 
 
-def cells_block(table: pd.DataFrame, run: dict, results_dir: Path, readme: Path) -> str:
-    """The README's cells block: the cost of each cell in each framework."""
-    link = readme_link(results_dir, readme)
+# ---------------------------------------------------------------------------------------
+# The results page (docs/RESULTS.md): a section per reference directory
+# ---------------------------------------------------------------------------------------
+
+
+def page_cells(table: pd.DataFrame, run: dict, link) -> str:
+    """The cost of each cell in each framework."""
     return "\n".join([
-        CELLS_START,
         f"{run_line(run)}: {_cell_training(run)}, the median training "
         "step of the default spec otherwise (64 x 64 characters, 2 layers of 128). Full "
         f"report: [{link('report.md')}]({link('report.md')}).", "",
-        cells_table(table), "", CELLS_END])
+        cells_table(table)])
 
 
-def scaling_block(table: pd.DataFrame, run: dict, results_dir: Path, readme: Path) -> str:
-    """The README's scaling block: each data-parallel framework's throughput at each world
-    size, its speedup and efficiency."""
-    link = readme_link(results_dir, readme)
+def page_scaling(table: pd.DataFrame, run: dict, link) -> str:
+    """Each data-parallel framework's throughput at each world size, its speedup and
+    efficiency."""
     s = run.get("settings", {})
     return "\n".join([
-        SCALING_START,
         f"{run_line(run)}: {s.get('max_steps')} training steps at each world size W "
         "(`python -m charrnn.common.launch --nproc W`), the median step of the whole batch "
         f"({s.get('chars_per_batch')} characters, batch_size / W rows per process); "
         "efficiency = speedup / W. Full report: "
         f"[{link('report.md')}]({link('report.md')}).", "",
-        scaling_table(table), "", SCALING_END])
+        scaling_table(table)])
 
 
-def readme_block(table: pd.DataFrame, run: dict, results_dir: Path, readme: Path) -> str:
-    """The README's results block: the table and links to the plots and the full report."""
-    link = readme_link(results_dir, readme)
+def page_results(table: pd.DataFrame, run: dict, link) -> str:
+    """A run of one cell and one process (the quick profile): the table and links to the
+    plots and the full report."""
     return "\n".join([
-        README_START,
         f"{run_line(run)}; full report: "
         f"[{link('report.md')}]({link('report.md')}). Ranked by *s/epoch*, the median step "
         "times the batches of an epoch (the framework, not the machine's hiccups; MFU and "
@@ -743,18 +737,14 @@ def readme_block(table: pd.DataFrame, run: dict, results_dir: Path, readme: Path
         "", results_table(table), *[f"\n{note}" for note in flag_notes(table)], "",
         f"![loss per epoch]({link('loss_per_epoch.png')}) "
         f"![loss versus time]({link('loss_vs_time.png')}) "
-        f"![throughput]({link('throughput.png')})",
-        README_END])
+        f"![throughput]({link('throughput.png')})"])
 
 
-def full_block(table: pd.DataFrame, runs: list[dict], frameworks: pd.DataFrame,
-                results_dir: Path, readme: Path) -> str:
-    """The README's full-run block: the table, how far the losses agree, how long it took,
-    the original suite's numbers beside it, and the loss plots."""
-    link = readme_link(results_dir, readme)
+def page_full(table: pd.DataFrame, runs: list[dict], frameworks: pd.DataFrame, link) -> str:
+    """The full run: the table, how far the losses agree, how long it took, the original
+    suite's numbers beside it, and the loss plots."""
     summary = summary_lines(table, frameworks)
     return "\n".join([
-        FULL_START,
         f"{run_line(runs[-1])}: {runs[0].get('description', '?')}; full report: "
         f"[{link('report.md')}]({link('report.md')}). Ranked by *s/epoch* (the median step "
         "times the batches of an epoch); *wall s/epoch* is the clock.", "",
@@ -762,8 +752,88 @@ def full_block(table: pd.DataFrame, runs: list[dict], frameworks: pd.DataFrame,
         *[f"\n{line}" for line in summary], "",
         compare_original(table), "", ORIGINAL_NOT_COMPARABLE, "",
         f"![loss per epoch]({link('loss_per_epoch.png')}) "
-        f"![loss versus time]({link('loss_vs_time.png')})",
-        FULL_END])
+        f"![loss versus time]({link('loss_vs_time.png')})"])
+
+
+# The headline table the README shows (tests/test_readme.py checks it against the quick
+# reference of the page's first kind): the figures a framework chooser reads first.
+HEADLINE_COLUMNS = [("framework", "framework", "{}"), ("step_ms", "step ms", "{:.1f}"),
+                    ("chars_per_s", "train chars/s", "{:,.0f}"), ("mfu", "MFU", "pct"),
+                    ("val_loss", "val loss", "{:.4f}"),
+                    ("gen_chars_per_s", "gen chars/s", "{:,.0f}")]
+
+
+def headline_table(table: pd.DataFrame) -> str:
+    """The README's few columns of a quick reference's table, medians only."""
+    rows = [{c: r.get(c) for c, _, _ in HEADLINE_COLUMNS} for r in table.to_dict("records")]
+    return markdown_table(rows, HEADLINE_COLUMNS)
+
+
+# The profiles' sections in the order the page shows them; others (a custom run) after.
+PAGE_ORDER = ("quick", "cells", "sweep", "scaling", "full")
+PAGE_TITLES = {"quick": "One epoch of every framework (quick profile)",
+               "cells": "The cells: LSTM, GRU and vanilla RNN (cells profile)",
+               "sweep": "Model and batch size (sweep profile)",
+               "scaling": "Data-parallel throughput (scaling profile)",
+               "full": "32 epochs, the original suite's table (full profile)"}
+
+
+def reference_dirs(reference_root: Path) -> dict[str, list[Path]]:
+    """The committed reference directories per machine kind, the kind of the newest run
+    first (the page's and the README's headline), each kind's in PAGE_ORDER."""
+    kinds: dict[str, list[Path]] = {}
+    for records_path in reference_root.glob(f"*/*/{RECORDS_NAME}"):
+        kinds.setdefault(records_path.parent.parent.name, []).append(records_path.parent)
+
+    def started(d: Path) -> str:
+        runs = [r for r in results_records(d) if r.get("kind") == "run"]
+        return str(runs[-1].get("started", "")) if runs else ""
+
+    def order(d: Path) -> tuple:
+        return (PAGE_ORDER.index(d.name) if d.name in PAGE_ORDER else len(PAGE_ORDER), d.name)
+
+    newest = sorted(kinds, key=lambda k: max(map(started, kinds[k])), reverse=True)
+    return {k: sorted(kinds[k], key=order) for k in newest}
+
+
+def page_section(results_dir: Path, page: Path) -> str:
+    """The page's section of one reference directory, whatever its profile."""
+    runs, frameworks = load_records(results_dir)
+    link = page_link(results_dir, page)
+    if sweep_report.is_sweep(frameworks):
+        table = sweep_report.sweep_table(frameworks)
+        return sweep_report.section(table, sweep_report.grid_of(runs), runs[-1], link)
+    table = summary_table(frameworks)
+    if shows_cells(table):
+        return page_cells(table, runs[-1], link)
+    if shows_worlds(table):
+        return page_scaling(table, runs[-1], link)
+    if runs[-1].get("settings", {}).get("profile") == "full":
+        return page_full(table, runs, frameworks, link)
+    return page_results(table, runs[-1], link)
+
+
+def results_page(reference_root: Path, page: Path) -> str:
+    """docs/RESULTS.md: every committed reference, a part per machine kind (newest first)
+    and a section per profile."""
+    kinds = reference_dirs(reference_root)
+    root = page_link(reference_root, page)("")
+    lines = ["# Results", "",
+             "Written whole by `python -m benchmarks.report DIR --reference` (the `make "
+             f"reference-*` targets) from the committed records under [{root}]({root}): do "
+             "not edit by hand. A part per CPU kind (its model, best vector or matrix "
+             "extension and core count: the frameworks' ranking moves between kinds, and "
+             "[CPU_KINDS.md](CPU_KINDS.md) says how and why), the newest first. Within a "
+             "kind the losses are the same in every row: the frameworks train the same "
+             "model on the same batches.", ""]
+    lines += [f"- [{kind}](#{kind}): " + ", ".join(d.name for d in dirs)
+              for kind, dirs in kinds.items()]
+    for kind, dirs in kinds.items():
+        lines += ["", f"## {kind}"]
+        for d in dirs:
+            lines += ["", f"### {PAGE_TITLES.get(d.name, d.name + ' profile')}", "",
+                      page_section(d, page)]
+    return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------------------------------
@@ -859,8 +929,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reference", action="store_true",
                         help="publish as this machine's committed reference results: copy the "
                         "records to benchmarks/reference/<machine>/<profile>/, report there and "
-                        "rewrite the results block of README.md (a sweep, the cells or the "
-                        "scaling profile: its own block)")
+                        "write docs/RESULTS.md again from every committed reference")
     args = parser.parse_args(argv)
     results_dir = args.results_dirs[0]
     if len(args.results_dirs) > 1:
@@ -872,13 +941,20 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("error: --out is where several directories' merged records go; one "
                          "directory's report is written beside its records")
     results_dir = publish_reference(results_dir) if args.reference else results_dir
-    readme = ROOT / "README.md"
     runs, frameworks = load_records(results_dir)
     if sweep_report.is_sweep(frameworks):
         _one_machine_sweep(results_dir, runs)
-        sweep_report.main(results_dir, runs, frameworks, readme if args.reference else None)
-        return
-    table, _, runs = build(results_dir, compare=args.compare_original)
+        sweep_report.main(results_dir, runs, frameworks)
+    else:
+        print_report(results_dir, frameworks, args.compare_original)
+    if args.reference:
+        atomic_write_text(RESULTS_PAGE, results_page(REFERENCE_ROOT, RESULTS_PAGE))
+        print(f"wrote {RESULTS_PAGE.relative_to(ROOT)}")
+
+
+def print_report(results_dir: Path, frameworks: pd.DataFrame, compare: bool) -> None:
+    """Build a run's report and print its tables and summary lines."""
+    table, _, _ = build(results_dir, compare=compare)
     print(results_table(table))
     if shows_worlds(table):
         print()
@@ -887,25 +963,10 @@ def main(argv: list[str] | None = None) -> None:
         print(line)
     for line in summary_lines(table, frameworks):
         print(f"\n{line}")
-    if args.compare_original:
+    if compare:
         print()
         print(compare_original(table))
     print(f"\nreport: {results_dir / 'report.md'}")
-    if args.reference:
-        if shows_cells(table):  # the cells profile: its own block, beside the LSTM table
-            if update_readme(readme, cells_block(table, runs[-1], results_dir, readme),
-                             (CELLS_START, CELLS_END)):
-                print(f"updated the cells block of {readme.name}")
-        elif shows_worlds(table):  # the scaling profile: likewise
-            if update_readme(readme, scaling_block(table, runs[-1], results_dir, readme),
-                             (SCALING_START, SCALING_END)):
-                print(f"updated the scaling block of {readme.name}")
-        elif runs[-1].get("settings", {}).get("profile") == "full":  # beside the quick one
-            if update_readme(readme, full_block(table, runs, frameworks, results_dir, readme),
-                             (FULL_START, FULL_END)):
-                print(f"updated the full block of {readme.name}")
-        elif update_readme(readme, readme_block(table, runs[-1], results_dir, readme)):
-            print(f"updated the results block of {readme.name}")
 
 
 if __name__ == "__main__":

@@ -11,17 +11,18 @@ from pathlib import Path
 import pandas as pd
 
 from benchmarks.mfu import mfu, train_flops_per_step
-from benchmarks.records import RECORDS_NAME, record_machines
+from benchmarks.records import RECORDS_NAME, read_records, record_machines
 from benchmarks.sweep import point_key
-from charrnn.common.logs import bits, read_jsonl
+from charrnn.common.logs import bits
 
 
-def read_records(results_dir: str | Path) -> list[dict]:
-    """The records of RESULTS_DIR/records.jsonl; one line when there are none."""
+def results_records(results_dir: str | Path) -> list[dict]:
+    """The records of RESULTS_DIR/records.jsonl (records.read_records: a line cut by a crash
+    is left out, the rest still counts); one line when there is no such file."""
     path = Path(results_dir) / RECORDS_NAME
     if not path.exists():
         raise SystemExit(f"error: {path}: no records (run python -m benchmarks.run_all first)")
-    return read_jsonl(path)  # a line cut by a crash is left out; the rest still counts
+    return read_records(path)
 
 
 def load_records(results_dir: str | Path) -> tuple[list[dict], pd.DataFrame]:
@@ -31,7 +32,7 @@ def load_records(results_dir: str | Path) -> tuple[list[dict], pd.DataFrame]:
     framework record gets the kind of the run record before it (records.record_machines)
     as its "machine"."""
     path = Path(results_dir) / RECORDS_NAME
-    records = read_records(results_dir)
+    records = results_records(results_dir)
     df = pd.json_normalize(records, max_level=0) if records else pd.DataFrame()
     if df.empty or "kind" not in df:
         raise SystemExit(f"error: {path}: no records")

@@ -21,13 +21,13 @@ log(training FLOPs per step) over the rnn sizes. An exponent of 1 is a step whos
 time grows with its arithmetic (compute-bound); below 1, a fixed cost per step
 (dispatch, the seq_len sequential time steps) that larger models amortise; above 1,
 a step that gets less efficient as it grows (caches, memory). With --reference the
-README block between the sweep markers shows the framework table and the two main
-plots.
+results page (docs/RESULTS.md) shows the framework table and the two main plots.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -40,14 +40,11 @@ from benchmarks.render import (
     _versions_table,
     machine_header,
     markdown_table,
-    readme_link,
-    update_readme,
 )
 from benchmarks.summary import _peak_measurements, _records, summarise
 from benchmarks.sweep import Grid, Point, point_of
 from charrnn.common.fileio import atomic_write_text
 
-SWEEP_START, SWEEP_END = "<!-- sweep:start -->", "<!-- sweep:end -->"
 # A step after the first that takes more than this many times the median of the others is
 # still warming up (compiling a second trace, filling caches): the report says so.
 WARMUP_FACTOR = 2.0
@@ -276,7 +273,7 @@ def write_plots(table: pd.DataFrame, grid: Grid, frameworks: pd.DataFrame,
 
 
 # ---------------------------------------------------------------------------------------
-# report.md, the README block, and main
+# report.md, the results page's section, and main
 # ---------------------------------------------------------------------------------------
 
 
@@ -338,20 +335,17 @@ def render(runs: list[dict], table: pd.DataFrame, frameworks: pd.DataFrame,
     return "\n".join(lines).rstrip() + "\n"
 
 
-def readme_block(table: pd.DataFrame, grid: Grid, run: dict, results_dir: Path,
-                 readme: Path) -> str:
-    """The README's sweep block: the per-framework table and the two main plots."""
-    link = readme_link(results_dir, readme)
+def section(table: pd.DataFrame, grid: Grid, run: dict, link: Callable[[str], str]) -> str:
+    """The results page's sweep section: the per-framework table and the two main plots;
+    `link` names a file of the sweep's directory from the page (render.page_link)."""
     rows, columns = framework_rows(table, grid)
     m = run.get("machine", {})
     return "\n".join([
-        SWEEP_START,
         f"Sweep on {m.get('cpu')} ({run.get('settings', {}).get('threads')} threads), "
         f"{str(run.get('started', ''))[:10]}; full report: [{link('report.md')}]"
         f"({link('report.md')}).", "", markdown_table(rows, columns), "",
         f"![step time against rnn size]({link(STEP_PLOT)}) "
-        f"![throughput against batch size]({link(BATCH_PLOT)})",
-        SWEEP_END])
+        f"![throughput against batch size]({link(BATCH_PLOT)})"])
 
 
 def build(results_dir: Path, runs: list[dict], frameworks: pd.DataFrame) -> tuple[pd.DataFrame,
@@ -368,16 +362,10 @@ def build(results_dir: Path, runs: list[dict], frameworks: pd.DataFrame) -> tupl
     return table, text
 
 
-def main(results_dir: Path, runs: list[dict], frameworks: pd.DataFrame, readme: Path | None):
-    """benchmarks.report's main for a sweep: build, print the tables, and with `readme`
-    (--reference) rewrite its sweep block."""
+def main(results_dir: Path, runs: list[dict], frameworks: pd.DataFrame) -> None:
+    """benchmarks.report's main for a sweep: build and print the tables."""
     table, _ = build(results_dir, runs, frameworks)
-    grid = grid_of(runs)
-    print(tables_text(table, grid))
+    print(tables_text(table, grid_of(runs)))
     for line in problem_lines(table, frameworks):
         print(line)
     print(f"\nreport: {results_dir / 'report.md'}")
-    if readme is not None and update_readme(
-            readme, readme_block(table, grid, runs[-1], results_dir, readme),
-            (SWEEP_START, SWEEP_END)):
-        print(f"updated the sweep block of {readme.name}")

@@ -569,31 +569,40 @@ def test_agreement_and_run_time_lines(saved):
     assert line in md and "Run time: " in md
 
 
-def test_full_run_reference_gets_its_own_readme_block(saved, tmp_path, monkeypatch):
-    """A full run publishes beside the quick table, not over it, with the original suite's
-    numbers and the sentence on why they differ among themselves."""
-    lines = (saved / "records.jsonl").read_text().splitlines()
-    run = json.loads(lines[0])
-    run["settings"]["profile"] = "full"
-    (saved / "records.jsonl").write_text("\n".join([json.dumps(run), *lines[1:]]) + "\n")
+def page_checkout(tmp_path, monkeypatch) -> Path:
+    """A checkout of the report's own: its reference directory and results page in tmp."""
     root = tmp_path / "checkout"
-    root.mkdir()
-    readme = root / "README.md"
-    quick = "<!-- results:start -->\nquick table\n<!-- results:end -->\n"
-    readme.write_text(f"# project\n\n{quick}\n<!-- full:start -->\nold\n<!-- full:end -->\n")
     monkeypatch.setattr(report, "ROOT", root)
     monkeypatch.setattr(report, "REFERENCE_ROOT", root / "benchmarks" / "reference")
+    monkeypatch.setattr(report, "RESULTS_PAGE", root / "docs" / "RESULTS.md")
+    return root
+
+
+def test_full_run_reference_gets_its_own_section_beside_the_quick_one(saved, tmp_path,
+                                                                       monkeypatch):
+    """A full run publishes beside the quick table, not over it, with the original suite's
+    numbers and the sentence on why they differ among themselves."""
+    root = page_checkout(tmp_path, monkeypatch)
+    quick = tmp_path / "quick"
+    shutil.copytree(saved, quick)
+    lines = (quick / "records.jsonl").read_text().splitlines()
+    run = json.loads(lines[0])
+    run["settings"]["profile"] = "quick"
+    (quick / "records.jsonl").write_text("\n".join([json.dumps(run), *lines[1:]]) + "\n")
+    report.main([str(quick), "--reference"])
+    run["settings"]["profile"] = "full"
+    (saved / "records.jsonl").write_text("\n".join([json.dumps(run), *lines[1:]]) + "\n")
     report.main([str(saved), "--reference", "--compare-original"])
 
-    text = readme.read_text()
-    assert quick in text and "old" not in text
-    block = text[text.index("<!-- full:start -->"):]
-    assert block.startswith("<!-- full:start -->\nProfile `full`")
-    assert "| numpy | 2.4.6 |" in block and "Agreement: across the 3 rows" in block
-    assert "| pytorch | pytorch_model.py | 1:37:48.0 | 1.32285 |" in block
-    assert report.ORIGINAL_NOT_COMPARABLE in block
-    assert "benchmarks/reference/amd-epyc-2core/full/loss_per_epoch.png" in block
-    assert "benchmarks/reference/amd-epyc-2core/full/loss_vs_time.png" in block
+    text = (root / "docs" / "RESULTS.md").read_text()
+    quick_part, full_part = text.split("### 32 epochs, the original suite's table (full profile)")
+    assert "### One epoch of every framework (quick profile)\n\nProfile `quick`" in quick_part
+    assert full_part.startswith("\n\nProfile `full`")
+    assert "| numpy | 2.4.6 |" in full_part and "Agreement: across the 3 rows" in full_part
+    assert "| pytorch | pytorch_model.py | 1:37:48.0 | 1.32285 |" in full_part
+    assert report.ORIGINAL_NOT_COMPARABLE in full_part
+    assert "../benchmarks/reference/amd-epyc-2core/full/loss_per_epoch.png" in full_part
+    assert "../benchmarks/reference/amd-epyc-2core/full/loss_vs_time.png" in full_part
 
 
 @pytest.fixture
@@ -670,13 +679,10 @@ def test_generation_figures_sampler_and_batch(loaded):
     assert "`--num-samples 64`, all 64 streams' characters (64 x 50)" in md
 
 
-def test_reference_publishes_the_records_and_updates_the_readme(saved, tmp_path, monkeypatch):
-    root = tmp_path / "checkout"
-    root.mkdir()
-    readme = root / "README.md"
-    readme.write_text("# project\n\n<!-- results:start -->\nold\n<!-- results:end -->\n\nafter\n")
-    monkeypatch.setattr(report, "ROOT", root)
-    monkeypatch.setattr(report, "REFERENCE_ROOT", root / "benchmarks" / "reference")
+def test_reference_publishes_the_records_and_writes_the_results_page(saved, tmp_path,
+                                                                    monkeypatch):
+    root = page_checkout(tmp_path, monkeypatch)
+    page = root / "docs" / "RESULTS.md"
     report.main([str(saved), "--reference"])
 
     # The committed set: the records, the report and the plots; nothing else of a run.
@@ -686,25 +692,34 @@ def test_reference_publishes_the_records_and_updates_the_readme(saved, tmp_path,
         "throughput.png"]
     assert (published / "records.jsonl").read_text() == (saved / "records.jsonl").read_text()
 
-    text = readme.read_text()
-    assert text.startswith("# project\n\n<!-- results:start -->\nProfile `custom`")
-    assert "old" not in text and text.endswith("<!-- results:end -->\n\nafter\n")
-    link = "benchmarks/reference/amd-epyc-2core/custom"
+    text = page.read_text()
+    assert text.startswith("# Results\n\nWritten whole by")
+    assert "- [amd-epyc-2core](#amd-epyc-2core): custom\n" in text
+    assert "### custom profile\n\nProfile `custom`" in text
+    link = "../benchmarks/reference/amd-epyc-2core/custom"
     assert f"]({link}/report.md)" in text and f"]({link}/throughput.png)" in text
     assert "| numpy | 2.4.6 |" in text
 
-    # Again from the published directory itself: the same files, the README rewritten.
+    # Again from the published directory itself: the same files, the same page.
     report.main([str(published), "--reference"])
-    assert len(list(published.iterdir())) == 6 and readme.read_text() == text
+    assert len(list(published.iterdir())) == 6 and page.read_text() == text
 
 
-def test_update_readme_skips_without_markers(saved, capsys):
-    readme = saved / "README.md"
-    readme.write_text("# no markers\n")
-    table, _, runs = report.build(saved)
-    assert not report.update_readme(readme, report.readme_block(table, runs[-1], saved, readme))
-    assert readme.read_text() == "# no markers\n"
-    assert "markers" in capsys.readouterr().err
+def test_results_page_puts_the_newest_kind_first(saved, tmp_path, monkeypatch):
+    """Each machine kind gets its part, the kind of the newest run first (the headline)."""
+    root = page_checkout(tmp_path, monkeypatch)
+    report.main([str(saved), "--reference"])
+    lines = (saved / "records.jsonl").read_text().splitlines()
+    run = json.loads(lines[0])
+    run["machine"] = {**run["machine"], "cpu": "Intel(R) Xeon(R) Platinum 8488C",
+                      "isa": ["avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16"]}
+    run["started"] = "2099-01-01T00:00:00+00:00"
+    (saved / "records.jsonl").write_text("\n".join([json.dumps(run), *lines[1:]]) + "\n")
+    report.main([str(saved), "--reference"])
+    text = (root / "docs" / "RESULTS.md").read_text()
+    assert text.index("## intel-xeon-platinum-8488c-amx-2core") < text.index("## amd-epyc-2core")
+    assert list(report.reference_dirs(root / "benchmarks" / "reference")) == [
+        "intel-xeon-platinum-8488c-amx-2core", "amd-epyc-2core"]
 
 
 def test_committed_reference_renders_and_names_no_machine_directory(tmp_path):

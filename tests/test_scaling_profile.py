@@ -175,19 +175,16 @@ def test_scaling_table_speedup_and_efficiency(scaling_records):
     assert sorted(csv["world_size"]) == [1, 1, 2, 2]
 
 
-def test_scaling_reference_rewrites_only_the_scaling_block(scaling_records, tmp_path,
-                                                           monkeypatch):
+def test_scaling_reference_gets_its_section_of_the_results_page(scaling_records, tmp_path,
+                                                                monkeypatch):
     root = tmp_path / "checkout"
-    root.mkdir()
-    readme = root / "README.md"
-    readme.write_text("<!-- results:start -->\nkept\n<!-- results:end -->\n"
-                      "<!-- scaling:start -->\nold\n<!-- scaling:end -->\n")
+    page = root / "docs" / "RESULTS.md"
     monkeypatch.setattr(report, "ROOT", root)
     monkeypatch.setattr(report, "REFERENCE_ROOT", root / "benchmarks" / "reference")
+    monkeypatch.setattr(report, "RESULTS_PAGE", page)
     report.main([str(scaling_records), "--reference"])
-    text = readme.read_text()
-    assert "kept" in text and "old" not in text
-    block = text.split("<!-- scaling:start -->\n")[1]
+    text = page.read_text()
+    block = text.split("### Data-parallel throughput (scaling profile)\n\n")[1]
     assert block.startswith("Profile `scaling` on AMD EPYC (1 thread per process)")
-    assert "](benchmarks/reference/amd-epyc-2core/scaling/report.md)" in block
+    assert "](../benchmarks/reference/amd-epyc-2core/scaling/report.md)" in block
     assert "| pytorch | 40,960 | 65,536 | 1.60x | 80% |" in block

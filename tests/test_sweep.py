@@ -313,23 +313,19 @@ def test_sweep_report_writes_every_plot_and_table(saved, capsys):
     assert text == md and len(table) == 15
 
 
-def test_sweep_reference_publishes_and_rewrites_only_the_sweep_block(saved, tmp_path,
-                                                                      monkeypatch):
+def test_sweep_reference_publishes_and_gets_its_section_of_the_results_page(saved, tmp_path,
+                                                                          monkeypatch):
     root = tmp_path / "checkout"
-    root.mkdir()
-    readme = root / "README.md"
-    before = ("# project\n\n<!-- results:start -->\nquick\n<!-- results:end -->\n\n"
-              "<!-- sweep:start -->\nold\n<!-- sweep:end -->\n")
-    readme.write_text(before)
+    page = root / "docs" / "RESULTS.md"
     monkeypatch.setattr(report, "ROOT", root)
     monkeypatch.setattr(report, "REFERENCE_ROOT", root / "benchmarks" / "reference")
+    monkeypatch.setattr(report, "RESULTS_PAGE", page)
     report.main([str(saved), "--reference"])
     published = root / "benchmarks" / "reference" / "amd-epyc-2core" / "custom"
     assert sorted(p.name for p in published.iterdir()) == SWEEP_FILES
-    text = readme.read_text()
-    assert text.startswith(before[:before.index("<!-- sweep:start -->")])  # quick block kept
-    assert "old" not in text and text.endswith("<!-- sweep:end -->\n")
-    link = "benchmarks/reference/amd-epyc-2core/custom"
+    text = page.read_text()
+    assert text.startswith("# Results\n") and "## amd-epyc-2core\n" in text
+    link = "../benchmarks/reference/amd-epyc-2core/custom"
     assert f"]({link}/step_time_vs_rnn_size.png)" in text
     assert f"]({link}/throughput_vs_batch_size.png)" in text
     assert "| framework | exponent |" in text
