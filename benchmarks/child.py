@@ -36,7 +36,7 @@ from pathlib import Path
 from benchmarks import records
 from benchmarks.plan import BATCH_SAMPLES, Plan, where_of  # noqa: F401 (where_of: for tests)
 from charrnn.common.logs import read_training_log
-from charrnn.common.paths import ROOT, venv_python
+from charrnn.common.paths import ROOT, env_python
 from charrnn.common.registry import Entry
 from charrnn.common.threads import thread_env
 
@@ -52,16 +52,9 @@ WATCH_EVERY_S = 1.0  # how often a training child's log is looked at for new epo
 # ---------------------------------------------------------------------------------------
 
 
-def interpreter(env: str) -> Path:
-    """The Python the benchmark runs environment `env` with: its virtual environment's;
-    for "any" (NumPy) the modern one, or this interpreter where that is missing."""
-    python = venv_python(env)
-    return python if env != "any" or python.exists() else Path(sys.executable)
-
-
 def skip_reason(entry: Entry) -> str | None:
     """Why `entry` cannot run on this machine (its environment is missing), or None."""
-    python = interpreter(entry.env)
+    python = entry.python()
     if not python.exists():
         return f"{records.portable(python)} does not exist (run make setup)"
     probe = subprocess.run(
@@ -78,7 +71,7 @@ def train_command(entry: Entry, plan: Plan, run_dir: Path) -> list[str]:
     W = 1 too, so that every world size has the same processes around its ranks and the
     same start-up (WORLD_SIZE=1 is common.train's single-process path)."""
     s = plan.settings
-    python = str(interpreter(entry.env))
+    python = str(entry.python())
     launch = ([python, "-m", "charrnn.common.launch", "--nproc", str(plan.world_size)]
               if plan.world_size else [python])
     cmd = [*launch, str(entry.script), "train", "--text-path", s.text_path,
@@ -97,7 +90,7 @@ def train_command(entry: Entry, plan: Plan, run_dir: Path) -> list[str]:
 
 def generate_command(entry: Entry, plan: Plan, run_dir: Path, num_samples: int = 1) -> list[str]:
     s = plan.settings
-    return [str(interpreter(entry.env)), str(entry.script), "generate", "--checkpoint-path",
+    return [str(entry.python()), str(entry.script), "generate", "--checkpoint-path",
             str(run_dir / "checkpoint"), "--text-path", s.text_path, "--length",
             str(s.gen_length), "--random-seed", str(s.random_seed), "--threads", str(s.threads),
             "--device", s.device] + (["--num-samples", str(num_samples)] if num_samples > 1
@@ -226,7 +219,7 @@ def batch_chars(chars: int, num_samples: int, length: int) -> int:
 def measure_peak_flops(threads: int, size: int, repeats: int) -> dict:
     """benchmarks.mfu in a fresh process, its thread variables set before NumPy loads."""
     env = {**os.environ, **thread_env(threads)}
-    out = subprocess.run([str(interpreter("any")), "-m", "benchmarks.mfu", "--threads",
+    out = subprocess.run([str(env_python("any")), "-m", "benchmarks.mfu", "--threads",
                           str(threads), "--size", str(size), "--repeats", str(repeats)],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     if out.returncode != 0:
@@ -255,7 +248,7 @@ def run_framework(entry: Entry, repeat: int, plan: Plan,
     if plan.world_size:
         point["world_size"] = plan.world_size
     record = records.framework_record(
-        entry.name, repeat, entry.env, entry.script, interpreter(entry.env), **point,
+        entry.name, repeat, entry.env, entry.script, entry.python(), **point,
         started=records.now(), loadavg_start=records.loadavg())
     record["peak_before"] = _peak(plan)
     if _train(entry, plan, run_dir, env, record, on_epochs):

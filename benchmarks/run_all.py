@@ -553,7 +553,7 @@ def run_frameworks(todo: list[Job], plans: dict[Where, Plan], repeats: int,
                 reasons[entry.name] = skip_reason(entry, plan)
                 if reasons[entry.name]:  # one record per framework (and shard)
                     records.append_record(records_path, records.skipped_record(
-                        entry.name, entry.env, entry.script, child.interpreter(entry.env),
+                        entry.name, entry.env, entry.script, entry.python(),
                         reasons[entry.name]))
             if reasons[entry.name]:
                 print(f"{label}: skipped: {reasons[entry.name]}", file=sys.stderr)

@@ -26,7 +26,6 @@ results page (docs/RESULTS.md) shows the framework table and the two main plots.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -37,6 +36,7 @@ from benchmarks.mfu import train_flops_per_step
 from benchmarks.plot import Line, plot_lines
 from benchmarks.render import (
     _machine_lines,
+    _missing,
     _versions_table,
     machine_header,
     markdown_table,
@@ -127,10 +127,6 @@ def scaling_exponent(flops: list[float], seconds: list[float]) -> float | None:
         return None
     slope, _ = np.polyfit(np.log([f for f, _ in pairs]), np.log([s for _, s in pairs]), 1)
     return float(slope)
-
-
-def _missing(value) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def _axis(table: pd.DataFrame, grid: Grid, axis: str) -> pd.DataFrame:

@@ -289,7 +289,7 @@ def test_missing_environment_is_skipped_not_failed():
     reason = child.skip_reason(entry)
     assert reason == "no_such_module_for_later is not installed in .venv"
     record = records.skipped_record(entry.name, entry.env, entry.script,
-                                    child.interpreter(entry.env), reason)
+                                    entry.python(), reason)
     assert record["status"] == "skipped" and record["script"] == "numpy_model.py"
     assert records.done_runs([record]) == set()  # --resume tries it again
 

@@ -7,6 +7,7 @@ bootstrap can use it before NumPy or a framework loads.
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent  # charrnn/
@@ -37,6 +38,15 @@ HOME_ENV = {"modern": "modern", "legacy": "legacy", "any": "modern"}
 def venv_python(env: str) -> Path:
     """The interpreter of environment `env` ("modern", "legacy", or "any": the modern one)."""
     return VENVS[HOME_ENV[env]] / "bin" / "python"
+
+
+def env_python(env: str) -> Path:
+    """The interpreter that runs environment `env` (the registry's, the benchmark's and the
+    tests' one answer): its virtual environment's; for "any" (NumPy runs in both) the
+    modern one, or this interpreter where that is missing (an installed package, or a
+    checkout before make setup)."""
+    python = venv_python(env)
+    return python if env != "any" or python.exists() else Path(sys.executable)
 
 
 def slug(name: str) -> str:

@@ -21,7 +21,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from charrnn.common.paths import IN_CHECKOUT, ROOT, slug, venv_python
+from charrnn.common.paths import IN_CHECKOUT, ROOT, env_python, slug
 
 VARIANT_ENV = "CHARRNN_VARIANT"  # which of a script's VARIANTS its command line runs
 
@@ -51,8 +51,8 @@ class Entry:
         return slug(self.name)
 
     def python(self) -> Path:
-        """The interpreter of this framework's environment ("any": this one)."""
-        return Path(sys.executable) if self.env == "any" else venv_python(self.env)
+        """The interpreter of this framework's environment (paths.env_python)."""
+        return env_python(self.env)
 
     def process_env(self) -> dict[str, str]:
         """os.environ plus this entry's variables (and its variant, or none), for a
