@@ -1,5 +1,5 @@
 # char-rnn-bench: `make bench` and `make test` set everything up first.
-# Two environments, because Chainer and MXNet need NumPy 1.x (README, "Two environments").
+# Two environments, because Chainer and MXNet need NumPy 1.x (docs/DEVELOPING.md).
 PYTHON ?= python3
 VENV := .venv
 LEGACY := .venv-legacy
@@ -53,19 +53,20 @@ bench: setup
 bench-full: setup
 	$(VENV)/bin/python -m benchmarks.run_all --profile full
 
-# The full run the README shows, committed: 32 epochs of every default row, published to
-# benchmarks/reference/<machine>/full/ with its report and plots, and the block between
-# README's full markers rewritten, the original suite's numbers beside it. About 2.5 hours
+# The committed full run: 32 epochs of every default row, published to
+# benchmarks/reference/<machine>/full/ with its report and plots, the original suite's
+# numbers beside it, and docs/RESULTS.md rewritten. About 5 hours
 # on this 2-core CPU; after a stop, `python -m benchmarks.run_all --profile full --resume
 # --no-report` continues it, then run the second line.
 reference-full: setup
 	$(VENV)/bin/python -m benchmarks.run_all --profile full --no-report
 	$(VENV)/bin/python -m benchmarks.report benchmarks/results/full --reference --compare-original
 
-# The reference results the README shows, committed: a quick run, three repeats taking
-# turns (the report gives medians and min-max), published to
-# benchmarks/reference/<machine>/quick/ (<machine>: CPU model and core count, e.g.
-# amd-epyc-2core) with its report and plots, and the README's results block rewritten.
+# The committed quick reference: three repeats taking turns (the report gives medians and
+# min-max), published to benchmarks/reference/<machine>/quick/ (<machine>: CPU model, best
+# vector or matrix extension and core count, e.g. amd-epyc-avx512bf16-2core) with its
+# report and plots, and docs/RESULTS.md rewritten. The README's headline table is this
+# table's few columns for the newest kind (tests/test_readme.py says when it is stale).
 reference-results: setup
 	$(VENV)/bin/python -m benchmarks.run_all --profile quick --repeats 3 --no-report
 	$(VENV)/bin/python -m benchmarks.report benchmarks/results/quick --reference
@@ -77,9 +78,8 @@ reference-results: setup
 bench-sweep: setup
 	$(VENV)/bin/python -m benchmarks.run_all --profile sweep
 
-# The sweep the README shows, committed like the quick reference: published to
-# benchmarks/reference/<machine>/sweep/ with its report and plots, and the block between
-# README's sweep markers rewritten.
+# The committed sweep, like the quick reference: published to
+# benchmarks/reference/<machine>/sweep/ with its report and plots, docs/RESULTS.md rewritten.
 reference-sweep: setup
 	$(VENV)/bin/python -m benchmarks.run_all --profile sweep --no-report
 	$(VENV)/bin/python -m benchmarks.report benchmarks/results/sweep --reference
@@ -90,9 +90,8 @@ reference-sweep: setup
 bench-cells: setup
 	$(VENV)/bin/python -m benchmarks.run_all --profile cells
 
-# The cells table the README shows, committed like the quick reference: published to
-# benchmarks/reference/<machine>/cells/, and the block between README's cells markers
-# rewritten.
+# The committed cells table, like the quick reference: published to
+# benchmarks/reference/<machine>/cells/, docs/RESULTS.md rewritten.
 reference-cells: setup
 	$(VENV)/bin/python -m benchmarks.run_all --profile cells --no-report
 	$(VENV)/bin/python -m benchmarks.report benchmarks/results/cells --reference
@@ -103,9 +102,8 @@ reference-cells: setup
 bench-scaling: setup
 	$(VENV)/bin/python -m benchmarks.run_all --profile scaling
 
-# The scaling table the README shows, committed like the quick reference: three repeats
-# taking turns, published to benchmarks/reference/<machine>/scaling/, and the block between
-# README's scaling markers rewritten.
+# The committed scaling table, like the quick reference: three repeats taking turns,
+# published to benchmarks/reference/<machine>/scaling/, docs/RESULTS.md rewritten.
 reference-scaling: setup
 	$(VENV)/bin/python -m benchmarks.run_all --profile scaling --repeats 3 --no-report
 	$(VENV)/bin/python -m benchmarks.report benchmarks/results/scaling --reference

@@ -153,7 +153,7 @@ def test_grown_vocabulary_keeps_the_known_characters_probabilities():
 
 
 def test_plot_command_runs_from_a_python_without_matplotlib(tmp_path):
-    """`python -m benchmarks.plot`, as the README shows it, from a Python that lacks
+    """`python -m benchmarks.plot`, as docs/USAGE.md shows it, from a Python that lacks
     matplotlib (the legacy environment's): it re-executes under the one that has it."""
     python = venv_python("legacy")
     if not python.exists() or not venv_python("modern").exists():
