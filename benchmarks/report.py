@@ -72,9 +72,7 @@ from benchmarks.records import (
     previous_settings,
     run_seconds,
 )
-from benchmarks.render import (  # noqa: F401 (SPREAD: for tests)
-    SPREAD,
-    _cell,
+from benchmarks.render import (  # noqa: F401 (_spread_cell: for tests)
     _machine_kinds,
     _machine_lines,
     _missing,
@@ -83,13 +81,13 @@ from benchmarks.render import (  # noqa: F401 (SPREAD: for tests)
     machine_header,
     markdown_table,
     page_link,
+    render,
+    sentence,
 )
-from benchmarks.summary import (  # noqa: F401 (peaks: for tests)
-    _get,
-    _peak_measurements,
-    _present,
+from benchmarks.summary import (  # noqa: F401 (SPREAD, peaks: for tests)
+    SPREAD,
     _records,
-    cell_of,
+    aggregate_repeats,
     load_records,
     peaks,
     results_records,
@@ -97,7 +95,6 @@ from benchmarks.summary import (  # noqa: F401 (peaks: for tests)
 )
 from charrnn.common.config import CELLS
 from charrnn.common.fileio import atomic_write_text
-from charrnn.common.logs import format_duration
 from charrnn.common.paths import ROOT
 
 # The committed results, written whole from benchmarks/reference/ (results_page).
@@ -111,22 +108,14 @@ SAMPLE_CHARS = 500  # of each framework's generated text shown in report.md
 # "end of training, duration" and the last epoch's mean batch loss.
 ORIGINAL_SOURCE = ("yxtay/char-rnn-text-generation, logs/*_model.log at commit 8119785 "
                    "(2017-09-06)")
-ORIGINAL = {  # our name: (original script, training seconds, last epoch's train loss)
-    "tensorflow": ("tf_model.py", 3003, 1.45795),
-    "keras[tensorflow]": ("keras_model.py", 5270, 1.42505),
-    "pytorch": ("pytorch_model.py", 5868, 1.32285),
-    "chainer": ("chainer_model.py", 4954, 1.2293),
-    "mxnet": ("mxnet_model.py", 7348, 1.34199),
-}
+ORIGINAL = pd.DataFrame([  # our name, the original script, training seconds, last train loss
+    ("tensorflow", "tf_model.py", 3003, 1.45795),
+    ("keras[tensorflow]", "keras_model.py", 5270, 1.42505),
+    ("pytorch", "pytorch_model.py", 5868, 1.32285),
+    ("chainer", "chainer_model.py", 4954, 1.2293),
+    ("mxnet", "mxnet_model.py", 7348, 1.34199),
+], columns=["framework", "script", "original_s", "original_loss"])
 
-# Why the original suite's five losses cannot be set against one another (the full
-# run's section says it under the comparison).
-ORIGINAL_NOT_COMPARABLE = (
-    "The original's losses are not comparable with one another: each script built the model "
-    "from its own framework's layers with that framework's own initial weights, so its five "
-    "rows are five different trainings, ending anywhere from 1.23 to 1.46 nats; here every "
-    "row starts from the same weights and sees the same batches, and the spread above is "
-    "what is left.")
 # How far apart the frameworks' final losses may be after the same training (max - min, in
 # nats): the agreement line says whether the run stays within it.
 LOSS_SPREAD_TARGET = 0.02
@@ -135,26 +124,19 @@ LOSS_SPREAD_TARGET = 0.02
 # as max / min - 1: the machine's speed changed during the run, and the row is flagged.
 PEAK_TOLERANCE = 0.10
 
-# The main table of report.md and README, fastest first by s/epoch: (column, header, format).
+# The tables' columns: (column, header, format); "{}" is text, left-aligned (render._cell).
+# The main table of report.md and the results page, fastest first by s/epoch.
 TABLE = [
-    ("framework", "framework", "{}"),
-    ("version", "version", "{}"),
-    ("s_per_epoch", "s/epoch", "{:,.1f}"),
-    ("wall_s_per_epoch", "wall s/epoch", "{:,.1f}"),
-    ("chars_per_s", "chars/s", "{:,.0f}"),
-    ("step_ms", "step ms", "{:,.1f}"),
-    ("first_step_s", "first step s", "{:,.2f}"),
-    ("mfu", "MFU", "pct"),
-    ("peak_mb", "peak MiB", "{:,.0f}"),
-    ("train_loss", "train loss", "{:.4f}"),
-    ("val_loss", "val loss", "{:.4f}"),
-    ("val_bpc", "val bpc", "{:.3f}"),
+    ("framework", "framework", "{}"), ("version", "version", "{}"),
+    ("s_per_epoch", "s/epoch", "{:,.1f}"), ("wall_s_per_epoch", "wall s/epoch", "{:,.1f}"),
+    ("chars_per_s", "chars/s", "{:,.0f}"), ("step_ms", "step ms", "{:,.1f}"),
+    ("first_step_s", "first step s", "{:,.2f}"), ("mfu", "MFU", "pct"),
+    ("peak_mb", "peak MiB", "{:,.0f}"), ("train_loss", "train loss", "{:.4f}"),
+    ("val_loss", "val loss", "{:.4f}"), ("val_bpc", "val bpc", "{:.3f}"),
     ("gen_chars_per_s", "gen chars/s", "{:,.0f}"),
-    ("batch_gen_chars_per_s", "batch gen chars/s", "{:,.0f}"),
-    ("flags", "flags", "{}"),
+    ("batch_gen_chars_per_s", "batch gen chars/s", "{:,.0f}"), ("flags", "flags", "{}"),
 ]
-# The step-time distribution and what the machine did around each row's runs (one line
-# per group of columns).
+# The step-time distribution and what the machine did around each row's runs.
 TIMING_TABLE = [
     ("framework", "framework", "{}"), ("repeats", "runs", "{:.0f}"),
     ("step_ms", "step ms: median", "{:,.1f}"), ("step_p90_ms", "p90", "{:,.1f}"),
@@ -173,9 +155,19 @@ GENERATION_TABLE = [
     ("batch_gen_chars_per_s", "batch chars/s", "{:,.0f}"),
     ("batch_gen_first_step_s", "batch first step s", "{:,.3f}"),
 ]
-# Over repeats a row shows the median, except: these add up or take the worst.
-AGGREGATE = {"stalls": "sum", "peak_diff": "max", "step_max_ms": "max", "load_min": "min",
-             "load_max": "max"}
+# The original suite's numbers beside a run's (compare_original).
+ORIGINAL_TABLE = [
+    ("framework", "framework", "{}"), ("script", "original script", "{}"),
+    ("original_s", "original duration", "duration"), ("original_loss", "original loss", "{!s}"),
+    ("duration_s", "this run: duration", "duration"), ("epochs", "this run: epochs", "{:.2f}"),
+    ("train_loss", "this run: train loss", "{:.4f}"),
+]
+# The headline table the README shows (tests/test_readme.py checks it against the quick
+# reference of the page's first kind): the figures a framework chooser reads first.
+HEADLINE_COLUMNS = [("framework", "framework", "{}"), ("step_ms", "step ms", "{:.1f}"),
+                    ("chars_per_s", "train chars/s", "{:,.0f}"), ("mfu", "MFU", "pct"),
+                    ("val_loss", "val loss", "{:.4f}"),
+                    ("gen_chars_per_s", "gen chars/s", "{:,.0f}")]
 
 
 # ---------------------------------------------------------------------------------------
@@ -255,18 +247,6 @@ def with_cell(columns: list[tuple[str, str, str]], table: pd.DataFrame) -> list:
     return [columns[0], *where, *columns[1:]]
 
 
-def _aggregate(runs: pd.DataFrame, numeric: list[str]) -> dict:
-    """One value per column over a framework's runs: AGGREGATE's, else the median; and
-    SPREAD's columns' min and max (column_min, column_max)."""
-    out = {}
-    for c in numeric:
-        values = runs[c].dropna()
-        out[c] = getattr(values, AGGREGATE.get(c, "median"))() if len(values) else None
-        if c in SPREAD and len(values):
-            out[f"{c}_min"], out[f"{c}_max"] = values.min(), values.max()
-    return out
-
-
 def flags(row: dict) -> str:
     """The flag cell of a row: what says its times are less trustworthy (see flag_notes)."""
     out = []
@@ -280,53 +260,35 @@ def flags(row: dict) -> str:
 
 def summary_table(frameworks: pd.DataFrame) -> pd.DataFrame:
     """One row per framework, fastest first by s/epoch (median-based; failed and skipped
-    ones last): each measurement over its successful repeats (AGGREGATE; the median
-    for most), with min and max for SPREAD's columns, and its flags. A row per cell and
-    world size where the runs have several, and per machine kind where merged records
-    come from several (each machine's rows ranked apart, never pooled)."""
+    ones last): summary.aggregate_repeats of its runs (the median of most figures, with
+    min and max for SPREAD's), its load range and flags. A row per cell and world size
+    where the runs have several, and per machine kind where merged records come from
+    several (each machine's rows ranked apart, never pooled)."""
     rows = pd.DataFrame([summarise(r) for r in _records(frameworks)])
     if rows.empty:
         return rows
-    # One row per framework, cell, world size and machine, in the order they ran in.
-    world = rows["world_size"].fillna(0) if "world_size" in rows else [0] * len(rows)
-    machine = rows["machine"].fillna("") if "machine" in rows else [""] * len(rows)
-    group = pd.Series(list(zip(rows["framework"], rows["cell"], world, machine)),
-                      index=rows.index)
-    order = list(dict.fromkeys(group))
-    numeric = [c for c in rows.columns if c not in ("framework", "repeat", "world_size")
-               and pd.api.types.is_numeric_dtype(rows[c])]
-    ok = rows["status"] == "ok"
-    grouped = []
-    for key in order:
-        runs, good = rows[group == key], rows[(group == key) & ok]
-        base = (good if len(good) else runs).iloc[-1].to_dict()
-        base.update(_aggregate(good if len(good) else runs.iloc[-1:], numeric))
-        base["repeats"] = len(good)
-        if len(good) == 0:  # failed or skipped every time: show why, from the last one
-            base["status"] = runs.iloc[-1]["status"]
-        low, high = base.get("load_min"), base.get("load_max")
-        base["load"] = f"{low:.1f}–{high:.1f}" if low is not None and high is not None else None
-        base["flags"] = flags(base)
-        grouped.append(base)
-    out = pd.DataFrame(grouped).drop(columns=["repeat"])
+    keys = [k for k in ("framework", "cell", "world_size", "machine") if k in rows]
+    out = aggregate_repeats(rows, keys).drop(columns=["repeat"])
+    out["load"] = [None if _missing(low) or _missing(high) else f"{low:.1f}–{high:.1f}"
+                   for low, high in zip(out["load_min"], out["load_max"])]
+    out["flags"] = [flags(r) for r in out.to_dict("records")]
     if "s_per_epoch" in out:
         out = out.sort_values("s_per_epoch", kind="stable", na_position="last")
     if shows_machines(out):  # each machine's rows together, in the order the runs were
-        kinds = list(dict.fromkeys(machine))
+        kinds = list(dict.fromkeys(rows["machine"].fillna("")))
         out = out.sort_values("machine", kind="stable", key=lambda m: m.fillna("").map(
             kinds.index))
     return out.reset_index(drop=True)
 
 
 # ---------------------------------------------------------------------------------------
-# Formatting
+# Tables and sentences
 # ---------------------------------------------------------------------------------------
 
 
-def _trained(table: pd.DataFrame) -> list[dict]:
+def _trained(table: pd.DataFrame) -> pd.DataFrame:
     """The rows of frameworks that trained (ok, or failed only at generation)."""
-    trained = table[table["duration_s"].notna()] if "duration_s" in table else table.iloc[0:0]
-    return trained.to_dict("records")
+    return table[table["duration_s"].notna()] if "duration_s" in table else table.iloc[0:0]
 
 
 def results_table(table: pd.DataFrame) -> str:
@@ -336,6 +298,77 @@ def results_table(table: pd.DataFrame) -> str:
     if shows_worlds(table):
         columns = [c for c in columns if c[0] not in ("gen_chars_per_s", "batch_gen_chars_per_s")]
     return markdown_table(_trained(table), columns)
+
+
+def headline_table(table: pd.DataFrame) -> str:
+    """The README's few columns of a quick reference's table, medians only."""
+    return markdown_table(table.reindex(columns=[c for c, _, _ in HEADLINE_COLUMNS]),
+                          HEADLINE_COLUMNS)
+
+
+def cells_table(table: pd.DataFrame) -> str:
+    """Per framework, the median step of each cell and its ratio to the LSTM's, and each
+    cell's validation loss: what a cell costs here, and that the frameworks agree on it.
+    Merged records of several machine kinds: a row per framework and machine, so that a
+    ratio divides two times of one machine."""
+    trained = _trained(table)
+    if trained.empty:
+        return ""
+    cells = [c for c in CELLS if c in set(trained["cell"])]
+    index = ["framework", "machine"] if shows_machines(table) else ["framework"]
+    wide = trained.pivot_table(index=index, columns="cell", values=["step_ms", "val_loss"],
+                               aggfunc="first")
+    step, loss = wide["step_ms"].reindex(columns=cells), wide["val_loss"].reindex(columns=cells)
+    ratios = [c for c in cells if c != "lstm" and "lstm" in cells]
+    out = pd.concat([step.add_suffix(" step ms"),
+                     step[ratios].div(step["lstm"] if ratios else 1, axis=0).add_suffix(" / lstm"),
+                     loss.add_suffix(" val loss")], axis=1)
+    out = out.sort_values(f"{cells[0]} step ms", kind="stable").reset_index()
+    if "machine" in index:  # each machine's rows together, fastest first within it
+        kinds = list(dict.fromkeys(trained["machine"]))
+        out = out.sort_values("machine", kind="stable", key=lambda m: m.map(kinds.index))
+    fmt = {" step ms": "{:,.1f}", " / lstm": "{:.2f}x", " val loss": "{:.4f}"}
+    return markdown_table(out, [(c, c, "{}") for c in index] + [
+        (c, c, next(f for end, f in fmt.items() if c.endswith(end)))
+        for c in out.columns if c not in index])
+
+
+def scaling_rows(table: pd.DataFrame) -> tuple[pd.DataFrame, list[tuple[str, str, str]]]:
+    """(rows, columns) of the scaling table: per framework, the whole batch's chars/s at
+    each world size W of its successful runs, and at each W above the smallest W0 (1)
+    the speedup, chars/s at W over chars/s at W0, and the efficiency, speedup / (W / W0).
+    A row per framework and machine where merged records come from several kinds, so
+    that a speedup divides two rates of one machine."""
+    trained = _trained(table)
+    ok = trained[(trained["status"] == "ok") & trained["world_size"].notna()]
+    index = ["framework", "machine"] if shows_machines(table) else ["framework"]
+    rate = ok.assign(world=ok["world_size"].astype(int)).pivot_table(
+        index=index, columns="world", values="chars_per_s", aggfunc="first", sort=False)
+    worlds = sorted(rate.columns)
+    rows = rate.add_prefix("chars_per_s@")
+    for w in worlds[1:]:
+        speedup = rate[w] / rate[worlds[0]].where(rate[worlds[0]] > 0)
+        rows[f"speedup@{w}"], rows[f"efficiency@{w}"] = speedup, speedup / (w / worlds[0])
+    columns = [(c, c, "{}") for c in index]
+    columns += [(f"chars_per_s@{w}", f"chars/s W={w}", "{:,.0f}") for w in worlds]
+    for w in worlds[1:]:
+        columns += [(f"speedup@{w}", f"speedup W={w}", "{:.2f}x"),
+                    (f"efficiency@{w}", f"efficiency W={w}", "{:.0%}")]
+    return rows.reset_index(), columns
+
+
+def scaling_table(table: pd.DataFrame) -> str:
+    """The scaling table (scaling_rows) in markdown."""
+    rows, columns = scaling_rows(table)
+    return markdown_table(rows, columns) if len(rows) else ""
+
+
+def compare_original(table: pd.DataFrame) -> str:
+    """The original suite's duration and loss beside this run's, with where they come from."""
+    ours = table.drop_duplicates("framework")[["framework", "duration_s", "epochs", "train_loss"]]
+    return "\n\n".join([sentence("lines.md.j2", "original_source", source=ORIGINAL_SOURCE),
+                        markdown_table(ORIGINAL.merge(ours, how="left", on="framework"),
+                                       ORIGINAL_TABLE)])
 
 
 # What the training loop counted as a stall before its log header said so.
@@ -352,39 +385,28 @@ def stall_factor(table: pd.DataFrame) -> float:
 def flag_notes(table: pd.DataFrame) -> list[str]:
     """The footnotes of the flags in the table (only of those that occur)."""
     cells = " ".join(str(f) for f in table.get("flags", pd.Series(dtype=object)).dropna())
-    notes = []
-    if "¹" in cells:
-        notes.append(f"¹ In at least one of this row's runs, the float32 matmul peaks measured "
-                     f"right before and right after it differ by more than {PEAK_TOLERANCE:.0%} "
-                     "(max / min - 1): the machine's speed changed while it ran (other work on "
-                     "a shared machine, or CPU clocks), so its times and MFU are less "
-                     "trustworthy than the others'.")
-    if "²" in cells:
-        notes.append(f"² Training steps that took more than {stall_factor(table):g}x the "
-                     "median step (all repeats together): the machine stalled, not the "
-                     "framework. They count in wall s/epoch, not in s/epoch.")
-    return notes
+    return ([sentence("lines.md.j2", "peak_note", tolerance=PEAK_TOLERANCE)] if "¹" in cells
+            else []) + ([sentence("lines.md.j2", "stall_note", factor=stall_factor(table))]
+                        if "²" in cells else [])
 
 
 def loss_agreement(table: pd.DataFrame) -> str | None:
     """One line: how far apart the trained rows' last-epoch train and validation losses
     are (max - min), against LOSS_SPREAD_TARGET; None for fewer than two rows, or for rows
     of different cells (different models: the cells table compares them)."""
-    rows = [r for r in _trained(table) if not _missing(r.get("val_loss"))]
+    rows = [r for r in _trained(table).to_dict("records") if not _missing(r.get("val_loss"))]
     if len(rows) < 2 or shows_cells(table):
         return None
-    parts, widest = [], 0.0
+    spans = []
     for column, name in (("train_loss", "train"), ("val_loss", "validation")):
         values = sorted((r[column], table_label(r, table)) for r in rows
                         if not _missing(r.get(column)))
         (low, low_name), (high, high_name) = values[0], values[-1]
-        widest = max(widest, high - low)
-        parts.append(f"{name} loss {high - low:.4f} nats ({low_name} {low:.4f} to "
-                     f"{high_name} {high:.4f})")
-    verdict = "within" if widest <= LOSS_SPREAD_TARGET else "outside"
-    return (f"Agreement: across the {len(rows)} rows the last epoch's losses span "
-            + "; ".join(parts) + f" (max - min), {verdict} the target of "
-            f"{LOSS_SPREAD_TARGET} nats.")
+        spans.append({"name": name, "low": low, "low_name": low_name, "high": high,
+                      "high_name": high_name})
+    within = max(x["high"] - x["low"] for x in spans) <= LOSS_SPREAD_TARGET
+    return sentence("lines.md.j2", "agreement", rows=len(rows), spans=spans, within=within,
+                    target=LOSS_SPREAD_TARGET)
 
 
 def run_time(frameworks: pd.DataFrame) -> str | None:
@@ -398,10 +420,8 @@ def run_time(frameworks: pd.DataFrame) -> str | None:
     starts = sorted(str(r["started"]) for r in records if r.get("started"))
     ends = sorted(str(r["finished"]) for r in records if r.get("finished"))
     span = run_seconds({"started": starts[0], "finished": ends[-1]}) if starts and ends else None
-    return (f"Run time: {format_duration(sum(seconds))}, the {len(seconds)} framework runs "
-            "summed (each from its start to its finish: the peak checks, training, "
-            "validation and generation)"
-            + (f"; first start to last finish {format_duration(span)}" if span else "") + ".")
+    return sentence("lines.md.j2", "run_time", seconds=sum(seconds), runs=len(seconds),
+                    span=span)
 
 
 def summary_lines(table: pd.DataFrame, frameworks: pd.DataFrame) -> list[str]:
@@ -410,95 +430,24 @@ def summary_lines(table: pd.DataFrame, frameworks: pd.DataFrame) -> list[str]:
 
 
 def problems(table: pd.DataFrame) -> list[str]:
-    lines = []
-    for row in table.to_dict("records"):
-        if row["status"] == "ok":
-            continue
-        where = f" at {row['stage']}" if isinstance(row.get("stage"), str) else ""
-        name = table_label(row, table)
-        lines.append(f"- **{name}**: {row['status']}{where}: `{row['error']}`")
-    return lines
+    """A line per row that failed or was skipped, with the stage and the error."""
+    return [sentence("lines.md.j2", "problem", name=table_label(r, table), status=r["status"],
+                     stage=r.get("stage"), error=r["error"])
+            for r in table.to_dict("records") if r["status"] != "ok"]
 
 
-def compare_original(table: pd.DataFrame) -> str:
-    """The original suite's duration and loss beside this run's, as a markdown table."""
-    by_name = {r["framework"]: r for r in table.to_dict("records")}
-    lines = [f"Original numbers: {ORIGINAL_SOURCE}. Its machine is not recorded, it trained "
-             "on the whole text (272 batches per epoch, no validation split; this suite "
-             "keeps 10% for validation: 245 batches), and its libraries are of 2017, so "
-             "durations compare only roughly.", "",
-             "| framework | original script | original duration | original loss "
-             "| this run: duration | this run: epochs | this run: train loss |",
-             "|---|---|---:|---:|---:|---:|---:|"]
-    for name, (script, duration, loss) in ORIGINAL.items():
-        row = by_name.get(name, {})
-        ours = [_cell(row.get("duration_s"), "duration"), _cell(row.get("epochs"), "{:.2f}"),
-                _cell(row.get("train_loss"), "{:.4f}")]
-        lines.append(f"| {name} | {script} | {format_duration(duration)} | {loss} | "
-                     + " | ".join(ours) + " |")
-    return "\n".join(lines)
+# ---------------------------------------------------------------------------------------
+# report.md
+# ---------------------------------------------------------------------------------------
 
 
-def machine_section(runs: list[dict], table: pd.DataFrame, frameworks: pd.DataFrame) -> list[str]:
-    """The lines of report.md's Machine section; merged records of several machine kinds
-    get a subsection per kind."""
-    kinds = _machine_kinds(runs)
-    if len(kinds) <= 1 or "machine" not in frameworks or "machine" not in table:
-        return _machine_lines(runs[-1] if runs else {}, table, frameworks)
-    lines = []
-    for kind in kinds:
-        run = [r for r in runs if machine_slug(r.get("machine") or {}) == kind][-1]
-        lines += [f"### {kind}", "", *_machine_lines(run, table[table["machine"] == kind],
-                                                     frameworks[frameworks["machine"] == kind]),
-                  ""]
-    return lines[:-1]
-
-
-def _samples(frameworks: pd.DataFrame) -> list[str]:
-    out = []
-    for record in _records(frameworks):
-        gen = record.get("generation")
-        if record.get("repeat", 0) != 0 or not isinstance(gen, dict) or not gen.get("text"):
-            continue
-        text = gen["text"][:SAMPLE_CHARS].replace("```", "'''")
-        out += [f"### {record['framework']}", "", "```", text.rstrip("\n"), "```", ""]
-    return out
-
-
-def _how_to_read(s: dict, table: pd.DataFrame) -> str:
-    gen_length = s.get("gen_length")
-    return (
-        "How to read it: rows are ranked by *s/epoch*, the median training step (after the "
-        f"first) times the {s.get('train_batches')} batches of an epoch: it measures the "
-        "framework, not the machine's hiccups, and *chars/s* and *MFU* come from the same "
-        "median step. *wall s/epoch* is the clock: the epochs' training time (no start-up, "
-        "validation or checkpointing) over the epochs trained, slow steps included (a "
-        "fraction of an epoch when `--max-steps` stops early, so it includes the first "
-        "step). *step ms* is the median step (its distribution is in the step-time table "
-        "below); *first step s* is the first step, compilation and warm-up included; *MFU* "
-        "is the model's training FLOPs per step (3 x forward matmul FLOPs per character x "
-        "characters per batch) over the median step time, as a share of that run's float32 "
-        "matmul peak: the mean of the two measured right before and right after it (records "
-        "of an older version: the one peak measured at the start, as said above); *peak "
-        "MiB* is the training process's maximum resident memory (wait4 `ru_maxrss`); "
-        "*losses* are the last epoch's mean training batch loss and the validation loss, in "
-        "nats per character (bpc = bits per character); "
-        + (WORLDS_HOW_TO_READ if shows_worlds(table) else
-           f"*gen chars/s* is `generate --length {gen_length}` from the checkpoint just trained "
-           "(top-3 sampling, fixed seed), first step included; *batch gen chars/s* is the same "
-           f"with `--num-samples {_batch_samples(table)}`, every stream's characters counted. ")
-        + ("Numbers are medians over repeats, with (min–max) where the time columns differ; "
-           "the frameworks took turns (A B C, A B C)." if _repeated(table)
-           else "One run per framework."))
-
-
-# The scaling profile's part of _how_to_read, in place of generation's.
-WORLDS_HOW_TO_READ = (
-    "*processes* is the world size W (`python -m charrnn.common.launch --nproc W`, every W "
-    "started the same way): each process trains batch_size / W rows of every batch and "
-    "the step time is rank 0's, the gradients' average across the processes included, so "
-    "*chars/s* is the whole batch's; its *MFU* is against W times the peak (each process "
-    "has that many threads), and *peak MiB* is the largest process's. No generation. ")
+def _samples(frameworks: pd.DataFrame) -> list[tuple[str, str]]:
+    """(framework, the start of its generated text) of each first repeat that generated;
+    a fence in the text would end the code block."""
+    return [(r["framework"], r["generation"]["text"][:SAMPLE_CHARS].replace("```", "'" * 3)
+             .rstrip("\n")) for r in _records(frameworks)
+            if r.get("repeat", 0) == 0 and isinstance(r.get("generation"), dict)
+            and r["generation"].get("text")]
 
 
 def _repeated(table: pd.DataFrame) -> bool:
@@ -510,264 +459,43 @@ def _batch_samples(table: pd.DataFrame) -> str:
     return f"{counts.max():.0f}" if len(counts) else "N"
 
 
-def timing_section(table: pd.DataFrame) -> list[str]:
-    """The step-time distribution and the machine around each row's runs."""
-    return [
-        "## Step times and the machine", "",
-        markdown_table(_trained(table), with_cell(TIMING_TABLE, table)), "",
-        "*step ms*: the median step after the first (median of the epochs' medians and of the "
-        "repeats); *p90*, *p99*, *max*: of the worst epoch (p90 and p99 the median over "
-        f"repeats, max the largest); *stalls*: steps over {stall_factor(table):g}x the median, all "
-        "repeats together; *peak before* and *peak after*: the float32 matmul peak right "
-        "before and right after the run (medians over repeats); *peaks apart*: their max / "
-        f"min - 1, the largest over repeats, flagged above {PEAK_TOLERANCE:.0%}; *load "
-        "average*: the 1-minute load average at the starts and ends of its runs (min–max). "
-        "A – is a figure the records do not carry (written by an older version).", ""]
-
-
-def generation_section(table: pd.DataFrame, gen_length) -> list[str]:
-    """One stream, the sampler's own cost, and a batch."""
-    batch = _batch_samples(table)
-    return [
-        "## Generation", "",
-        markdown_table(_trained(table), with_cell(GENERATION_TABLE, table)), "",
-        f"*chars/s*: `generate --length {gen_length}`, one stream, first step included; "
-        "*sampler s*: of that time, the time in the sampler (common.sampling, NumPy: the same "
-        "code for every framework); *sampler share*: sampler s over the generation time; "
-        f"*chars/s without sampler*: {gen_length} / (time - sampler s), what the framework's "
-        f"own steps allow; *batch chars/s*: `--num-samples {batch}`, all {batch} streams' "
-        f"characters ({batch} x {gen_length}) over the batch's time (the `generated N "
-        "characters` line of `generate` counts every stream). A – is a figure the records do "
-        "not carry (a `generate` that does not time its sampler, or an older record).", ""]
-
-
 def render_report(runs: list[dict], table: pd.DataFrame, frameworks: pd.DataFrame,
                   compare: bool) -> str:
-    run = runs[-1] if runs else {}
+    """report.md (templates/report.md.j2); merged records of several machine kinds get
+    a Machine subsection per kind."""
+    run, first = (runs[-1], runs[0]) if runs else ({}, {})
     s = run.get("settings", {})
-    first = runs[0] if runs else {}
-    lines = [f"# Benchmark: {s.get('profile', '?')} profile", "",
-             f"What it trains: {first.get('description', run.get('description', '?'))}.", "",
-             machine_header(runs, frameworks), "",
-             f"Every framework started from the same initial weights (`--random-seed "
-             f"{s.get('random_seed')}`), in a fresh process of its own environment, on "
-             f"`{Path(s.get('text_path', '?')).name}` (sha256 {str(s.get('text_sha256'))[:12]}), "
-             f"with {s.get('train_batches')} batches of {s.get('chars_per_batch')} characters "
-             f"per epoch" + (f" and `{' '.join(s['extra_train_args'])}`"
-                             if s.get("extra_train_args") else "") + ".", "",
-             results_table(table), ""]
-    notes = flag_notes(table)
-    if notes:
-        lines += ["\n\n".join(notes), ""]
-    summary = summary_lines(table, frameworks)
-    if summary:
-        lines += ["\n\n".join(summary), ""]
-    bad = problems(table)
-    if bad:
-        lines += ["Not in the table, or without a generation speed:", "", *bad, ""]
-    lines += [
-        _how_to_read(s, table), "",
-        "![loss per epoch](loss_per_epoch.png)", "", "![loss versus time](loss_vs_time.png)", "",
-        "![throughput](throughput.png)", "",
-        *(["## Cells", "", "The median step of each cell and its ratio to the LSTM's; the "
-           "GRU has 3/4 of the LSTM's matrix FLOPs and the vanilla RNN 1/4, so a ratio above "
-           "those is per-step overhead.", "", cells_table(table), ""]
-          if shows_cells(table) else []),
-        *(scaling_section(table, s) if shows_worlds(table) else []),
-        *timing_section(table),
-        *(generation_section(table, s.get("gen_length")) if not shows_worlds(table) else []),
-        "## Machine", "", *machine_section(runs, table, frameworks), "",
-        _versions_table(table), ""]
-    if compare:
-        lines += ["## Beside the original suite", "", compare_original(table), ""]
-    samples = _samples(frameworks)
-    if samples:
-        lines += ["## Generated text", "",
-                  f"The first {SAMPLE_CHARS} characters of each framework's generated text "
-                  "(a 64-character seed from the corpus, then the model's continuation):", "",
-                  *samples]
-    return "\n".join(lines).rstrip() + "\n"
-
-
-def cells_table(table: pd.DataFrame) -> str:
-    """Per framework, the median step of each cell and its ratio to the LSTM's, and each
-    cell's validation loss: what a cell costs here, and that the frameworks agree on it."""
-    trained = pd.DataFrame(_trained(table))
-    if trained.empty:
-        return ""
-    cells = [c for c in CELLS if c in set(trained["cell"])]
-    # Merged records of several machine kinds: a row per framework and machine, so that a
-    # ratio divides two times of one machine.
-    machines = shows_machines(table)
-    index = ["framework", "machine"] if machines else "framework"
-    step = trained.pivot_table(index=index, columns="cell", values="step_ms", aggfunc="first")
-    loss = trained.pivot_table(index=index, columns="cell", values="val_loss", aggfunc="first")
-    order = step.sort_values(cells[0]).index if cells[0] in step else step.index
-    if machines:  # each machine's rows together, fastest first within it
-        kinds = list(dict.fromkeys(trained["machine"]))
-        order = sorted(order, key=lambda key: kinds.index(key[1]))
-    columns = ([f"{c} step ms" for c in cells] + [f"{c} / lstm" for c in cells if c != "lstm"
-                                                 and "lstm" in cells]
-               + [f"{c} val loss" for c in cells])
-    lines = ["| framework | " + ("machine | " if machines else "") + " | ".join(columns) + " |",
-             "|---|" + ("---|" if machines else "") + "---:|" * len(columns)]
-    for name in order:
-        ms = [step.at[name, c] if c in step else None for c in cells]
-        ratios = [step.at[name, c] / step.at[name, "lstm"] for c in cells
-                  if c != "lstm" and "lstm" in cells and c in step]
-        losses = [loss.at[name, c] if c in loss else None for c in cells]
-        lines.append(f"| {' | '.join(name) if machines else name} | " + " | ".join(
-            [_cell(v, "{:,.1f}") for v in ms] + [_cell(v, "{:.2f}x") for v in ratios]
-            + [_cell(v, "{:.4f}") for v in losses]) + " |")
-    return "\n".join(lines)
-
-
-def scaling_rows(table: pd.DataFrame) -> tuple[list[dict], list[tuple[str, str, str]]]:
-    """(rows, columns) of the scaling table: per framework, the whole batch's chars/s at
-    each world size W of its successful runs, and at each W above the smallest W0 (1)
-    the speedup, chars/s at W over chars/s at W0, and the efficiency, speedup / (W / W0).
-    A row per framework and machine where merged records come from several kinds, so
-    that a speedup divides two rates of one machine."""
-    machines = shows_machines(table)
-    ok = [r for r in _trained(table)
-          if r.get("status") == "ok" and not _missing(r.get("world_size"))]
-    worlds = sorted({int(r["world_size"]) for r in ok})
-    rows: dict[tuple, dict] = {}
-    for r in ok:
-        key = (r["framework"], r.get("machine") if machines else None)
-        row = rows.setdefault(key, {"framework": r["framework"], "machine": r.get("machine")})
-        row[f"chars_per_s@{int(r['world_size'])}"] = r.get("chars_per_s")
-    for row in rows.values():
-        low = row.get(f"chars_per_s@{worlds[0]}")
-        for w in worlds[1:]:
-            rate = row.get(f"chars_per_s@{w}")
-            if not _missing(low) and not _missing(rate) and low > 0:
-                row[f"speedup@{w}"] = rate / low
-                row[f"efficiency@{w}"] = rate / low / (w / worlds[0])
-    columns = [("framework", "framework", "{}")]
-    columns += [("machine", "machine", "{}")] if machines else []
-    columns += [(f"chars_per_s@{w}", f"chars/s W={w}", "{:,.0f}") for w in worlds]
-    for w in worlds[1:]:
-        columns += [(f"speedup@{w}", f"speedup W={w}", "{:.2f}x"),
-                    (f"efficiency@{w}", f"efficiency W={w}", "{:.0%}")]
-    return list(rows.values()), columns
-
-
-def scaling_table(table: pd.DataFrame) -> str:
-    """The scaling table (scaling_rows) in markdown."""
-    rows, columns = scaling_rows(table)
-    return markdown_table(rows, columns) if rows else ""
-
-
-def scaling_section(table: pd.DataFrame, s: dict) -> list[str]:
-    """The scaling profile's table and how to read it."""
-    rows, _ = scaling_rows(table)
-    base = min((int(w) for w in table["world_size"].dropna()), default=1)
-    threads = s.get("threads")
-    return [
-        "## Scaling", "",
-        "Training throughput of the whole batch with W data-parallel processes on one "
-        f"machine (`python -m charrnn.common.launch --nproc W`, {threads} thread"
-        f"{'s' if threads != 1 else ''} each): *chars/s* is the batch's characters over rank "
-        "0's median step, which includes averaging the gradients across the processes; "
-        f"*speedup* is chars/s at W over chars/s at W={base}; *efficiency* is speedup / "
-        + ("W" if base == 1 else f"(W / {base})") + ", 100% where each process adds as much "
-        "throughput as the first. The processes share the machine's cores, memory bandwidth "
-        "and caches: where W x threads is more than the free cores, they take turns and the "
-        "efficiency falls."
-        + (" Merged records of several machine kinds: a row per framework and machine, each "
-           "speedup within one machine (– where a machine lacks one of the two)."
-           if shows_machines(table) else ""), "",
-        scaling_table(table) if rows else "No successful run at any world size.", ""]
-
-
-def run_line(run: dict) -> str:
-    """"Profile `quick` on <cpu> (2 threads), <date>": how a section of the page begins."""
-    s, m = run.get("settings", {}), run.get("machine", {})
-    threads = s.get("threads")
-    return (f"Profile `{s.get('profile')}` on {m.get('cpu')} ({threads} "
-            f"thread{'s' if threads != 1 else ''}"
-            + (" per process" if s.get("world_sizes") else "")
-            + f"), {str(run.get('started', ''))[:10]}")
-
-
-def _cell_training(run: dict) -> str:
-    """"one epoch of each cell", or the steps a --max-steps run trained of each."""
-    steps = run.get("settings", {}).get("max_steps")
-    return (f"{steps} training steps of each cell (`--max-steps {steps}`)" if steps
-            else "one epoch of each cell")
+    kinds = _machine_kinds(runs)
+    if len(kinds) > 1 and "machine" in frameworks and "machine" in table:
+        machine_lines = [(kind, _machine_lines(
+            [r for r in runs if machine_slug(r.get("machine") or {}) == kind][-1],
+            table[table["machine"] == kind], frameworks[frameworks["machine"] == kind]))
+            for kind in kinds]
+    else:
+        machine_lines = [(None, _machine_lines(run, table, frameworks))]
+    worlds, trained = shows_worlds(table), _trained(table)
+    return render(
+        "report.md.j2", s=s, description=first.get("description", run.get("description", "?")),
+        machine_header=machine_header(runs, frameworks),
+        text_name=Path(s.get("text_path", "?")).name, results_table=results_table(table),
+        notes=flag_notes(table), summary=summary_lines(table, frameworks),
+        problems=problems(table), worlds=worlds, machines=shows_machines(table),
+        batch_samples=_batch_samples(table), repeated=_repeated(table),
+        cells_table=cells_table(table) if shows_cells(table) else None,
+        scaling_table=scaling_table(table) if worlds else None,
+        base_world=min((int(w) for w in table["world_size"].dropna()), default=1)
+        if worlds else 1,
+        timing_table=markdown_table(trained, with_cell(TIMING_TABLE, table)),
+        stall_factor=stall_factor(table), peak_tolerance=PEAK_TOLERANCE,
+        generation_table=markdown_table(trained, with_cell(GENERATION_TABLE, table)),
+        machine_lines=machine_lines, versions_table=_versions_table(table),
+        compare=compare_original(table) if compare else None, samples=_samples(frameworks),
+        sample_chars=SAMPLE_CHARS)
 
 
 # ---------------------------------------------------------------------------------------
 # The results page (docs/RESULTS.md): a section per reference directory
 # ---------------------------------------------------------------------------------------
-
-
-def page_cells(table: pd.DataFrame, run: dict, link) -> str:
-    """The cost of each cell in each framework."""
-    return "\n".join([
-        f"{run_line(run)}: {_cell_training(run)}, the median training "
-        "step of the default spec otherwise (64 x 64 characters, 2 layers of 128). Full "
-        f"report: [{link('report.md')}]({link('report.md')}).", "",
-        cells_table(table)])
-
-
-def page_scaling(table: pd.DataFrame, run: dict, link) -> str:
-    """Each data-parallel framework's throughput at each world size, its speedup and
-    efficiency."""
-    s = run.get("settings", {})
-    return "\n".join([
-        f"{run_line(run)}: {s.get('max_steps')} training steps at each world size W "
-        "(`python -m charrnn.common.launch --nproc W`), the median step of the whole batch "
-        f"({s.get('chars_per_batch')} characters, batch_size / W rows per process); "
-        "efficiency = speedup / W. Full report: "
-        f"[{link('report.md')}]({link('report.md')}).", "",
-        scaling_table(table)])
-
-
-def page_results(table: pd.DataFrame, run: dict, link) -> str:
-    """A run of one cell and one process (the quick profile): the table and links to the
-    plots and the full report."""
-    return "\n".join([
-        f"{run_line(run)}; full report: "
-        f"[{link('report.md')}]({link('report.md')}). Ranked by *s/epoch*, the median step "
-        "times the batches of an epoch (the framework, not the machine's hiccups; MFU and "
-        "chars/s use the same median step); *wall s/epoch* is the clock."
-        + (" Medians over repeats, (min–max) where they differ." if _repeated(table) else ""),
-        "", results_table(table), *[f"\n{note}" for note in flag_notes(table)], "",
-        f"![loss per epoch]({link('loss_per_epoch.png')}) "
-        f"![loss versus time]({link('loss_vs_time.png')}) "
-        f"![throughput]({link('throughput.png')})"])
-
-
-def page_full(table: pd.DataFrame, runs: list[dict], frameworks: pd.DataFrame, link) -> str:
-    """The full run: the table, how far the losses agree, how long it took, the original
-    suite's numbers beside it, and the loss plots."""
-    summary = summary_lines(table, frameworks)
-    return "\n".join([
-        f"{run_line(runs[-1])}: {runs[0].get('description', '?')}; full report: "
-        f"[{link('report.md')}]({link('report.md')}). Ranked by *s/epoch* (the median step "
-        "times the batches of an epoch); *wall s/epoch* is the clock.", "",
-        results_table(table), *[f"\n{note}" for note in flag_notes(table)],
-        *[f"\n{line}" for line in summary], "",
-        compare_original(table), "", ORIGINAL_NOT_COMPARABLE, "",
-        f"![loss per epoch]({link('loss_per_epoch.png')}) "
-        f"![loss versus time]({link('loss_vs_time.png')})"])
-
-
-# The headline table the README shows (tests/test_readme.py checks it against the quick
-# reference of the page's first kind): the figures a framework chooser reads first.
-HEADLINE_COLUMNS = [("framework", "framework", "{}"), ("step_ms", "step ms", "{:.1f}"),
-                    ("chars_per_s", "train chars/s", "{:,.0f}"), ("mfu", "MFU", "pct"),
-                    ("val_loss", "val loss", "{:.4f}"),
-                    ("gen_chars_per_s", "gen chars/s", "{:,.0f}")]
-
-
-def headline_table(table: pd.DataFrame) -> str:
-    """The README's few columns of a quick reference's table, medians only."""
-    rows = [{c: r.get(c) for c, _, _ in HEADLINE_COLUMNS} for r in table.to_dict("records")]
-    return markdown_table(rows, HEADLINE_COLUMNS)
-
 
 # The profiles' sections in the order the page shows them; others (a custom run) after.
 PAGE_ORDER = ("quick", "cells", "sweep", "scaling", "full")
@@ -796,44 +524,34 @@ def reference_dirs(reference_root: Path) -> dict[str, list[Path]]:
     return {k: sorted(kinds[k], key=order) for k in newest}
 
 
-def page_section(results_dir: Path, page: Path) -> str:
-    """The page's section of one reference directory, whatever its profile."""
+def page_section(results_dir: Path, page: Path) -> dict:
+    """What the page's section of one reference directory shows, whatever its profile
+    (templates/results_page.md.j2 words it)."""
     runs, frameworks = load_records(results_dir)
-    link = page_link(results_dir, page)
+    x = {"name": results_dir.name, "link": page_link(results_dir, page), "run": runs[-1],
+         "title": PAGE_TITLES.get(results_dir.name, results_dir.name + " profile")}
     if sweep_report.is_sweep(frameworks):
         table = sweep_report.sweep_table(frameworks)
-        return sweep_report.section(table, sweep_report.grid_of(runs), runs[-1], link)
+        return {**x, "profile": "sweep", "plots": (sweep_report.STEP_PLOT, sweep_report.BATCH_PLOT),
+                "table": sweep_report.framework_table(table, sweep_report.grid_of(runs))}
     table = summary_table(frameworks)
     if shows_cells(table):
-        return page_cells(table, runs[-1], link)
+        return {**x, "profile": "cells", "table": cells_table(table)}
     if shows_worlds(table):
-        return page_scaling(table, runs[-1], link)
+        return {**x, "profile": "scaling", "table": scaling_table(table)}
+    x.update(table=results_table(table), notes=flag_notes(table), repeated=_repeated(table))
     if runs[-1].get("settings", {}).get("profile") == "full":
-        return page_full(table, runs, frameworks, link)
-    return page_results(table, runs[-1], link)
+        return {**x, "profile": "full", "description": runs[0].get("description", "?"),
+                "summary": summary_lines(table, frameworks), "compare": compare_original(table)}
+    return {**x, "profile": "results"}
 
 
 def results_page(reference_root: Path, page: Path) -> str:
     """docs/RESULTS.md: every committed reference, a part per machine kind (newest first)
     and a section per profile."""
-    kinds = reference_dirs(reference_root)
-    root = page_link(reference_root, page)("")
-    lines = ["# Results", "",
-             "Written whole by `python -m benchmarks.report DIR --reference` (the `make "
-             f"reference-*` targets) from the committed records under [{root}]({root}): do "
-             "not edit by hand. A part per CPU kind (its model, best vector or matrix "
-             "extension and core count: the frameworks' ranking moves between kinds, and "
-             "[CPU_KINDS.md](CPU_KINDS.md) says how and why), the newest first. Within a "
-             "kind the losses are the same in every row: the frameworks train the same "
-             "model on the same batches.", ""]
-    lines += [f"- [{kind}](#{kind}): " + ", ".join(d.name for d in dirs)
-              for kind, dirs in kinds.items()]
-    for kind, dirs in kinds.items():
-        lines += ["", f"## {kind}"]
-        for d in dirs:
-            lines += ["", f"### {PAGE_TITLES.get(d.name, d.name + ' profile')}", "",
-                      page_section(d, page)]
-    return "\n".join(lines) + "\n"
+    kinds = [{"name": kind, "sections": [page_section(d, page) for d in dirs]}
+             for kind, dirs in reference_dirs(reference_root).items()]
+    return render("results_page.md.j2", kinds=kinds, root=page_link(reference_root, page)(""))
 
 
 # ---------------------------------------------------------------------------------------

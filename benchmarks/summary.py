@@ -15,6 +15,13 @@ from benchmarks.records import RECORDS_NAME, read_records, record_machines
 from benchmarks.sweep import point_key
 from charrnn.common.logs import bits
 
+# The time columns that show their spread over repeats: "median (min–max)".
+SPREAD = ("s_per_epoch", "wall_s_per_epoch", "chars_per_s", "step_ms", "first_step_s",
+          "gen_chars_per_s", "batch_gen_chars_per_s")
+# Over repeats a row shows the median, except: these add up or take the worst.
+AGGREGATE = {"stalls": "sum", "peak_diff": "max", "step_max_ms": "max", "load_min": "min",
+             "load_max": "max"}
+
 
 def results_records(results_dir: str | Path) -> list[dict]:
     """The records of RESULTS_DIR/records.jsonl (records.read_records: a line cut by a crash
@@ -193,6 +200,31 @@ def summarise(record: dict) -> dict:
         "gen_peak_mb": _get(record.get("generate_process"), "max_rss_mb"),
     })
     return row
+
+
+def aggregate_repeats(rows: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """One row per group of `keys` (in the order they ran) of summarised runs: each
+    measurement over the group's successful repeats (AGGREGATE's, else the median), with
+    `column_min` and `column_max` for SPREAD's columns, and "repeats", how many succeeded;
+    a group that never succeeded keeps its last run (with its status and error)."""
+    group = rows.groupby(keys, sort=False, dropna=False).ngroup()  # numbered as they ran
+    ok = rows["status"] == "ok"
+    runs = rows[ok | (~ok.groupby(group).transform("any") & ~group.duplicated(keep="last"))]
+    numeric = [c for c in rows.columns if c not in (*keys, "repeat")
+               and pd.api.types.is_numeric_dtype(rows[c])]
+    how = {}
+    for c in numeric:  # a sum of none is none, not 0 (an older record without the field)
+        agg = AGGREGATE.get(c, "median")
+        how[c] = (c, (lambda v: v.sum(min_count=1)) if agg == "sum" else agg)
+        if c in SPREAD:
+            how[f"{c}_min"], how[f"{c}_max"] = (c, "min"), (c, "max")
+    run_group = group[runs.index]
+    last = runs[~run_group.duplicated(keep="last")]  # whose text fields (status, error) show
+    out = (last.set_axis(run_group[last.index]).drop(columns=numeric)
+           .join(runs.groupby(run_group).agg(**how))
+           .join(ok.groupby(group).sum().rename("repeats")).sort_index())
+    return out.reset_index(drop=True)[[*rows.columns, *(c for c in how if c not in rows),
+                                       "repeats"]]
 
 
 def _peak_measurements(frameworks: pd.DataFrame) -> list[dict]:

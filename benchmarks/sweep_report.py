@@ -26,7 +26,6 @@ results page (docs/RESULTS.md) shows the framework table and the two main plots.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -40,8 +39,10 @@ from benchmarks.render import (
     _versions_table,
     machine_header,
     markdown_table,
+    render,
+    sentence,
 )
-from benchmarks.summary import _peak_measurements, _records, summarise
+from benchmarks.summary import _peak_measurements, _records, aggregate_repeats, summarise
 from benchmarks.sweep import Grid, Point, point_of
 from charrnn.common.fileio import atomic_write_text
 
@@ -49,6 +50,9 @@ from charrnn.common.fileio import atomic_write_text
 # still warming up (compiling a second trace, filling caches): the report says so.
 WARMUP_FACTOR = 2.0
 STEP_PLOT, BATCH_PLOT = "step_time_vs_rnn_size.png", "throughput_vs_batch_size.png"
+PLOTS = {"step": STEP_PLOT, "mfu": "mfu_vs_rnn_size.png",
+         "generation": "generation_vs_rnn_size.png", "batch": BATCH_PLOT,
+         "memory": "memory_vs_batch_size.png"}
 
 
 # ---------------------------------------------------------------------------------------
@@ -96,21 +100,13 @@ def point_row(record: dict) -> dict:
 
 def sweep_table(frameworks: pd.DataFrame) -> pd.DataFrame:
     """One row per framework and point, in the order they ran: the median over the point's
-    successful repeats (the last run, with its error, when none succeeded)."""
+    successful repeats (summary.aggregate_repeats; the last run, with its error, when none
+    succeeded)."""
     rows = pd.DataFrame([point_row(r) for r in _records(frameworks) if point_of(r)])
     if rows.empty:
         return rows
-    numeric = [c for c in rows.columns if c not in ("repeat", "rnn_size", "batch_size")
-               and pd.api.types.is_numeric_dtype(rows[c])]
-    out = []
-    for _, runs in rows.groupby(["framework", "point"], sort=False):
-        good = runs[runs["status"] == "ok"]
-        row = (good if len(good) else runs).iloc[-1].to_dict()
-        if len(good):
-            row.update(good[numeric].median().to_dict())
-        row["repeats"] = len(good)
-        out.append(row)
-    return pd.DataFrame(out).drop(columns=["repeat"])
+    keys = ["framework", "point", "rnn_size", "batch_size"]  # the point and its sizes
+    return aggregate_repeats(rows, keys).drop(columns=["repeat"])
 
 
 # ---------------------------------------------------------------------------------------
@@ -177,46 +173,43 @@ FASTEST_TABLE = [("rnn_size", "rnn size", "{:.0f}"), ("batch_size", "batch size"
                  ("fastest_gen", "fastest generation (chars/s)", "{}")]
 
 
-def framework_rows(table: pd.DataFrame, grid: Grid) -> tuple[list[dict], list]:
-    """(rows, columns) of the per-framework table: exponent, step ms at each rnn size,
-    training chars/s at each batch size, the longest first step (compilation) of its
-    points, and the steps its warm-up took where more than one (the most over them)."""
-    fits = exponents(table, grid)
-    rows = []
-    for name, runs in table.groupby("framework", sort=False):
-        ok = runs[runs["status"] == "ok"]
-        row = {"framework": name, "exponent": fits.get(name)}
-        for _, r in _axis(ok, grid, "rnn_size").iterrows():
-            row[f"step_ms@{r['rnn_size']}"] = r["step_ms"]
-        for _, r in _axis(ok, grid, "batch_size").iterrows():
-            row[f"chars_per_s@{r['batch_size']}"] = r["chars_per_s"]
-        row["first_step_s"] = ok["first_step_s"].max() if "first_step_s" in ok else None
-        warm = ok["warmup_steps"].max() if "warmup_steps" in ok else None
-        row["warmup"] = f"{warm:.0f}" if not _missing(warm) and warm > 1 else None
-        rows.append(row)
+def framework_table(table: pd.DataFrame, grid: Grid) -> str:
+    """The per-framework table: exponent, step ms at each rnn size, training chars/s at
+    each batch size, the longest first step (compilation) of its points, and the steps
+    its warm-up took where more than one (the most over them)."""
+    ok = table[table["status"] == "ok"]
+    names = pd.Index(table["framework"].unique(), name="framework")
+
+    def at(axis: str, column: str) -> pd.DataFrame:  # (framework, size on the axis)
+        return _axis(ok, grid, axis).pivot_table(
+            index="framework", columns=axis, values=column, aggfunc="first").reindex(
+            index=names, columns=grid.axis_sizes(axis)).add_prefix(f"{column}@")
+    most = ok.groupby("framework").max(numeric_only=True).reindex(names)
+    rows = pd.concat([pd.Series(exponents(table, grid), name="exponent", dtype=float),
+                      at("rnn_size", "step_ms"), at("batch_size", "chars_per_s")],
+                     axis=1).reindex(names)
+    rows["first_step_s"] = most.get("first_step_s")
+    rows["warmup"] = [f"{w:.0f}" if w > 1 else None for w in most.get(
+        "warmup_steps", pd.Series(float("nan"), index=names)).fillna(0)]
     columns = [("framework", "framework", "{}"), ("exponent", "exponent", "{:.2f}")]
     columns += [(f"step_ms@{h}", f"ms/step H={h}", "{:,.1f}")
                 for h in grid.axis_sizes("rnn_size")]
     columns += [(f"chars_per_s@{b}", f"chars/s B={b}", "{:,.0f}")
                 for b in grid.axis_sizes("batch_size")]
     columns.append(("first_step_s", "first step s (max)", "{:,.2f}"))
-    if any(r["warmup"] for r in rows):
+    if rows["warmup"].notna().any():
         columns.append(("warmup", "warm-up steps", "{}"))
-    return rows, columns
+    return markdown_table(rows.reset_index(), columns)
 
 
 def problem_lines(table: pd.DataFrame, frameworks: pd.DataFrame) -> list[str]:
     """A line per failed or timed-out point, and per skipped framework, with the reason."""
-    lines = []
-    for r in table.to_dict("records"):
-        if r["status"] != "ok":
-            stage = f" at {r['stage']}" if isinstance(r.get("stage"), str) else ""
-            lines.append(f"- **{r['framework']}** at {r['point']}: {r['status']}{stage}: "
-                         f"`{r['error']}`")
-    for r in _records(frameworks):
-        if r.get("status") == "skipped":
-            lines.append(f"- **{r['framework']}**: skipped: `{r.get('error')}`")
-    return lines
+    return [sentence("lines.md.j2", "problem", name=r["framework"], at=r["point"],
+                     status=r["status"], stage=r.get("stage"), error=r["error"])
+            for r in table.to_dict("records") if r["status"] != "ok"] + [
+        sentence("lines.md.j2", "problem", name=r["framework"], status="skipped", stage=None,
+                 error=r.get("error"))
+        for r in _records(frameworks) if r.get("status") == "skipped"]
 
 
 # ---------------------------------------------------------------------------------------
@@ -252,96 +245,48 @@ def write_plots(table: pd.DataFrame, grid: Grid, frameworks: pd.DataFrame,
                xlabel=f"--rnn-size (at {at_batch})", ylabel="ms per training step (median)",
                title="Training step time against model size", log_y=True,
                reference=flop_bound(rnn, peak_flops(frameworks)))
-    plot_lines(_lines(rnn, "rnn_size", "mfu"), results_dir / "mfu_vs_rnn_size.png",
+    plot_lines(_lines(rnn, "rnn_size", "mfu"), results_dir / PLOTS["mfu"],
                xlabel=f"--rnn-size (at {at_batch})", ylabel="MFU (of the float32 GEMM peak)",
                title="Model FLOP utilisation against model size", percent=True)
     plot_lines(_lines(rnn, "rnn_size", "gen_chars_per_s"),
-               results_dir / "generation_vs_rnn_size.png", xlabel="--rnn-size",
+               results_dir / PLOTS["generation"], xlabel="--rnn-size",
                ylabel="generated chars/s (one stream)", log_y=True,
                title="Generation speed against model size")
     plot_lines(_lines(batch, "batch_size", "chars_per_s"), results_dir / BATCH_PLOT,
                xlabel=f"--batch-size (at {at_rnn})", ylabel="training chars/s (median step)",
                title="Training throughput against batch size", log_y=True)
-    plot_lines(_lines(batch, "batch_size", "peak_mb"), results_dir / "memory_vs_batch_size.png",
+    plot_lines(_lines(batch, "batch_size", "peak_mb"), results_dir / PLOTS["memory"],
                xlabel=f"--batch-size (at {at_rnn})",
                ylabel="peak resident memory of training (MiB)",
                title="Training memory against batch size")
 
 
 # ---------------------------------------------------------------------------------------
-# report.md, the results page's section, and main
+# report.md and main
 # ---------------------------------------------------------------------------------------
 
 
 def tables_text(table: pd.DataFrame, grid: Grid) -> str:
     """The two tables, in markdown."""
-    rows, columns = framework_rows(table, grid)
-    return "\n".join(["Fastest at each point:", "",
-                      markdown_table(fastest_rows(table, grid), FASTEST_TABLE), "",
-                      "Each framework:", "", markdown_table(rows, columns)])
+    return render("sweep_tables.md.j2", frameworks=framework_table(table, grid),
+                  fastest=markdown_table(fastest_rows(table, grid), FASTEST_TABLE)).rstrip("\n")
 
 
-def how_to_read(run: dict, grid: Grid) -> str:
-    s = run.get("settings", {})
-    return (
-        f"How to read it: every point is a fresh training process of {s.get('max_steps')} "
-        "steps from its own initial weights; *step ms* is the median step after the first "
-        "(the first, with any compilation, is in sweep.csv as first_step_s), *chars/s* the "
-        "characters of a batch over it, *MFU* the model's training FLOPs per step over it "
-        "as a share of the float32 GEMM peak measured right before and right after that "
-        "point. The *exponent* is the slope of log(step time) against log(training FLOPs "
-        f"per step) over the rnn sizes at --batch-size {grid.batch_size}: 1 where the "
-        "step's time grows with its arithmetic (the dashed FLOP-bound line), less where a "
-        "fixed cost per step dominates. *warm-up steps* (shown only where more than one) "
-        f"counts the steps over {WARMUP_FACTOR:g}x the median of the later ones; they are "
-        "in the median too, which the other steps outnumber. *first step s (max)*: the "
-        "longest first step of the framework's points (compilation at a new size). "
-        "Peak memory is the training "
-        "process's maximum resident set (wait4 `ru_maxrss`), start-up included. "
-        "Generation is `generate --length "
-        f"{s.get('gen_length')}`, one stream, at each rnn size. No validation "
-        "(`--val-fraction 0`): a sweep point measures speed, and its losses after a few "
-        "steps say nothing.")
-
-
-def render(runs: list[dict], table: pd.DataFrame, frameworks: pd.DataFrame,
-           grid: Grid) -> str:
+def render_report(runs: list[dict], table: pd.DataFrame, frameworks: pd.DataFrame,
+                  grid: Grid) -> str:
+    """report.md (templates/sweep_report.md.j2); the machine and the libraries from a row
+    per framework, one of its successful points."""
     run = runs[-1] if runs else {}
-    first = runs[0] if runs else {}
-    s = run.get("settings", {})
-    # A row per framework for the machine and the libraries: one of its successful points.
     order = list(dict.fromkeys(table["framework"]))
     per_framework = (table.assign(failed=table["status"] != "ok")
                      .sort_values("failed", kind="stable").drop_duplicates("framework")
                      .set_index("framework").loc[order].reset_index())
-    lines = [f"# Benchmark: {s.get('profile', '?')} profile (a sweep)", "",
-             f"What it trains: {first.get('description', '?')}.", "",
-             machine_header(runs, frameworks), "", tables_text(table, grid), ""]
-    bad = problem_lines(table, frameworks)
-    if bad:
-        lines += ["Failed, timed out or skipped (the sweep went on):", "", *bad, ""]
-    lines += [how_to_read(run, grid), "",
-              f"![step time against rnn size]({STEP_PLOT})", "",
-              "![MFU against rnn size](mfu_vs_rnn_size.png)", "",
-              "![generation against rnn size](generation_vs_rnn_size.png)", "",
-              f"![throughput against batch size]({BATCH_PLOT})", "",
-              "![memory against batch size](memory_vs_batch_size.png)", "",
-              "## Machine", "", *_machine_lines(run, per_framework, frameworks), "",
-              _versions_table(per_framework), ""]
-    return "\n".join(lines).rstrip() + "\n"
-
-
-def section(table: pd.DataFrame, grid: Grid, run: dict, link: Callable[[str], str]) -> str:
-    """The results page's sweep section: the per-framework table and the two main plots;
-    `link` names a file of the sweep's directory from the page (render.page_link)."""
-    rows, columns = framework_rows(table, grid)
-    m = run.get("machine", {})
-    return "\n".join([
-        f"Sweep on {m.get('cpu')} ({run.get('settings', {}).get('threads')} threads), "
-        f"{str(run.get('started', ''))[:10]}; full report: [{link('report.md')}]"
-        f"({link('report.md')}).", "", markdown_table(rows, columns), "",
-        f"![step time against rnn size]({link(STEP_PLOT)}) "
-        f"![throughput against batch size]({link(BATCH_PLOT)})"])
+    return render("sweep_report.md.j2", s=run.get("settings", {}), grid=grid, plots=PLOTS,
+                  description=(runs[0] if runs else {}).get("description", "?"),
+                  machine_header=machine_header(runs, frameworks),
+                  tables=tables_text(table, grid), problems=problem_lines(table, frameworks),
+                  warmup_factor=WARMUP_FACTOR, versions_table=_versions_table(per_framework),
+                  machine_lines=_machine_lines(run, per_framework, frameworks))
 
 
 def build(results_dir: Path, runs: list[dict], frameworks: pd.DataFrame) -> tuple[pd.DataFrame,
@@ -353,7 +298,7 @@ def build(results_dir: Path, runs: list[dict], frameworks: pd.DataFrame) -> tupl
     grid = grid_of(runs)
     atomic_write_text(results_dir / "sweep.csv", table.to_csv(index=False))
     write_plots(table, grid, frameworks, results_dir)
-    text = render(runs, table, frameworks, grid)
+    text = render_report(runs, table, frameworks, grid)
     atomic_write_text(results_dir / "report.md", text)
     return table, text
 

@@ -32,6 +32,7 @@ pytest.importorskip("matplotlib")
 from benchmarks import records, report, run_all  # noqa: E402
 from benchmarks import sweep_report as scaling  # noqa: E402
 from benchmarks.sweep import Grid, Point, parse_sizes, point_of  # noqa: E402
+from tests.markdown import unpad
 from tests.test_benchmarks import (  # noqa: E402
     PNG_MAGIC,
     SWEEP_FILES,
@@ -211,7 +212,7 @@ def test_sweep_goes_on_past_a_failed_point_and_resumes(corpus, tmp_path):
     # The report, with every plot, and the tables on stdout.
     for name in SWEEP_FILES:
         assert (out / name).exists(), name
-    assert "Fastest at each point:" in proc.stdout and "| numpy |" in proc.stdout
+    assert "Fastest at each point:" in proc.stdout and "| numpy |" in unpad(proc.stdout)
     assert "**flaky** at rnn32-batch64: failed at train" in (out / "report.md").read_text()
 
     proc = subprocess.run([*cmd, "--resume", "--no-report"], cwd=ROOT, capture_output=True,
@@ -301,16 +302,16 @@ def test_sweep_report_writes_every_plot_and_table(saved, capsys):
         assert (saved / name).exists(), name
         if name.endswith(".png"):
             assert (saved / name).read_bytes()[:8] == PNG_MAGIC
-    out = capsys.readouterr().out
+    out = unpad(capsys.readouterr().out)
     assert "| rnn size | batch size | fastest |" in out
     assert "| framework | exponent | ms/step H=16 | ms/step H=32 | ms/step H=64 |" in out
     assert "**flaky** at rnn16-batch64: timeout at train: `timed out after 10 s`" in out
-    md = (saved / "report.md").read_text()
+    md = unpad((saved / "report.md").read_text())
     assert "![step time against rnn size](step_time_vs_rnn_size.png)" in md
     assert "Failed, timed out or skipped (the sweep went on):" in md
     assert "| numpy | numpy 2." in md and "| flaky | numpy 2." in md  # the versions table
     table, text, runs = report.build(saved)  # the same report through build
-    assert text == md and len(table) == 15
+    assert unpad(text) == md and len(table) == 15
 
 
 def test_sweep_reference_publishes_and_gets_its_section_of_the_results_page(saved, tmp_path,
@@ -323,7 +324,7 @@ def test_sweep_reference_publishes_and_gets_its_section_of_the_results_page(save
     report.main([str(saved), "--reference"])
     published = root / "benchmarks" / "reference" / "amd-epyc-2core" / "custom"
     assert sorted(p.name for p in published.iterdir()) == SWEEP_FILES
-    text = page.read_text()
+    text = unpad(page.read_text())
     assert text.startswith("# Results\n") and "## amd-epyc-2core\n" in text
     link = "../benchmarks/reference/amd-epyc-2core/custom"
     assert f"]({link}/step_time_vs_rnn_size.png)" in text
