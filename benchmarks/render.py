@@ -116,17 +116,25 @@ def _machine_figures(runs: list[dict], frameworks: pd.DataFrame) -> dict:
             if isinstance(run.get("peak"), dict) else None}
 
 
+def by_machine(runs: list[dict], frameworks: pd.DataFrame, table: pd.DataFrame | None = None
+               ) -> list[tuple[str | None, list[dict], pd.DataFrame, pd.DataFrame | None]]:
+    """(kind, its run records, its framework records, its rows of `table`) per machine kind
+    (records.machine_slug) of merged records of several kinds; else one (None, all of them)."""
+    kinds = _machine_kinds(runs)
+    if len(kinds) <= 1 or "machine" not in frameworks or (table is not None
+                                                           and "machine" not in table):
+        return [(None, runs, frameworks, table)]
+    return [(kind, [r for r in runs if machine_slug(r.get("machine") or {}) == kind],
+             frameworks[frameworks["machine"] == kind],
+             None if table is None else table[table["machine"] == kind]) for kind in kinds]
+
+
 def machine_header(runs: list[dict], frameworks: pd.DataFrame) -> str:
     """One paragraph: the CPU, cores and threads, the 1-minute load average before, around
     and after the frameworks' runs, and the float32 matmul peaks. Merged records of
     several machine kinds: a paragraph per kind, of its own runs."""
-    kinds = _machine_kinds(runs)
-    if len(kinds) > 1 and "machine" in frameworks:
-        machines = [{"kind": kind, **_machine_figures(
-            [r for r in runs if machine_slug(r.get("machine") or {}) == kind],
-            frameworks[frameworks["machine"] == kind])} for kind in kinds]
-    else:
-        machines = [{"kind": None, **_machine_figures(runs, frameworks)}]
+    machines = [{"kind": kind, **_machine_figures(kind_runs, kind_frameworks)}
+                for kind, kind_runs, kind_frameworks, _ in by_machine(runs, frameworks)]
     return render("machine_header.md.j2", machines=machines).rstrip("\n")
 
 

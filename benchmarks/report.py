@@ -78,6 +78,7 @@ from benchmarks.render import (  # noqa: F401 (_spread_cell: for tests)
     _missing,
     _spread_cell,
     _versions_table,
+    by_machine,
     machine_header,
     markdown_table,
     page_link,
@@ -465,14 +466,8 @@ def render_report(runs: list[dict], table: pd.DataFrame, frameworks: pd.DataFram
     a Machine subsection per kind."""
     run, first = (runs[-1], runs[0]) if runs else ({}, {})
     s = run.get("settings", {})
-    kinds = _machine_kinds(runs)
-    if len(kinds) > 1 and "machine" in frameworks and "machine" in table:
-        machine_lines = [(kind, _machine_lines(
-            [r for r in runs if machine_slug(r.get("machine") or {}) == kind][-1],
-            table[table["machine"] == kind], frameworks[frameworks["machine"] == kind]))
-            for kind in kinds]
-    else:
-        machine_lines = [(None, _machine_lines(run, table, frameworks))]
+    machine_lines = [(kind, _machine_lines(kind_runs[-1] if kind_runs else {}, rows, records))
+                     for kind, kind_runs, records, rows in by_machine(runs, frameworks, table)]
     worlds, trained = shows_worlds(table), _trained(table)
     return render(
         "report.md.j2", s=s, description=first.get("description", run.get("description", "?")),
