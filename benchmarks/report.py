@@ -366,7 +366,8 @@ def scaling_table(table: pd.DataFrame) -> str:
 
 def compare_original(table: pd.DataFrame) -> str:
     """The original suite's duration and loss beside this run's, with where they come from."""
-    ours = table.drop_duplicates("framework")[["framework", "duration_s", "epochs", "train_loss"]]
+    ours = table.drop_duplicates("framework").reindex(
+        columns=["framework", "duration_s", "epochs", "train_loss"])
     return "\n\n".join([sentence("lines.md.j2", "original_source", source=ORIGINAL_SOURCE),
                         markdown_table(ORIGINAL.merge(ours, how="left", on="framework"),
                                        ORIGINAL_TABLE)])
