@@ -35,6 +35,8 @@ from pathlib import Path
 
 from benchmarks import records
 from benchmarks.plan import BATCH_SAMPLES, Plan, where_of  # noqa: F401 (where_of: for tests)
+from charrnn.common import cli
+from charrnn.common.config import GenerateConfig
 from charrnn.common.logs import read_training_log
 from charrnn.common.paths import ROOT, env_python
 from charrnn.common.registry import Entry
@@ -74,27 +76,23 @@ def train_command(entry: Entry, plan: Plan, run_dir: Path) -> list[str]:
     python = str(entry.python())
     launch = ([python, "-m", "charrnn.common.launch", "--nproc", str(plan.world_size)]
               if plan.world_size else [python])
-    cmd = [*launch, str(entry.script), "train", "--text-path", s.text_path,
-           "--init-from", str(plan.init_path), "--num-epochs", str(s.num_epochs),
-           "--threads", str(s.threads), "--checkpoint-path", str(run_dir / "checkpoint"),
-           "--log-path", str(run_dir / "train.log"), "--sample-length", "0",
-           "--random-seed", str(s.random_seed), "--device", s.device,
-           "--log-every", str(s.log_every),
-           # Only the end-of-epoch checkpoints: a periodic save would be time the table
-           # does not count (the loop leaves it out) but the run still spends.
-           "--checkpoint-minutes", "0"]
-    if s.max_steps is not None:
-        cmd += ["--max-steps", str(s.max_steps)]
-    return cmd + list(s.extra_train_args)
+    train = dataclasses.replace(
+        s.train, text_path=s.text_path, init_from=str(plan.init_path),
+        num_epochs=s.num_epochs, max_steps=s.max_steps, threads=s.threads,
+        checkpoint_path=str(run_dir / "checkpoint"), log_path=str(run_dir / "train.log"),
+        sample_length=0, random_seed=s.random_seed, device=s.device, log_every=s.log_every,
+        # Only the end-of-epoch checkpoints: a periodic save would be time the table
+        # does not count (the loop leaves it out) but the run still spends.
+        checkpoint_minutes=0.0)
+    return [*launch, str(entry.script), "train", *cli.to_argv(train)]
 
 
 def generate_command(entry: Entry, plan: Plan, run_dir: Path, num_samples: int = 1) -> list[str]:
     s = plan.settings
-    return [str(entry.python()), str(entry.script), "generate", "--checkpoint-path",
-            str(run_dir / "checkpoint"), "--text-path", s.text_path, "--length",
-            str(s.gen_length), "--random-seed", str(s.random_seed), "--threads", str(s.threads),
-            "--device", s.device] + (["--num-samples", str(num_samples)] if num_samples > 1
-                                     else [])
+    generate = GenerateConfig(
+        checkpoint_path=str(run_dir / "checkpoint"), text_path=s.text_path, length=s.gen_length,
+        random_seed=s.random_seed, threads=s.threads, device=s.device, num_samples=num_samples)
+    return [str(entry.python()), str(entry.script), "generate", *cli.to_argv(generate)]
 
 
 def portable_command(cmd: list[str]) -> str:

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmarks import records
 from benchmarks.mfu import PEAK_REPEATS, PEAK_SIZE
 from benchmarks.sweep import Grid, Point
-from charrnn.common.config import CELLS
+from charrnn.common import cli
+from charrnn.common.config import CELLS, TrainConfig
 from charrnn.common.registry import Entry
 
 BATCH_SAMPLES = 64  # streams of the batch generation figure (generate --num-samples)
@@ -33,7 +34,8 @@ class Profile:
     max_steps: int | None  # None: whole epochs
     timeout_s: float  # per framework (and sweep point), training and generation each
     description: str
-    train_args: tuple[str, ...] = ()  # train flags of the profile, before --extra-train-args
+    # TrainConfig fields the profile sets ({"val_fraction": 0.0}); --extra-train-args wins.
+    train: dict = field(default_factory=dict)
     sweep: bool = False  # one run per point of a Grid (benchmarks.sweep)
     cells: tuple[str, ...] = ("lstm",)  # one run per cell (docs/SPEC.md section 8)
     # One run per data-parallel world size (charrnn.common.launch --nproc W), of the frameworks
@@ -83,7 +85,7 @@ PROFILES = {
                      "at each point of the sweep, 24 training steps of 64-character "
                      "sequences on tinyshakespeare (the first, with any compilation, timed "
                      "apart), no validation, then 1,024 generated characters (one stream) at "
-                     "each rnn size", train_args=("--val-fraction", "0"), sweep=True),
+                     "each rnn size", train={"val_fraction": 0.0}, sweep=True),
     # One epoch of each cell, as the quick profile trains the LSTM: what a GRU and a vanilla
     # RNN cost against the LSTM in each framework (0.75x and 0.25x its matrix FLOPs).
     "cells": Profile(1, None, 900,
@@ -104,7 +106,7 @@ PROFILES = {
                        "global batch of 64 x 64 characters, 64 / W rows per process) on "
                        "tinyshakespeare from the same initial weights (the first step, with any "
                        "compilation, timed apart), no validation, no generation",
-                       train_args=("--val-fraction", "0"), world_sizes=(1, 2), threads=1),
+                       train={"val_fraction": 0.0}, world_sizes=(1, 2), threads=1),
 }
 
 
@@ -123,7 +125,10 @@ class Settings:
     random_seed: int
     text_path: str  # absolute, for the commands; recorded by file name (records.portable)
     text_sha256: str
-    extra_train_args: tuple[str, ...]
+    # The train flags every framework's run shares beyond the runner's own (the profile's,
+    # --extra-train-args, a sweep point's sizes, the cell): typed, rendered to argv once
+    # (child.train_command, through common.cli.to_argv).
+    train: TrainConfig
     device: str
     gen_length: int
     log_every: int
@@ -143,7 +148,9 @@ class Settings:
         d = dataclasses.asdict(self)
         d.pop("description")
         d["text_path"] = records.portable(self.text_path)
-        d["extra_train_args"] = list(d["extra_train_args"])
+        # As the train flags they give: what records have always held, and the report shows.
+        d.pop("train")
+        d["extra_train_args"] = cli.to_argv(self.train)
         if self.grid:  # as JSON reads it back; a run of one point has no key (older records)
             d["grid"] = self.grid.as_dict()
         else:
@@ -173,7 +180,7 @@ def where_of(cell: str | None, point: Point | None, world_size: int | None = Non
 class Plan:
     """What every framework of a run (or of one sweep point) shares."""
 
-    settings: Settings  # a sweep point's: its sizes in extra_train_args, its batches
+    settings: Settings  # a sweep point's: its sizes in settings.train, its batches
     out: Path  # the results directory
     timeout_s: float | None  # training, and again generation, per framework
     keep_checkpoints: bool

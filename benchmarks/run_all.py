@@ -95,15 +95,33 @@ from benchmarks.plan import (  # noqa: F401 (PROFILES, SWEEP_STEPS: the runner's
     total_steps,
 )
 from benchmarks.sweep import Grid, Point, parse_sizes
-from charrnn.common import registry
+from charrnn.common import cli, registry
 from charrnn.common.config import CELLS, DEVICES, GenerateConfig, TrainConfig
 from charrnn.common.registry import Entry
 
+# The train flags the runner gives each run itself (child.train_command), from its own
+# flags or per run: --extra-train-args may not set them. The flag to use instead, if any.
+RUNNER_TRAIN_FLAGS = {"num_epochs": "--num-epochs", "max_steps": "--max-steps",
+                      "threads": "--threads", "random_seed": "--random-seed",
+                      "device": "--device", "text_path": "--text-path", "cell": "--cells",
+                      "init_from": None, "checkpoint_path": None, "log_path": None,
+                      "log_every": None, "sample_length": None, "checkpoint_minutes": None,
+                      "restore": None}
 
-def train_config_from_args(extra: list[str]):
-    """The TrainConfig that `train` will see for these extra flags (the one parser, common.cli)."""
-    from charrnn.common.cli import parse_args
-    return parse_args(["train", *extra], "run_all")[1]
+
+def user_train_config(text: str, profile: Profile) -> tuple[TrainConfig, bool]:
+    """The train settings of a run: the profile's, then --extra-train-args over them, parsed
+    once by common.cli's parser (its one-line errors); and whether the user set any."""
+    argv = shlex.split(text)
+    user = cli.parse_args(["train", *argv], "run_all --extra-train-args")[1]
+    given = cli.flags_given(["train", *argv])
+    owned = [name for name in RUNNER_TRAIN_FLAGS if name in given]
+    if owned:
+        name, instead = owned[0], RUNNER_TRAIN_FLAGS[owned[0]]
+        raise SystemExit(f"error: --extra-train-args: --{name.replace('_', '-')} is the runner's "
+                         "to set for each run" + (f"; use run_all's {instead}" if instead else ""))
+    profile_only = {k: v for k, v in profile.train.items() if k not in given}
+    return dataclasses.replace(user, **profile_only), bool(given)
 
 
 def steps_per_epoch_and_vocab(text_path: Path, cfg):
@@ -128,7 +146,7 @@ def choose_log_every(train_batches: int, total_steps: int, points: int = 100) ->
 
 def write_init_weights(path: Path, settings: Settings) -> None:
     from charrnn.common.weights import init_weights, save_portable
-    cfg = train_config_from_args(list(settings.extra_train_args))
+    cfg = settings.train
     _, _, vocab = steps_per_epoch_and_vocab(Path(settings.text_path), cfg)
     config = cfg.model_config(vocab.size)
     save_portable(path, init_weights(config, settings.random_seed), config, vocab,
@@ -198,27 +216,23 @@ def resolve_settings(args) -> Settings:
     profile = PROFILES[args.profile]
     num_epochs = args.num_epochs if args.num_epochs is not None else profile.num_epochs
     max_steps = profile.max_steps if args.max_steps is None else (args.max_steps or None)
-    user_extra = tuple(shlex.split(args.extra_train_args))
-    extra = profile.train_args + user_extra
+    train, user_extra = user_train_config(args.extra_train_args, profile)
     grid = sweep_grid(args, profile)
     cells = parse_cells(args.cells, profile)
     threads = args.threads or profile.threads or len(os.sched_getaffinity(0))
-    if any(w == "--cell" or w.startswith("--cell=") for w in user_extra):
-        raise SystemExit("error: --extra-train-args: choose cells with --cells, which keeps "
-                         "each cell's runs and initial weights apart")
     text_path = Path(args.text_path).resolve() if args.text_path else default_corpus_path()
-    cfg = train_config_from_args(list(extra))
-    world_sizes = parse_world_sizes(args, profile, cfg.batch_size)
+    world_sizes = parse_world_sizes(args, profile, train.batch_size)
     custom = ((num_epochs, max_steps) != (profile.num_epochs, profile.max_steps) or user_extra
               or args.text_path is not None or (grid is not None and grid != Grid())
               or cells != profile.cells or world_sizes != profile.world_sizes)
-    train_batches, chars_per_batch, _ = steps_per_epoch_and_vocab(text_path, cfg)
+    train_batches, chars_per_batch, _ = steps_per_epoch_and_vocab(text_path, train)
     total = total_steps(num_epochs, max_steps, train_batches)
     what = profile.description
     if custom:
         what = (f"{'up to ' if max_steps else ''}{total} training steps "
                 f"({total / train_batches:.3g} epochs of {train_batches} batches) on "
-                f"{text_path.name}" + (f" with {' '.join(extra)}" if extra else
+                f"{text_path.name}" + (f" with {shlex.join(cli.to_argv(train))}"
+                                       if train != TrainConfig() else
                                        " with the default model spec"))
     if grid:
         what += f", at each point of the sweep ({describe_grid(grid)})" if custom else \
@@ -233,7 +247,7 @@ def resolve_settings(args) -> Settings:
         profile="custom" if custom else args.profile, description=what, num_epochs=num_epochs,
         max_steps=max_steps, threads=threads, random_seed=args.random_seed,
         text_path=str(text_path), text_sha256=hashlib.sha256(text_path.read_bytes()).hexdigest(),
-        extra_train_args=extra, device=args.device, gen_length=args.gen_length,
+        train=train, device=args.device, gen_length=args.gen_length,
         log_every=choose_log_every(train_batches, total), train_batches=train_batches,
         chars_per_batch=chars_per_batch, grid=grid, cells=cells, world_sizes=world_sizes)
 
@@ -244,12 +258,11 @@ def point_settings(settings: Settings, point: Point | None, cell: str | None = N
     LSTM outside a sweep)."""
     if point is None and cell is None:
         return settings
-    extra = settings.extra_train_args + (point.train_args() if point else ())
-    extra += ("--cell", cell) if cell else ()
-    cfg = train_config_from_args(list(extra))
-    train_batches, chars_per_batch, _ = steps_per_epoch_and_vocab(Path(settings.text_path), cfg)
+    train = point.apply(settings.train) if point else settings.train
+    train = dataclasses.replace(train, cell=cell) if cell else train
+    train_batches, chars_per_batch, _ = steps_per_epoch_and_vocab(Path(settings.text_path), train)
     total = total_steps(settings.num_epochs, settings.max_steps, train_batches)
-    return dataclasses.replace(settings, extra_train_args=extra, train_batches=train_batches,
+    return dataclasses.replace(settings, train=train, train_batches=train_batches,
                                chars_per_batch=chars_per_batch,
                                log_every=choose_log_every(train_batches, total))
 

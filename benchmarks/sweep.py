@@ -17,6 +17,7 @@ Standard library only.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from charrnn.common.config import TrainConfig
@@ -38,9 +39,9 @@ class Point:
         """A name for directories and --resume: "rnn256-batch64"."""
         return f"rnn{self.rnn_size}-batch{self.batch_size}"
 
-    def train_args(self) -> tuple[str, ...]:
-        """The `train` flags of this point (after any --extra-train-args, so they win)."""
-        return ("--rnn-size", str(self.rnn_size), "--batch-size", str(self.batch_size))
+    def apply(self, train: TrainConfig) -> TrainConfig:
+        """`train` at this point's sizes (over any --extra-train-args: the point wins)."""
+        return dataclasses.replace(train, rnn_size=self.rnn_size, batch_size=self.batch_size)
 
     def as_dict(self) -> dict:
         return {"rnn_size": self.rnn_size, "batch_size": self.batch_size}

@@ -30,6 +30,7 @@ from pathlib import Path
 import pytest
 
 from charrnn.common import logs, registry
+from charrnn.common.cli import parse_args
 from charrnn.common.paths import ROOT, venv_python
 from tests.conftest import TEXT
 from tests.markdown import unpad
@@ -171,8 +172,9 @@ def test_records_name_no_directory_of_the_machine(bench):
     assert run["settings"]["text_path"] == "corpus.txt"
     numpy = next(r for r in framework_records(out) if r["framework"] == "numpy")
     assert numpy["script"] == "numpy_model.py" and numpy["python"] == ".venv/bin/python"
-    assert numpy["train_command"].startswith(".venv/bin/python numpy_model.py train "
-                                             "--text-path corpus.txt --init-from init.safetensors")
+    assert numpy["train_command"].startswith(".venv/bin/python numpy_model.py train ")
+    assert "--text-path corpus.txt" in numpy["train_command"]
+    assert "--init-from init.safetensors" in numpy["train_command"]
 
 
 def test_resume_does_not_redo_finished_frameworks(bench):
@@ -207,7 +209,7 @@ def test_cells_run_each_cell_from_its_own_weights(tmp_path):
         assert r["status"] == "ok", r["error"]
         assert r["header"]["model_config"]["cell"] == cell
         assert f"--init-from init-{cell}.safetensors" in r["train_command"]
-        assert r["train_command"].endswith(f"--cell {cell}")
+        assert f" --cell {cell} " in r["train_command"]
     assert (out / "runs" / "numpy" / "gru" / "0").is_dir()
     table = report.summary_table(report.load_records(out)[1])
     assert sorted(table["cell"]) == ["gru", "rnn"]
@@ -222,6 +224,8 @@ def test_cells_run_each_cell_from_its_own_weights(tmp_path):
     assert resumed.returncode == 0 and "numpy (gru): already recorded" in resumed.stderr
     for bad, says in ((["--cells", "lstm,tree"], "--cells"),
                       (["--extra-train-args", "--cell gru"], "--cells"),
+                      (["--extra-train-args", "--num-epochs 3"], "--num-epochs"),
+                      (["--extra-train-args", "--rnn-size 0"], "--rnn-size"),
                       (["--profile", "sweep", "--cells", "lstm,gru"], "one cell")):
         proc = subprocess.run([*run_all_command(), *bad, "--text-path", str(corpus),
                                "--dry-run"], cwd=ROOT,
@@ -308,7 +312,7 @@ def test_dry_run_prints_each_framework_s_commands(tmp_path):
     assert lines[0] == "# numpy" and lines[4] == "# keras[jax]"
     assert "numpy_model.py train " in lines[1] and "--max-steps 5" in lines[1]
     assert "keras_model.py generate " in lines[6] and "runs/keras-jax/0/checkpoint" in lines[6]
-    assert lines[7].endswith("--num-samples 64")
+    assert "--num-samples 64" in lines[7] and "--num-samples" not in lines[6]
 
 
 def test_unknown_framework_is_one_line():
@@ -363,7 +367,8 @@ def test_batch_generation_counts_every_stream(tmp_path):
     assert child.batch_chars(timing.chars, 64, 50) / timing.duration_s == pytest.approx(20000)
     plan = child.Plan(tiny_settings(tmp_path, "--gen-length", "50"), Path("out"), None, False)
     cmd = child.generate_command(registry.FRAMEWORKS["numpy"], plan, Path("run"), 64)
-    assert cmd[-2:] == ["--num-samples", "64"] and "--length" in cmd
+    cmd = cmd[cmd.index("generate"):]
+    assert parse_args(cmd, "test")[1].num_samples == 64 and "--length" in cmd
     assert "--num-samples" not in child.generate_command(registry.FRAMEWORKS["numpy"], plan,
                                                          Path("run"))
 

@@ -10,8 +10,8 @@ import json
 import numpy as np
 import pytest
 
-from charrnn.common.cli import flags_given
-from charrnn.common.config import TrainConfig
+from charrnn.common.cli import flags_given, parse_args, to_argv
+from charrnn.common.config import GenerateConfig, TrainConfig
 from charrnn.common.generate import _trained_for
 from charrnn.common.train import train
 from charrnn.common.weights import load_portable
@@ -24,6 +24,18 @@ def test_flags_given_sees_what_was_typed():
     assert flags_given(["train"]) == frozenset()
     given = flags_given(["train", "--seq-len=64", "--rnn", "32", "--restore", "--threads", "1"])
     assert given == {"seq_len", "rnn_size", "restore", "threads"}  # a default value counts too
+
+
+def test_to_argv_gives_back_the_config():
+    assert to_argv(TrainConfig()) == [] and to_argv(GenerateConfig()) == []
+    train = TrainConfig(rnn_size=16, cell="gru", optimizer="sgd", momentum=0.9, l2=1e-5,
+                        val_fraction=0.0, max_steps=7, checkpoint_minutes=0.0, device="cpu")
+    argv = to_argv(train)
+    assert argv[:4] == ["--rnn-size", "16", "--cell", "gru"]  # field order, defaults left out
+    assert "0" in argv and "1e-05" in argv  # floats as typed: 0.0 -> 0, exact otherwise
+    assert parse_args(["train", *argv], "test")[1] == train
+    generate = GenerateConfig(cold_start=True, temperature=0.5, num_samples=4, length=10)
+    assert parse_args(["generate", *to_argv(generate)], "test")[1] == generate
 
 
 def _train(argv: list[str]) -> dict:

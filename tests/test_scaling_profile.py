@@ -59,7 +59,7 @@ def test_world_sizes_are_checked(corpus):
     s = settings("--profile", "scaling")
     assert (s.world_sizes, s.threads) == ((1, 2), 1)  # one thread per process
     assert s.identity()["world_sizes"] == [1, 2] and s.max_steps == run_all.SWEEP_STEPS
-    assert s.extra_train_args == ("--val-fraction", "0")
+    assert s.identity()["extra_train_args"] == ["--val-fraction", "0"]
     assert "world_sizes" not in settings().identity()  # older records have none
     s = settings("--profile", "scaling", "--world-sizes", "1,4", "--threads", "2")
     assert (s.world_sizes, s.threads) == ((1, 4), 2)

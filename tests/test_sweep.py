@@ -15,6 +15,7 @@ No test asserts a timing: the expected tables are computed from the raw records.
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -23,6 +24,8 @@ import numpy as np
 import pytest
 
 from charrnn.common import registry
+from charrnn.common.cli import parse_args
+from charrnn.common.config import TrainConfig
 from charrnn.common.paths import ROOT
 from tests.conftest import TEXT
 
@@ -101,7 +104,8 @@ def test_grid_crosses_its_axes_at_the_default_model_once():
     # The crossing point is on both axes where either measures it.
     assert Grid(batch_sizes=(1, 16)).axis_sizes("batch_size") == [1, 16, 64]
     assert Grid((16, 32), (1, 8)).axis_sizes("rnn_size") == [16, 32]
-    assert Point(256, 64).train_args() == ("--rnn-size", "256", "--batch-size", "64")
+    assert Point(256, 64).apply(TrainConfig(rnn_size=16, seq_len=8)) == TrainConfig(
+        rnn_size=256, batch_size=64, seq_len=8)  # the point's sizes win
     assert Grid.from_dict(json.loads(json.dumps(grid.as_dict()))) == grid
     assert point_of({"point": {"rnn_size": 32, "batch_size": 8}}) == Point(32, 8)
     assert point_of({"framework": "numpy"}) is None
@@ -122,7 +126,8 @@ def test_sweep_settings_and_each_point_s(corpus):
                                "--extra-train-args", "--seq-len 8"])
     settings = run_all.resolve_settings(args)
     assert settings.max_steps == run_all.SWEEP_STEPS >= 21  # the first step + 20 timed
-    assert settings.extra_train_args[:2] == ("--val-fraction", "0")  # no validation
+    assert (settings.train.val_fraction, settings.train.seq_len) == (0, 8)  # no validation
+    assert settings.identity()["extra_train_args"] == ["--seq-len", "8", "--val-fraction", "0"]
     assert settings.profile == "custom" and "--rnn-size 16, 32 at --batch-size 64" in (
         settings.description)
     identity = json.loads(json.dumps(settings.identity()))  # as --resume reads it back
@@ -132,7 +137,8 @@ def test_sweep_settings_and_each_point_s(corpus):
                                       "rnn128-batch4"]
     at = plans[None, Point(128, 4)]
     assert at.settings.chars_per_batch == 4 * 8 and at.generations == ()
-    assert at.settings.extra_train_args[-4:] == ("--rnn-size", "128", "--batch-size", "4")
+    assert at.settings.train == TrainConfig(rnn_size=128, batch_size=4, seq_len=8,
+                                            val_fraction=0.0)
     assert plans[None, Point(16, 64)].generations == (1,)  # one stream, at the rnn sizes only
     assert at.init_path.name == "init-rnn128-batch4.safetensors"
     assert at.run_dir(registry.FRAMEWORKS["numpy"], 0).parts[-3:] == (
@@ -179,8 +185,10 @@ def test_dry_run_prints_each_point_s_commands(corpus, tmp_path):
     lines = proc.stdout.splitlines()
     assert [line for line in lines if line.startswith("#")] == [
         "# numpy at rnn16-batch64", "# numpy at rnn32-batch64", "# numpy at rnn128-batch1"]
-    assert lines[1].endswith("--max-steps 4 --val-fraction 0 --seq-len 8 --embedding-size 8 "
-                             "--rnn-size 16 --batch-size 64")
+    words = shlex.split(lines[1])
+    command, train = parse_args(words[words.index("train"):], "test")  # as the child reads it
+    assert (train.rnn_size, train.batch_size, train.seq_len, train.embedding_size) == (
+        16, 64, 8, 8) and (train.val_fraction, train.max_steps) == (0, 4)
     assert "init-rnn16-batch64.safetensors" in lines[1] and " generate " in lines[2]
     assert lines[-2] == "# numpy at rnn128-batch1" and " train " in lines[-1]  # no generate
     assert "--num-samples" not in proc.stdout

@@ -105,6 +105,33 @@ def parse_args(argv, prog: str):
         parser.error(str(exc))
 
 
+def _flag_text(value) -> str:
+    """A flag's value as the parser reads it back exactly: 0.0 -> "0", 1e-05 -> "1e-05"."""
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else repr(value)
+    return str(value)
+
+
+def to_argv(cfg) -> list[str]:
+    """The flags that give a config dataclass `cfg` (TrainConfig, GenerateConfig, ...): one
+    --flag-name value per field that differs from its default, in field order, so that
+    parse_args([command, *to_argv(cfg)]) returns `cfg` again. The other direction of
+    parse_args, for a program that starts the command (the benchmark's runner)."""
+    argv = []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if value == f.default:
+            continue
+        name = "--" + f.name.replace("_", "-")
+        if f.metadata.get("action") == "store_true":
+            argv.append(name)
+        elif value is None:
+            raise ValueError(f"{name}: None is not a value the command line can give")
+        else:
+            argv += [name, _flag_text(value)]
+    return argv
+
+
 def flags_given(argv) -> frozenset[str]:
     """The config fields that `argv` sets explicitly (abbreviations and `--flag=value`
     included), whatever their value: a resume refuses a run flag given with a value
