@@ -7,6 +7,6 @@
 Running (`run_all`, one child process per framework: `child`) only writes JSON lines
 (`records`); reporting (`report`, `plot`) only reads them (STYLE rule 9), so a report
 can be rebuilt, and tested, without training anything. A user's runs go to
-benchmarks/results/ (ignored by git); the committed reference results the README
+benchmarks/results/ (ignored by git); the committed reference results docs/RESULTS.md
 shows are in benchmarks/reference/<machine>/<profile>/ (`make reference-results`).
 """

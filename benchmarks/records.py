@@ -35,7 +35,7 @@ from charrnn.common.paths import ROOT
 RECORDS_NAME = "records.jsonl"
 # A user's runs: ignored by git, one directory per profile.
 RESULTS_ROOT = ROOT / "benchmarks" / "results"
-# The committed reference results the README shows: <machine slug>/<profile>/, written
+# The committed reference results docs/RESULTS.md shows: <machine slug>/<profile>/, written
 # only by `make reference-results` (python -m benchmarks.report DIR --reference).
 REFERENCE_ROOT = ROOT / "benchmarks" / "reference"
 

@@ -732,7 +732,7 @@ def test_results_page_puts_the_newest_kind_first(saved, tmp_path, monkeypatch):
 
 
 def test_committed_reference_renders_and_names_no_machine_directory(tmp_path):
-    """The reference results the README shows: only the committed set, portable records,
+    """The reference results docs/RESULTS.md shows: only the committed set, portable records,
     and the report still renders from them."""
     dirs = [p.parent for p in (ROOT / "benchmarks" / "reference").glob("*/*/records.jsonl")]
     assert dirs, "no reference results committed"
