@@ -240,3 +240,22 @@ def test_export_refusals_are_one_line(monkeypatch, tmp_path):
     assert "an ONNX export is named NAME.onnx" in bad_name["stderr"]
     assert no_onnx["stderr"].strip() == f"error: {INSTALL_HINT}"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
+
+
+def test_the_documented_loop_prints_what_generate_prints(pretrained_onnx, tmp_path):
+    """docs/ONNX.md's greedy loop and scoring snippet, run as written beside an export of
+    the shipped model, print `generate --cold-start --temperature 0`'s text."""
+    text = (ROOT / "docs" / "ONNX.md").read_text()
+    blocks = [block.split("```")[0] for block in text.split("```python\n")[1:]]
+    greedy, = (b for b in blocks if 'ort.InferenceSession("ts.step.onnx"' in b)
+    scoring, = (b for b in blocks if 'ort.InferenceSession("ts.onnx"' in b)
+    export_onnx(tmp_path / "ts.onnx", pretrained_onnx[1])
+    proc = subprocess.run([sys.executable, "-c", greedy + scoring], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    expected, = run_cases(NumpyCharRNN, [{"argv": [
+        "generate", "--checkpoint-path", str(PRETRAINED_PATH), "--cold-start",
+        "--temperature", "0", "--seed", "KING RICHARD:", "--length", "200"]}])
+    lines = proc.stdout.splitlines(keepends=True)
+    assert "".join(lines[:-1]) == ok(expected)["stdout"]
+    assert lines[-1].endswith(" bits per character\n")

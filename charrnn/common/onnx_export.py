@@ -223,10 +223,11 @@ def read_metadata(props: dict[str, str], source: str) -> OnnxInfo:
                     tuple(json.loads(props["states"])))
 
 
-def session(path: str | os.PathLike, threads: int | None = None,
-            optimization: str = "all"):
+def session(path: str | os.PathLike, threads: int | None = 1, optimization: str = "all"):
     """An onnxruntime CPU InferenceSession of `path` with `threads` intra-op threads
-    (None: onnxruntime's own) and graph optimisation "basic", "extended" or "all"."""
+    (None: onnxruntime's own, one a core) and graph optimisation "basic", "extended" or
+    "all". The defaults were the fastest for generation (docs/ONNX.md, "Speed"): the
+    step's products are small, and a second thread cost more than it saved."""
     try:
         import onnxruntime as ort
     except ImportError:
@@ -249,7 +250,7 @@ class OnnxStepModel(NumpyState):
 
     framework = "onnxruntime"
 
-    def __init__(self, path: str | os.PathLike, threads: int | None = None,
+    def __init__(self, path: str | os.PathLike, threads: int | None = 1,
                  optimization: str = "all"):
         self.session = session(path, threads, optimization)
         info = read_metadata(self.session.get_modelmeta().custom_metadata_map, str(path))
