@@ -10,6 +10,7 @@
     gen = TextGenerator.train_from_file("my.txt", num_epochs=5, rnn_size=256)
     gen.fine_tune_from_file("more.txt", num_epochs=1)   # new characters grow the vocabulary
     gen.save("my_model.safetensors")                    # any framework can load it
+    gen.export_onnx("my_model.onnx")                    # + my_model.step.onnx (docs/ONNX.md)
 
 Every call runs the same code as the command line (`common.generate`, `common.train`),
 so `generate(prefix="KING", seed=7)` returns what `numpy_model.py generate --seed KING
@@ -176,6 +177,13 @@ class TextGenerator:
                       **{k: v for k, v in self.portable.metadata.items()
                          if k not in ("format", "config", "vocab")})
         return Path(path)
+
+    def export_onnx(self, path: str | Path) -> tuple[Path, Path]:
+        """Write the model as ONNX (docs/ONNX.md): the sequence graph to `path`
+        (NAME.onnx) and the one-step graph beside it (NAME.step.onnx), the vocabulary
+        and config in their metadata. Returns both paths; needs the `onnx` extra."""
+        from charrnn.common.onnx_export import export_onnx
+        return export_onnx(path, self._portable_now())
 
     # ---- training --------------------------------------------------------------------
     @classmethod

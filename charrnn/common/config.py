@@ -22,6 +22,7 @@ CELLS = ("lstm", "gru", "rnn")  # docs/SPEC.md section 8
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}  # blocks of H rows in a cell's kernels
 OPTIMIZERS = ("adam", "rmsprop", "sgd")  # docs/SPEC.md section 9
 LR_SCHEDULES = ("constant", "linear")  # docs/SPEC.md section 9
+EXPORT_FORMATS = ("safetensors", "onnx")  # export --format (docs/SPEC.md section 6)
 DEVICES = ("auto", "cpu", "gpu")  # --device (docs/SPEC.md section 10, "Devices and threads")
 
 
@@ -306,6 +307,10 @@ class ExportConfig(DeviceFlags):
     """Flags of `export`."""
 
     checkpoint_path: str | None = flag(
-        None, "checkpoint directory (default: checkpoints/<framework>_model)")
-    output: str | None = flag(None, "portable .safetensors file to write "
-                              "(default: <checkpoint>/../<framework>_model.safetensors)")
+        None, "checkpoint directory, or a portable .safetensors file from any framework "
+        "(default: checkpoints/<framework>_model)")
+    output: str | None = flag(None, "file to write (default: <checkpoint>/../"
+                              "<framework>_model.safetensors, or .onnx with --format onnx)")
+    format: str = flag("safetensors", "safetensors (the portable file) or onnx: NAME.onnx, "
+                       "the sequence graph, and NAME.step.onnx, the one-step graph "
+                       "(docs/ONNX.md)", choices=EXPORT_FORMATS)

@@ -62,5 +62,7 @@ def default_log_path(framework: str) -> Path:
     return work_dir() / "logs" / f"{slug(framework)}_model.log"
 
 
-def default_export_path(checkpoint_path: Path, framework: str) -> Path:
-    return Path(checkpoint_path).parent / f"{slug(framework)}_model.safetensors"
+def default_export_path(checkpoint_path: Path, framework: str,
+                        export_format: str = "safetensors") -> Path:
+    """`export`'s output beside the checkpoint: <framework>_model.safetensors or .onnx."""
+    return Path(checkpoint_path).parent / f"{slug(framework)}_model.{export_format}"
