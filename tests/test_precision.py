@@ -110,7 +110,7 @@ def test_pytorch_trains_in_bf16_mixed_and_records_it(corpus, tmp_path):
     assert header["train_config"]["precision"] == "bf16-mixed"
 
 
-@pytest.mark.parametrize("name", ["jax", "pytensor"])
+@pytest.mark.parametrize("name", ["jax", "pytensor", "mxnet"])
 def test_framework_without_bf16_refuses_in_one_line(name, corpus, tmp_path):
     from tests.conftest import run
     ck = tmp_path / "ck"
