@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from charrnn.common.checkpoint import load_arrays_and_slots, save_arrays_and_slots
-from charrnn.common.config import ModelConfig, OptimConfig
+from charrnn.common.config import BF16_MIXED, FP32, ModelConfig, OptimConfig
 from charrnn.common.framework import CPU, CharRNN, Device, NumpyState, choose_device
 from charrnn.common.optim import penalty_grad, update
 from charrnn.common.precision import identity, operand_rounding
@@ -284,7 +284,7 @@ def softmax_cross_entropy(logits, y):
 
 class NumpyCharRNN(NumpyState, CharRNN):
     framework = "numpy"
-    precisions = ("fp32", "bf16-mixed")  # bf16-mixed: the emulation that defines it
+    precisions = (FP32, BF16_MIXED)  # bf16-mixed: the emulation that defines it
     data_parallel_refusal = ("the NumPy reference is one process by design: it has no "
                              "collective communication to average gradients with")
 

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from charrnn.common.config import ModelConfig, OptimConfig
+from charrnn.common.config import BF16_MIXED, FP32, ModelConfig, OptimConfig
 from charrnn.common.distributed import World
 from charrnn.common.framework import CPU, CharRNN, Device, choose_device
 from charrnn.common.gpus import torch_gpu_names
@@ -118,7 +118,7 @@ def make_optimizer(params, optim: OptimConfig) -> torch.optim.Optimizer:
 
 class TorchCharRNN(CharRNN):
     framework = "pytorch"
-    precisions = ("fp32", "bf16-mixed")
+    precisions = (FP32, BF16_MIXED)
 
     def __init__(self, config: ModelConfig, weights: Weights, optim: OptimConfig,
                  device: Device = CPU, seed: int = 0):
@@ -144,7 +144,7 @@ class TorchCharRNN(CharRNN):
         self._layer_step = {"lstm": self._lstm_step, "gru": self._gru_step,
                             "rnn": self._rnn_step}[config.cell]
         self.optimizer = make_optimizer(self.params, optim)
-        self.bf16 = optim.precision == "bf16-mixed"
+        self.bf16 = optim.precision == BF16_MIXED
         # Data parallel: DDP averages the gradients across the ranks during backward
         # (bucketed all-reduces, gloo or NCCL), before `train_step` clips them.
         self.train_net = self.net
