@@ -195,7 +195,8 @@ def test_bad_input_is_one_line_and_nonzero(name, corpus, tmp_path):
     for flag, value in (("--batch-size", "8"), ("--seq-len", "64"), ("--rnn-size", "32"),
                         ("--learning-rate", "0.01"), ("--optimizer", "sgd"),
                         ("--val-fraction", "0.2"), ("--random-seed", "1"),
-                        ("--drop-rate", "0.5"), ("--num-layers", "1")):
+                        ("--drop-rate", "0.5"), ("--num-layers", "1"),
+                        ("--precision", "bf16-mixed")):
         cases.append(([*restore, flag, value], f"{flag} {value} differs from the run"))
     cases += [
         ([*restore, "--vocab", "corpus"], "--vocab corpus"),

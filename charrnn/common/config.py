@@ -23,6 +23,9 @@ GATES = {"lstm": 4, "gru": 3, "rnn": 1}  # blocks of H rows in a cell's kernels
 OPTIMIZERS = ("adam", "rmsprop", "sgd")  # docs/SPEC.md section 9
 LR_SCHEDULES = ("constant", "linear")  # docs/SPEC.md section 9
 EXPORT_FORMATS = ("safetensors", "onnx")  # export --format (docs/SPEC.md section 6)
+FP32 = "fp32"  # --precision: float32 everywhere (docs/SPEC.md section 4)
+BF16_MIXED = "bf16-mixed"  # bf16 operands of every matrix product, float32 elsewhere
+PRECISIONS = (FP32, BF16_MIXED)  # docs/SPEC.md section 12
 DEVICES = ("auto", "cpu", "gpu")  # --device (docs/SPEC.md section 10, "Devices and threads")
 
 
@@ -157,6 +160,13 @@ class OptimFlags:
     lr_schedule: str = flag("constant", "learning rate over the run: constant, or linear "
                             "(decays to zero at the run's last step, as textgenrnn's)",
                             choices=LR_SCHEDULES)
+    # Here, with the optimiser, because it is how training computes: the model gets it
+    # through OptimConfig for training and validation, while generation and export
+    # build with OptimConfig() and so run in fp32 from the float32 weights (section 12).
+    precision: str = flag(FP32, "arithmetic of training and validation: fp32, or "
+                          "bf16-mixed (bf16 operands of every matrix product, float32 "
+                          "accumulation, weights, state, gates, loss and update; docs/SPEC.md "
+                          "section 12)", choices=PRECISIONS)
 
 
 @dataclass(frozen=True)
@@ -181,6 +191,9 @@ class OptimConfig(OptimFlags):
                                    "in [0, 1)")
         if self.l1 < 0 or self.l2 < 0:
             raise CharRnnError(f"penalties must be >= 0 (--l1 {self.l1}, --l2 {self.l2})")
+        if self.precision not in PRECISIONS:
+            raise CharRnnError(f"unknown --precision {self.precision!r}: choose from "
+                               f"{', '.join(PRECISIONS)}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise CharRnnError(f"unknown --lr-schedule {self.lr_schedule!r}: choose from "
                                f"{', '.join(LR_SCHEDULES)}")

@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from charrnn.common.config import ModelConfig, OptimConfig
+from charrnn.common.config import FP32, ModelConfig, OptimConfig
 from charrnn.common.distributed import SINGLE, World
 from charrnn.common.errors import CharRnnError
 from charrnn.common.weights import Weights
@@ -80,11 +80,24 @@ class CharRNN(abc.ABC):
     """
 
     framework: ClassVar[str]  # registry name, e.g. "pytorch"
+    # The --precision values this file implements (docs/SPEC.md section 12); the others are
+    # refused by `check_precision`, before a model is built.
+    precisions: ClassVar[tuple[str, ...]] = (FP32,)
 
     def __init__(self, config: ModelConfig, weights: Weights, optim: OptimConfig,
                  device: Device = CPU, seed: int = 0):
-        """Build from canonical `weights`; `seed` seeds the framework's dropout RNG."""
+        """Build from canonical `weights`; `seed` seeds the framework's dropout RNG;
+        `optim.precision` is the arithmetic of training and evaluation (section 12)."""
+        self.check_precision(optim.precision)
         self.config, self.optim, self.device, self.seed = config, optim, device, seed
+
+    @classmethod
+    def check_precision(cls, precision: str) -> None:
+        """Raise CharRnnError, one line, when this framework has no `precision` path. The
+        training loop calls it before it locks or writes anything; construction again."""
+        if precision not in cls.precisions:
+            raise CharRnnError(f"--precision {precision}: not built for {cls.framework} yet "
+                               "(docs/SPEC.md section 12; issue 29)")
 
     # ---- environment ---------------------------------------------------------------
     @classmethod

@@ -152,6 +152,7 @@ def train(model_cls: type[CharRNN], cfg: TrainConfig,
     the framework averages the gradients, and only rank 0 logs and writes."""
     world = world_from_env()
     run = prepare(model_cls.framework, cfg, given)
+    model_cls.check_precision(run.cfg.precision)  # the run's: a resume's is the checkpoint's
     rows = world.rows(run.cfg.batch_size)  # not divisible: refused before joining
     if world.size == 1:
         device = model_cls.setup_device(cfg.device, cfg.threads)
@@ -236,7 +237,7 @@ def _train(model_cls: type[CharRNN], run: Prepared, device: Device, agree: Agree
     log.info(f"{model_cls.framework} {model_cls.framework_version()} on {where}: "
              f"{model_config.num_params():,} parameters, vocab {vocab.size}, "
              f"{len(train_batches)} batches of {cfg.batch_size}x{cfg.seq_len} per epoch, "
-             f"text {text_path} ({len(text):,} chars)")
+             f"text {text_path} ({len(text):,} chars), precision {cfg.precision}")
     if unknown:
         count = int(np.count_nonzero(ids == 0))
         log.info(f"{len(unknown)} distinct characters of the text ({count:,} in all) are not "

@@ -8,7 +8,12 @@ section 8) and every optimiser.
     python numpy_model.py generate --checkpoint-path checkpoints/pytorch_model.safetensors
 
 It runs in both environments (it needs only NumPy and safetensors), float32
-throughout like every framework (SPEC section 4).
+throughout like every framework (SPEC section 4). With `--precision bf16-mixed` it is
+the definition of SPEC section 12: `q`, applied to both operands of every matrix
+product of the forward and backward passes, rounds them to bfloat16 (ties to even);
+the products of two bf16 values are exact in float32 and NumPy's float32 GEMM sums
+them in float32. Under fp32, `q` is the identity and the operations are those of
+fp32 alone, bit for bit.
 """
 
 
@@ -17,9 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from charrnn.common.checkpoint import load_arrays_and_slots, save_arrays_and_slots
-from charrnn.common.config import ModelConfig, OptimConfig
+from charrnn.common.config import BF16_MIXED, FP32, ModelConfig, OptimConfig
 from charrnn.common.framework import CPU, CharRNN, Device, NumpyState, choose_device
 from charrnn.common.optim import penalty_grad, update
+from charrnn.common.precision import identity, operand_rounding
 from charrnn.common.weights import Weights
 
 # ---------------------------------------------------------------------------------------
@@ -52,8 +58,9 @@ def lstm_cell(z, c, gates, tanh_c, h_out, c_out):
     np.multiply(o, tanh_c, out=h_out)
 
 
-def lstm_forward(x, h, c, w_ih, w_hh, bias):
-    """One LSTM layer over a sequence, time-major.
+def lstm_forward(x, h, c, w_ih, w_hh, bias, q=identity):
+    """One LSTM layer over a sequence, time-major; `q` rounds every product's operands
+    (SPEC section 12: the identity under fp32).
 
     x (T, B, in), h and c (B, H); weights canonical (4H, in), (4H, H), (4H,), gate
     order i, f, g, o. Returns outputs (T, B, H), final (h, c), and the cache that
@@ -64,7 +71,8 @@ def lstm_forward(x, h, c, w_ih, w_hh, bias):
     T, B, _ = x.shape
     H = h.shape[1]
     # The input projection of every step in one GEMM: (T, B, 4H).
-    x_proj = (x.reshape(T * B, -1) @ w_ih.T + bias).reshape(T, B, 4 * H)
+    x_proj = (q(x.reshape(T * B, -1)) @ q(w_ih).T + bias).reshape(T, B, 4 * H)
+    w_hh = q(w_hh)  # rounded once, not every step
     hs = np.empty((T + 1, B, H), np.float32)  # hs[t] enters step t, hs[t + 1] leaves it
     cs = np.empty((T + 1, B, H), np.float32)
     tanh_cs = np.empty((T, B, H), np.float32)
@@ -72,13 +80,13 @@ def lstm_forward(x, h, c, w_ih, w_hh, bias):
     z = np.empty((B, 4 * H), np.float32)
     hs[0], cs[0] = h, c
     for t in range(T):
-        np.matmul(hs[t], w_hh.T, out=z)
+        np.matmul(q(hs[t]), w_hh.T, out=z)
         z += x_proj[t]
         lstm_cell(z, cs[t], gates[t], tanh_cs[t], hs[t + 1], cs[t + 1])
     return hs[1:], (hs[T].copy(), cs[T].copy()), (x, hs[:-1], cs[:-1], tanh_cs, gates)
 
 
-def lstm_backward(d_out, cache, w_ih, w_hh):
+def lstm_backward(d_out, cache, w_ih, w_hh, q=identity):
     """Backpropagation through time for one layer, time-major like `lstm_forward`.
 
     d_out (T, B, H) is the loss gradient w.r.t. the layer's outputs. The state
@@ -97,6 +105,7 @@ def lstm_backward(d_out, cache, w_ih, w_hh):
     d_c = np.empty((B, H), np.float32)
     d_h_next = np.zeros((B, H), np.float32)
     d_c_next = np.zeros((B, H), np.float32)
+    w_hh = q(w_hh)
     for t in reversed(range(T)):
         i, f, g, o = (gates[t, :, k * H:(k + 1) * H] for k in range(4))
         d_i, d_f, d_g, d_o = (d_z[t, :, k * H:(k + 1) * H] for k in range(4))
@@ -118,14 +127,15 @@ def lstm_backward(d_out, cache, w_ih, w_hh):
         np.multiply(d_h, tanh_cs[t], out=d_o)
         d_o *= o
         d_o *= s_o
-        np.matmul(d_z[t], w_hh, out=d_h_next)
+        np.matmul(q(d_z[t]), w_hh, out=d_h_next)
         np.multiply(d_c, f, out=d_c_next)
     # The weight gradients sum over all T * B rows in one GEMM each.
     flat_dz = d_z.reshape(T * B, 4 * H)
-    d_w_ih = flat_dz.T @ x.reshape(T * B, -1)
-    d_w_hh = flat_dz.T @ h_prev.reshape(T * B, H)
-    d_bias = flat_dz.sum(axis=0)
-    d_x = (flat_dz @ w_ih).reshape(T, B, -1)
+    q_dz = q(flat_dz)
+    d_w_ih = q_dz.T @ q(x.reshape(T * B, -1))
+    d_w_hh = q_dz.T @ q(h_prev.reshape(T * B, H))
+    d_bias = flat_dz.sum(axis=0)  # a sum, not a product: float32 operands
+    d_x = (q_dz @ q(w_ih)).reshape(T, B, -1)
     return d_x, d_w_ih, d_w_hh, d_bias
 
 
@@ -141,30 +151,32 @@ def gru_cell(xp, hp, h, gates, h_out):
     h_out += z * h  # h' = (1 - z) * n + z * h
 
 
-def gru_forward(x, h, w_ih, w_hh, b_ih, b_hh):
+def gru_forward(x, h, w_ih, w_hh, b_ih, b_hh, q=identity):
     """One GRU layer over a sequence, time-major, like `lstm_forward`: x (T, B, in),
     h (B, H), weights canonical (3H, in), (3H, H), (3H,), (3H,), gate order r, z, n."""
     T, B, _ = x.shape
     H = h.shape[1]
-    x_proj = (x.reshape(T * B, -1) @ w_ih.T + b_ih).reshape(T, B, 3 * H)
+    x_proj = (q(x.reshape(T * B, -1)) @ q(w_ih).T + b_ih).reshape(T, B, 3 * H)
+    w_hh = q(w_hh)
     hs = np.empty((T + 1, B, H), np.float32)
     gates = np.empty((T, B, 3 * H), np.float32)  # activated r, z, n
     hp_n = np.empty((T, B, H), np.float32)  # W_hn h + b_hn, which r multiplies
     hs[0] = h
     for t in range(T):
-        hp = hs[t] @ w_hh.T + b_hh
+        hp = q(hs[t]) @ w_hh.T + b_hh
         hp_n[t] = hp[:, 2 * H:]
         gru_cell(x_proj[t], hp, hs[t], gates[t], hs[t + 1])
     return hs[1:], hs[T].copy(), (x, hs[:-1], gates, hp_n)
 
 
-def gru_backward(d_out, cache, w_ih, w_hh):
+def gru_backward(d_out, cache, w_ih, w_hh, q=identity):
     """BPTT through one GRU layer. Returns d_x and the gradients of w_ih, w_hh, b_ih, b_hh."""
     x, h_prev, gates, hp_n = cache
     T, B, H = d_out.shape
     d_xp = np.empty((T, B, 3 * H), np.float32)  # w.r.t. W_i x + b_i, gates r, z, n
     d_hp = np.empty((T, B, 3 * H), np.float32)  # w.r.t. W_h h + b_h
     d_h_next = np.zeros((B, H), np.float32)
+    w_hh = q(w_hh)
     for t in reversed(range(T)):
         r, z, n = gates[t, :, :H], gates[t, :, H:2 * H], gates[t, :, 2 * H:]
         d_h = d_out[t] + d_h_next
@@ -177,55 +189,59 @@ def gru_backward(d_out, cache, w_ih, w_hh):
         d_ar = d_an * hp_n[t] * r * (1.0 - r)  # through r = sigmoid(a_r)
         d_xp[t, :, :H] = d_ar
         d_hp[t, :, :H] = d_ar
-        d_h_next = d_h * z + d_hp[t] @ w_hh
+        d_h_next = d_h * z + q(d_hp[t]) @ w_hh
     flat_dx, flat_dh = d_xp.reshape(T * B, 3 * H), d_hp.reshape(T * B, 3 * H)
-    return ((flat_dx @ w_ih).reshape(T, B, -1), flat_dx.T @ x.reshape(T * B, -1),
-            flat_dh.T @ h_prev.reshape(T * B, H), flat_dx.sum(axis=0), flat_dh.sum(axis=0))
+    q_dx, q_dh = q(flat_dx), q(flat_dh)
+    return ((q_dx @ q(w_ih)).reshape(T, B, -1), q_dx.T @ q(x.reshape(T * B, -1)),
+            q_dh.T @ q(h_prev.reshape(T * B, H)), flat_dx.sum(axis=0), flat_dh.sum(axis=0))
 
 
-def rnn_forward(x, h, w_ih, w_hh, bias):
+def rnn_forward(x, h, w_ih, w_hh, bias, q=identity):
     """One vanilla RNN layer, h' = tanh(W_ih x + W_hh h + bias), time-major."""
     T, B, _ = x.shape
     H = h.shape[1]
-    x_proj = (x.reshape(T * B, -1) @ w_ih.T + bias).reshape(T, B, H)
+    x_proj = (q(x.reshape(T * B, -1)) @ q(w_ih).T + bias).reshape(T, B, H)
+    w_hh = q(w_hh)
     hs = np.empty((T + 1, B, H), np.float32)
     hs[0] = h
     for t in range(T):
-        np.tanh(hs[t] @ w_hh.T + x_proj[t], out=hs[t + 1])
+        np.tanh(q(hs[t]) @ w_hh.T + x_proj[t], out=hs[t + 1])
     return hs[1:], hs[T].copy(), (x, hs)
 
 
-def rnn_backward(d_out, cache, w_ih, w_hh):
+def rnn_backward(d_out, cache, w_ih, w_hh, q=identity):
     """BPTT through one RNN layer. Returns d_x and the gradients of w_ih, w_hh, bias."""
     x, hs = cache
     T, B, H = d_out.shape
     d_a = np.empty((T, B, H), np.float32)  # w.r.t. the pre-activation
     d_h_next = np.zeros((B, H), np.float32)
+    w_hh = q(w_hh)
     for t in reversed(range(T)):
         np.multiply(d_out[t] + d_h_next, 1.0 - hs[t + 1] * hs[t + 1], out=d_a[t])
-        d_h_next = d_a[t] @ w_hh
+        d_h_next = q(d_a[t]) @ w_hh
     flat = d_a.reshape(T * B, H)
-    return ((flat @ w_ih).reshape(T, B, -1), flat.T @ x.reshape(T * B, -1),
-            flat.T @ hs[:-1].reshape(T * B, H), flat.sum(axis=0))
+    q_flat = q(flat)
+    return ((q_flat @ q(w_ih)).reshape(T, B, -1), q_flat.T @ q(x.reshape(T * B, -1)),
+            q_flat.T @ q(hs[:-1].reshape(T * B, H)), flat.sum(axis=0))
 
 
-def layer_forward(cell, x, h, c, p):
+def layer_forward(cell, x, h, c, p, q=identity):
     """One layer of any cell: outputs (T, B, H), the new (h, c) and the backward cache.
     `p` holds the layer's canonical arrays by short name (w_ih, w_hh, bias or b_ih, b_hh).
     GRU and RNN have no cell state: their c is all zeros (SPEC section 10)."""
     if cell == "lstm":
-        return lstm_forward(x, h, c, p["w_ih"], p["w_hh"], p["bias"])
+        return lstm_forward(x, h, c, p["w_ih"], p["w_hh"], p["bias"], q)
     if cell == "gru":
-        out, h, cache = gru_forward(x, h, p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"])
+        out, h, cache = gru_forward(x, h, p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"], q)
     else:
-        out, h, cache = rnn_forward(x, h, p["w_ih"], p["w_hh"], p["bias"])
+        out, h, cache = rnn_forward(x, h, p["w_ih"], p["w_hh"], p["bias"], q)
     return out, (h, np.zeros_like(h)), cache
 
 
-def layer_backward(cell, d_out, cache, p):
+def layer_backward(cell, d_out, cache, p, q=identity):
     """d_x and the layer's gradients by short name, the inverse of `layer_forward`."""
     backward = {"lstm": lstm_backward, "gru": gru_backward, "rnn": rnn_backward}[cell]
-    d_x, *grads = backward(d_out, cache, p["w_ih"], p["w_hh"])
+    d_x, *grads = backward(d_out, cache, p["w_ih"], p["w_hh"], q)
     names = ("w_ih", "w_hh", "b_ih", "b_hh") if cell == "gru" else ("w_ih", "w_hh", "bias")
     return d_x, dict(zip(names, grads))
 
@@ -268,6 +284,7 @@ def softmax_cross_entropy(logits, y):
 
 class NumpyCharRNN(NumpyState, CharRNN):
     framework = "numpy"
+    precisions = (FP32, BF16_MIXED)  # bf16-mixed: the emulation that defines it
     data_parallel_refusal = ("the NumPy reference is one process by design: it has no "
                              "collective communication to average gradients with")
 
@@ -282,6 +299,9 @@ class NumpyCharRNN(NumpyState, CharRNN):
         self.count = 0
         self.learning_rate = optim.learning_rate  # set_learning_rate changes it
         self.rng = np.random.default_rng(seed)  # dropout masks
+        # Applied to the operands of every product of training and evaluation (section
+        # 12); generation (`step`, `steps`) stays float32 whatever the precision.
+        self.q = operand_rounding(optim.precision)
 
     @classmethod
     def versions(cls):
@@ -319,13 +339,13 @@ class NumpyCharRNN(NumpyState, CharRNN):
         layers, new_h, new_c = [], [], []
         for k in range(self.config.num_layers):
             out, (h, c), cache = layer_forward(self.config.cell, out, h0[k], c0[k],
-                                               self._layer(k))
+                                               self._layer(k), self.q)
             layers.append((cache, mask))
             out, mask = self._dropout(out, train)  # (T, B, H)
             new_h.append(h)
             new_c.append(c)
         T, B, H = out.shape
-        logits = out.reshape(T * B, H) @ p["dense.w"].T + p["dense.b"]
+        logits = self.q(out.reshape(T * B, H)) @ self.q(p["dense.w"]).T + p["dense.b"]
         return logits.reshape(T, B, -1), (np.stack(new_h), np.stack(new_c)), (layers, out, mask)
 
     def _backward(self, x, d_logits, saved):
@@ -335,15 +355,17 @@ class NumpyCharRNN(NumpyState, CharRNN):
         layers, top, top_mask = saved
         V, H = p["dense.w"].shape
         flat_d_logits = d_logits.reshape(-1, V)
-        grads = {"dense.w": flat_d_logits.T @ top.reshape(-1, H),
+        q_d_logits = self.q(flat_d_logits)
+        grads = {"dense.w": q_d_logits.T @ self.q(top.reshape(-1, H)),
                  "dense.b": flat_d_logits.sum(axis=0)}
-        d_out = (flat_d_logits @ p["dense.w"]).reshape(top.shape)  # (T, B, H)
+        d_out = (q_d_logits @ self.q(p["dense.w"])).reshape(top.shape)  # (T, B, H)
         mask = top_mask
         for k in reversed(range(self.config.num_layers)):
             if mask is not None:
                 d_out = d_out * mask
             cache, mask = layers[k]
-            d_out, layer_grads = layer_backward(self.config.cell, d_out, cache, self._layer(k))
+            d_out, layer_grads = layer_backward(self.config.cell, d_out, cache, self._layer(k),
+                                                self.q)
             grads |= {f"{self.config.layer(k)}.{n}": g for n, g in layer_grads.items()}
         if mask is not None:
             d_out = d_out * mask

@@ -10,6 +10,12 @@ biases are both canonical (b_hn sits inside r * (W_hn h + b_hn)) and both traine
 torch.optim's three optimisers are SPEC section 9's formulas exactly: Adam and RMSprop
 add eps outside the sqrt (RMSprop uncentred, without momentum), SGD's momentum buffer
 is b = momentum b + g with dampening 0.
+
+`--precision bf16-mixed` (SPEC section 12) is torch.autocast(bfloat16) around the forward
+of training and evaluation, the loss taken in float32 from float32 logits; weights,
+gradients, clipping and the optimiser stay float32. Where autocast departs from the
+section (nn.LSTM and nn.RNN run oneDNN's bf16 kernel, whose h and c come out in bf16;
+the dense layer's logits are rounded to bf16), docs/FRAMEWORKS.md gives the measured cost.
 """
 
 
@@ -23,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from charrnn.common.config import ModelConfig, OptimConfig
+from charrnn.common.config import BF16_MIXED, FP32, ModelConfig, OptimConfig
 from charrnn.common.distributed import World
 from charrnn.common.framework import CPU, CharRNN, Device, choose_device
 from charrnn.common.gpus import torch_gpu_names
@@ -112,6 +118,7 @@ def make_optimizer(params, optim: OptimConfig) -> torch.optim.Optimizer:
 
 class TorchCharRNN(CharRNN):
     framework = "pytorch"
+    precisions = (FP32, BF16_MIXED)
 
     def __init__(self, config: ModelConfig, weights: Weights, optim: OptimConfig,
                  device: Device = CPU, seed: int = 0):
@@ -137,6 +144,7 @@ class TorchCharRNN(CharRNN):
         self._layer_step = {"lstm": self._lstm_step, "gru": self._gru_step,
                             "rnn": self._rnn_step}[config.cell]
         self.optimizer = make_optimizer(self.params, optim)
+        self.bf16 = optim.precision == BF16_MIXED
         # Data parallel: DDP averages the gradients across the ranks during backward
         # (bucketed all-reduces, gloo or NCCL), before `train_step` clips them.
         self.train_net = self.net
@@ -216,10 +224,21 @@ class TorchCharRNN(CharRNN):
         return torch.from_numpy(np.asarray(a, np.int64)).to(self.torch_device)
 
     # ---- compute ---------------------------------------------------------------------
+    def _run(self, net, x, state):
+        """`net` on ids x under the run's precision: logits (B, T, V) and the state, both
+        float32. Under bf16-mixed, autocast gives the products bf16 operands; the logits
+        and nn.LSTM's (nn.RNN's) h and c come back in bf16 and are widened here, so the
+        loss, the carried state and everything after them are float32 (SPEC section 12)."""
+        if not self.bf16:
+            return net(self._ids(x), state)
+        with torch.autocast(self.torch_device.type, dtype=torch.bfloat16):
+            logits, state = net(self._ids(x), state)
+        return logits.float(), tuple(s.float() for s in state)
+
     @torch.inference_mode()
     def forward(self, x, state):
         self.net.eval()
-        logits, state = self.net(self._ids(x), state)
+        logits, state = self._run(self.net, x, state)
         return logits.cpu().numpy(), state
 
     @torch.inference_mode()
@@ -279,7 +298,7 @@ class TorchCharRNN(CharRNN):
         """The cross-entropy (what is reported), the objective (what is differentiated:
         the cross-entropy plus the --l1/--l2 penalties, built only when one is on) and
         the new state."""
-        logits, state = self.train_net(self._ids(x), state)
+        logits, state = self._run(self.train_net, x, state)
         loss = F.cross_entropy(logits.reshape(-1, self.config.vocab_size),
                                self._ids(y).reshape(-1))
         objective = loss + self._penalty() if self.optim.penalised else loss
