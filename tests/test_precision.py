@@ -13,7 +13,7 @@ import json
 import numpy as np
 import pytest
 
-from charrnn.common.config import BF16_MIXED, ModelConfig, OptimConfig
+from charrnn.common.config import BF16_MIXED, CELLS, ModelConfig, OptimConfig
 from charrnn.common.precision import BF16_UNIT_ROUNDOFF, identity, operand_rounding, to_bf16
 from charrnn.common.weights import init_weights
 from charrnn.frameworks.numpy_model import NumpyCharRNN
@@ -72,21 +72,25 @@ def test_reference_emulation_is_bf16_operands_and_float32_sums():
     assert np.abs(fp32.forward(x, fp32.zero_state(2))[0] - want).max() > 1e-4
 
 
-def test_generation_and_export_stay_float32():
+@pytest.mark.parametrize("name", ["numpy", "jax"])
+def test_generation_and_export_stay_float32(name):
     """A bf16-mixed model's `step` (generation) computes what an fp32 model's does."""
+    model_cls = NumpyCharRNN if name == "numpy" else require(name)
     config = ModelConfig(vocab_size=7, embedding_size=5, rnn_size=6, num_layers=2)
     w = init_weights(config, seed=2)
-    bf16 = NumpyCharRNN(config, w, OptimConfig(precision=BF16_MIXED))
-    fp32 = NumpyCharRNN(config, w, OptimConfig())
+    bf16 = model_cls(config, w, OptimConfig(precision=BF16_MIXED))
+    fp32 = model_cls(config, w, OptimConfig())
     ids = np.array([1, 5], np.int32)
     np.testing.assert_array_equal(bf16.step(ids, bf16.zero_state(2))[0],
                                   fp32.step(ids, fp32.zero_state(2))[0])
     assert all(a.dtype == np.float32 for a in bf16.get_weights().values())
 
 
-@pytest.mark.parametrize("name", ["numpy", "pytorch"])
-def test_200_bf16_steps_stay_near_the_float32_curve(name):
-    result = measure_bf16_curve(NumpyCharRNN if name == "numpy" else require(name))
+# Every cell for JAX (a few seconds each); PyTorch's LSTM alone (25 s).
+@pytest.mark.parametrize("name, cell", [("numpy", "lstm"), ("pytorch", "lstm"),
+                                        *[("jax", cell) for cell in CELLS]])
+def test_200_bf16_steps_stay_near_the_float32_curve(name, cell):
+    result = measure_bf16_curve(NumpyCharRNN if name == "numpy" else require(name), cell)
     assert result["last_loss"] < result["first_loss"] - 1.0  # it learnt
     failures = {key: (result[key], tol) for key, tol in BF16_CURVE_TOLERANCE.items()
                 if result[key] > tol}
@@ -97,8 +101,9 @@ def _train(model_cls, argv):
     return run_cases(model_cls, [{"argv": ["train", *argv]}])[0]
 
 
-def test_pytorch_trains_in_bf16_mixed_and_records_it(corpus, tmp_path):
-    model_cls = require("pytorch")
+@pytest.mark.parametrize("name", ["pytorch", "jax"])
+def test_trains_in_bf16_mixed_and_records_it(name, corpus, tmp_path):
+    model_cls = require(name)
     ck, log = tmp_path / "ck", tmp_path / "run.log"
     result = ok(_train(model_cls, ["--text-path", str(corpus), *TINY, "--max-steps", "4",
                                    "--precision", "bf16-mixed", "--checkpoint-path", str(ck),
@@ -110,7 +115,7 @@ def test_pytorch_trains_in_bf16_mixed_and_records_it(corpus, tmp_path):
     assert header["train_config"]["precision"] == "bf16-mixed"
 
 
-@pytest.mark.parametrize("name", ["jax", "pytensor", "mxnet"])
+@pytest.mark.parametrize("name", ["pytensor", "mxnet"])
 def test_framework_without_bf16_refuses_in_one_line(name, corpus, tmp_path):
     from tests.conftest import run
     ck = tmp_path / "ck"

@@ -11,6 +11,12 @@ so no NNX bookkeeping runs per call. The time loop is the `jax.lax.scan` inside
 `nnx.RNN`. The whole train step (forward, loss and penalties, grad, clip, the
 optimiser, the dropout key split) is one compiled call. Optax's adam, rmsprop (with
 eps_in_sqrt=False) and sgd are SPEC section 9's formulas exactly.
+
+`--precision bf16-mixed` (SPEC section 12) gives every nnx.Linear (input projection,
+recurrent product, dense layer) `bf16_dot_general`: bf16 operands, float32 accumulation
+and result, in forward and backward alike (a `jax.custom_vjp`: autodiff through the
+casts would multiply the unrounded float32 cotangent and round the gradients to bf16).
+Training and evaluation use it; generation runs a float32 twin of the network.
 """
 
 
@@ -26,16 +32,61 @@ import numpy as np
 import optax
 import safetensors.numpy
 from flax import nnx
+from jax import lax
 from jax._src import xla_bridge  # no public "has the backend started" query
 from jax.experimental import multihost_utils
 
-from charrnn.common.config import ModelConfig, OptimConfig
+from charrnn.common.config import BF16_MIXED, FP32, ModelConfig, OptimConfig
 from charrnn.common.distributed import World, join_jax, sum_by_allgather
 from charrnn.common.errors import CharRnnError
 from charrnn.common.framework import CPU, CharRNN, Device, choose_device
 from charrnn.common.gpus import jax_gpu_names
 from charrnn.common.threads import limit_xla_threads
 from charrnn.common.weights import Weights, in_out_layout
+
+# ---------------------------------------------------------------------------------------
+# bf16-mixed products (SPEC section 12)
+# ---------------------------------------------------------------------------------------
+
+
+def _dot(a, b, contract):
+    """a . b over the axes `contract` ((a's), (b's)), bf16 operands, float32 sums and result."""
+    return lax.dot_general(a.astype(jnp.bfloat16), b.astype(jnp.bfloat16), (contract, ((), ())),
+                           preferred_element_type=jnp.float32)
+
+
+@jax.custom_vjp
+def bf16_matmul(x, w):
+    """x (..., K) @ w (K, N) -> (..., N) float32 from bf16-rounded operands (RNE)."""
+    return _bf16_matmul_fwd(x, w)[0]
+
+
+def _bf16_matmul_fwd(x, w):
+    x, w = x.astype(jnp.bfloat16), w.astype(jnp.bfloat16)  # kept for backward, rounded
+    return _dot(x, w, ((x.ndim - 1,), (0,))), (x, w)
+
+
+def _bf16_matmul_bwd(residuals, g):
+    """Both gradient products from the bf16-rounded cotangent g (..., N) and operands.
+    Plain autodiff would not: the transpose of a dot with preferred_element_type
+    multiplies the float32 cotangent as it is and rounds each gradient to its operand's
+    dtype, bf16 (measured in its jaxpr; docs/FRAMEWORKS.md)."""
+    x, w = residuals
+    batch = tuple(range(x.ndim - 1))
+    return _dot(g, w, ((g.ndim - 1,), (1,))), _dot(x, g, (batch, batch))  # (..., K), (K, N)
+
+
+bf16_matmul.defvjp(_bf16_matmul_fwd, _bf16_matmul_bwd)
+
+
+def bf16_dot_general(lhs, rhs, dimension_numbers, precision=None, **_):
+    """nnx.Linear's `dot_general` under bf16-mixed: its product is lhs's last axis with
+    rhs's first (checked), so `bf16_matmul`."""
+    assert dimension_numbers == (((lhs.ndim - 1,), (0,)), ((), ())), dimension_numbers
+    return bf16_matmul(lhs, rhs)
+
+
+DOT_GENERAL = {FP32: lax.dot_general, BF16_MIXED: bf16_dot_general}  # by --precision
 
 # ---------------------------------------------------------------------------------------
 # Network. Shapes: B batch_size, T seq_len, E embedding_size, H rnn_size, V vocab_size.
@@ -85,7 +136,9 @@ class Net(nnx.Module):
     measured no faster here, and its one-step path runs four times the matmuls.)
     """
 
-    def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
+    def __init__(self, config: ModelConfig, rngs: nnx.Rngs, dot_general=lax.dot_general):
+        """`dot_general`: every Linear's product (DOT_GENERAL[precision]); a static
+        attribute, so it is part of the graphdef, not of the parameters."""
         E, H = config.embedding_size, config.rnn_size
         self.cell = config.cell
         self.embedding = nnx.Embed(config.vocab_size, E, rngs=rngs)
@@ -98,6 +151,9 @@ class Net(nnx.Module):
                     return_carry=True, rngs=False)
             for k in range(config.num_layers)]))
         self.dense = nnx.Linear(H, config.vocab_size, rngs=rngs)
+        for rnn in getattr(self, config.cell):  # the cells build their Linears themselves
+            rnn.cell.dense_i.dot_general = rnn.cell.dense_h.dot_general = dot_general
+        self.dense.dot_general = dot_general
 
     def _state(self, hs, cs, c0):
         """The new (h, c) from each layer's; GRU and RNN have no cell state: c is zeros."""
@@ -262,6 +318,7 @@ def mean_loss(losses) -> float:
 
 class JaxCharRNN(CharRNN):
     framework = "jax"
+    precisions = (FP32, BF16_MIXED)
 
     def __init__(self, config: ModelConfig, weights: Weights, optim: OptimConfig,
                  device: Device = CPU, seed: int = 0):
@@ -269,8 +326,13 @@ class JaxCharRNN(CharRNN):
         # This process's own device (a data-parallel world lists every process's).
         self.jax_device = jax.local_devices(backend=device.kind)[device.index]
         # eval_shape: the graph and shapes only, no throw-away random initialisation.
-        abstract = nnx.eval_shape(lambda: Net(config, nnx.Rngs(0)))
+        # `graphdef` computes in the run's precision (training, evaluation, `forward`);
+        # `graphdef32`, the same parameters in float32, generates (SPEC section 12).
+        abstract = nnx.eval_shape(lambda: Net(config, nnx.Rngs(0),
+                                              DOT_GENERAL[optim.precision]))
         graphdef, params = nnx.split(abstract)  # Params only: Net holds no other state
+        graphdef32 = graphdef if optim.precision == FP32 else nnx.graphdef(
+            nnx.eval_shape(lambda: Net(config, nnx.Rngs(0))))
         nnx.replace_by_pure_dict(params, to_flax(weights, config))
         self.params = self._put(params)
         tx = make_optimizer(optim)
@@ -316,7 +378,7 @@ class JaxCharRNN(CharRNN):
         # the nnx.State at every call was ~20% of a generation step (~95 vs ~78 us).
         treedef = jax.tree.structure(self.params)
         self._step = jax.jit(lambda leaves, ids, state: nnx.merge(
-            graphdef, jax.tree.unflatten(treedef, leaves)).step(ids, state))
+            graphdef32, jax.tree.unflatten(treedef, leaves)).step(ids, state))
         self._step_leaves = (None, [])  # (the params they came from, their leaves)
 
     def _put(self, tree):
