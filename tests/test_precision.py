@@ -84,7 +84,7 @@ def test_generation_and_export_stay_float32():
     assert all(a.dtype == np.float32 for a in bf16.get_weights().values())
 
 
-@pytest.mark.parametrize("name", ["numpy", "pytorch"])
+@pytest.mark.parametrize("name", ["numpy", "pytorch", "tensorflow"])
 def test_200_bf16_steps_stay_near_the_float32_curve(name):
     result = measure_bf16_curve(NumpyCharRNN if name == "numpy" else require(name))
     assert result["last_loss"] < result["first_loss"] - 1.0  # it learnt
