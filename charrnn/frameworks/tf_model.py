@@ -52,8 +52,7 @@ def bf16_matmul(a, b):
     has a CPU kernel for bf16 inputs in TF 2.21 ("No OpKernel was registered"), so the
     product comes out of a bf16 MatMul, summed in float32 inside oneDNN and rounded to bf16
     once (<= u = 2^-8 relative). Called with the float32 variable at every step, so that
-    the weight gradients of the T steps are summed in float32 after their Cast back; the
-    graph optimiser merges the T identical forward casts of a kernel into one."""
+    the weight gradients of the T steps are summed in float32 after their Cast back."""
     product = tf.matmul(tf.cast(a, tf.bfloat16), tf.cast(b, tf.bfloat16))
     return tf.cast(product, tf.float32)
 
