@@ -19,7 +19,7 @@ from charrnn.common.weights import init_weights
 from charrnn.frameworks.numpy_model import NumpyCharRNN
 from tests.cli_cases import run_cases
 from tests.conformance import BF16_CURVE_TOLERANCE, measure_bf16_curve
-from tests.conftest import TINY, ok, require
+from tests.conftest import TINY, framework_params, ok, require
 
 
 def _bits(a: np.ndarray) -> np.ndarray:
@@ -84,9 +84,13 @@ def test_generation_and_export_stay_float32():
     assert all(a.dtype == np.float32 for a in bf16.get_weights().values())
 
 
-@pytest.mark.parametrize("name", ["numpy", "pytorch", "tensorflow"])
+@pytest.mark.parametrize("name", framework_params(grouped=True))
 def test_200_bf16_steps_stay_near_the_float32_curve(name):
-    result = measure_bf16_curve(NumpyCharRNN if name == "numpy" else require(name))
+    """Every framework that declares bf16-mixed (a Keras backend on its own worker)."""
+    model_cls = require(name)
+    if BF16_MIXED not in model_cls.precisions:
+        pytest.skip(f"{name} has no bf16-mixed path yet (docs/SPEC.md section 12)")
+    result = measure_bf16_curve(model_cls)
     assert result["last_loss"] < result["first_loss"] - 1.0  # it learnt
     failures = {key: (result[key], tol) for key, tol in BF16_CURVE_TOLERANCE.items()
                 if result[key] > tol}
