@@ -301,6 +301,17 @@ def measure_all(model_cls) -> dict[str, dict]:
     return results
 
 
-if __name__ == "__main__":
+def measure_all_bf16(model_cls) -> dict[str, dict]:
+    """`measure_bf16` for every cell and `measure_bf16_curve` ("curve"), keyed so; {} for a
+    framework without the path."""
+    if BF16_MIXED not in model_cls.precisions:
+        return {}
+    return {**{cell: measure_bf16(model_cls, cell) for cell in CELLS},
+            "curve": measure_bf16_curve(model_cls)}
+
+
+if __name__ == "__main__":  # python -m tests.conformance NAME [bf16]
     from charrnn.common import registry
-    print(json.dumps(measure_all(registry.load(sys.argv[1]))))
+    model_cls = registry.load(sys.argv[1])
+    bf16 = sys.argv[2:] == ["bf16"]
+    print(json.dumps(measure_all_bf16(model_cls) if bf16 else measure_all(model_cls)))

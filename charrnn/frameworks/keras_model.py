@@ -15,6 +15,13 @@ update as SPEC sections 4 and 9 (and PyTorch) do, with charrnn.common.optim's fo
 `fit` cannot return the carried state, so each backend computes gradients its own way
 (GradientTape, jax.grad, autograd); everything else (layers, loss, optimizer, clipping,
 penalties, saving) is backend-agnostic Keras.
+
+`--precision bf16-mixed` (SPEC section 12) is Keras' `mixed_bfloat16` dtype policy on the
+recurrent and dense layers, their outputs widened to float32. It computes more in bf16
+than the section asks (the gates' elementwise maths, h and c at every step, the initial
+state, the logits and bias, and the backward of all of it); docs/FRAMEWORKS.md gives
+its measured distance from the emulation on each backend. Generation calls the cells and
+the dense layer's `call` outside the policy's autocast scope: float32.
 """
 
 
@@ -27,7 +34,7 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-from charrnn.common.config import ModelConfig, OptimConfig
+from charrnn.common.config import BF16_MIXED, FP32, ModelConfig, OptimConfig
 from charrnn.common.distributed import World, join_jax, sum_by_allgather
 from charrnn.common.framework import CPU, CharRNN, Device, choose_device
 from charrnn.common.gpus import jax_gpu_names, tf_gpu_names, torch_gpu_names
@@ -72,6 +79,14 @@ def build_net(config: ModelConfig, optim: OptimConfig, seed: int) -> keras.Model
     # differs between the ranks ("passed to device_put is not the same on each process";
     # the recurrent layers' own seed generator, unused without their dropout, included).
     zeros = {"kernel_initializer": "zeros", "bias_initializer": "zeros"}
+    # bf16-mixed: Keras' mixed_bfloat16 policy on the recurrent and dense layers (float32
+    # variables, bf16 inputs and maths); their bf16 outputs are widened to float32 before
+    # the loss and the carried state. The embedding and dropout stay float32.
+    bf16 = optim.precision == BF16_MIXED
+    policy = "mixed_bfloat16" if bf16 else None
+
+    def widen(a):
+        return ops.cast(a, "float32") if bf16 else a
     x = keras.Input((None,), dtype="int32", name="x")
     state_in = [keras.Input((H,), name=f"{s}_{k}") for s in state_names for k in range(L)]
     out = layers.Embedding(config.vocab_size, config.embedding_size,
@@ -81,12 +96,13 @@ def build_net(config: ModelConfig, optim: OptimConfig, seed: int) -> keras.Model
     for k in range(L):
         rnn = layer_cls(H, return_sequences=True, return_state=True, name=f"{config.cell}_{k}",
                         kernel_regularizer=penalty, recurrent_regularizer=penalty,
-                        recurrent_initializer="zeros", seed=seed, **zeros)
+                        recurrent_initializer="zeros", seed=seed, dtype=policy, **zeros)
         out, *state = rnn(out, initial_state=state_in[k::L])  # out (B, T, H)
         out = layers.Dropout(config.drop_rate, seed=seed + k + 1, name=f"dropout_{k + 1}")(out)
-        state_out.append(state)
+        state_out.append([widen(s) for s in state])
     logits = layers.Dense(config.vocab_size, kernel_regularizer=penalty, name="dense",
-                          **zeros)(out)
+                          dtype=policy, **zeros)(out)
+    logits = widen(logits)
     return keras.Model([x, *state_in], [logits, *itertools.chain(*zip(*state_out))],
                        name="char_rnn")
 
@@ -210,6 +226,7 @@ def build_optimizer(optim: OptimConfig) -> keras.optimizers.Optimizer:
 
 class KerasCharRNN(CharRNN):
     framework = "keras"
+    precisions = (FP32, BF16_MIXED)
     # The JAX backend trains data-parallel through keras.distribution (below); the others
     # would need their own engine around this file's step.
     data_parallel_refusal = (f"not implemented for Keras' {BACKEND} backend here (only "

@@ -10,6 +10,13 @@ Kernels are held as (in, G*H), the transpose of the canonical layout, so every p
 is x @ kernel; the gate orders are the canonical i, f, g, o (LSTM) and r, z, n (GRU).
 Keras' optimisers are not used: its Adam adds eps to sqrt(v) before the bias correction,
 its RMSprop puts eps inside the square root, and its SGD keeps -lr * b instead of b.
+
+`--precision bf16-mixed` (SPEC section 12) casts both operands of every product of
+training and evaluation to tf.bfloat16 (`bf16_matmul`) and the result back to float32;
+tf.GradientTape rounds the cotangents to bf16 on the way back through the casts, so the
+backward products take bf16 operands too. Everything else stays float32. The one
+departure: TF's CPU MatMul has no bf16 x bf16 -> float32 kernel, so each product's
+result is rounded to bf16 before it is widened (docs/FRAMEWORKS.md gives the cost).
 """
 
 
@@ -20,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from charrnn.common.config import ModelConfig, OptimConfig
+from charrnn.common.config import BF16_MIXED, FP32, ModelConfig, OptimConfig
 from charrnn.common.distributed import World
 from charrnn.common.framework import CPU, CharRNN, Device, choose_device
 from charrnn.common.gpus import tf_gpu_names
@@ -36,6 +43,20 @@ from charrnn.common.weights import Weights, in_out_layout
 # measurable (0.40 against 0.32 ms, best of 5) for XLA's extra compile before the first one.
 JIT_COMPILE = False
 
+
+def bf16_matmul(a, b):
+    """a @ b under bf16-mixed: operands rounded to bf16 (tf.cast rounds to nearest, ties to
+    even, as charrnn.common.precision.to_bf16), the product widened to float32.
+
+    Neither tf.linalg.matmul(..., output_type=tf.float32) nor BatchMatMulV3(Tout=float32)
+    has a CPU kernel for bf16 inputs in TF 2.21 ("No OpKernel was registered"), so the
+    product comes out of a bf16 MatMul, summed in float32 inside oneDNN and rounded to bf16
+    once (<= u = 2^-8 relative). Called with the float32 variable at every step, so that
+    the weight gradients of the T steps are summed in float32 after their Cast back."""
+    product = tf.matmul(tf.cast(a, tf.bfloat16), tf.cast(b, tf.bfloat16))
+    return tf.cast(product, tf.float32)
+
+
 # ---------------------------------------------------------------------------------------
 # Network. Shapes: B batch_size, T seq_len, E embedding_size, H rnn_size, V vocab_size.
 # ---------------------------------------------------------------------------------------
@@ -48,8 +69,9 @@ def lstm_cell(z, c):
     return tf.sigmoid(o) * tf.tanh(c), c
 
 
-def lstm_layer(x, h, c, w_ih, w_hh, bias, seq_len):
-    """x (T*B, in) time-major rows, h and c (B, H) -> outputs (T*B, H) time-major, final h, c.
+def lstm_layer(x, h, c, w_ih, w_hh, bias, seq_len, matmul):
+    """x (T*B, in) time-major rows, h and c (B, H) -> outputs (T*B, H) time-major, final h, c;
+    `matmul` is tf.matmul (fp32) or bf16_matmul (bf16-mixed).
 
     The input projection of every step is one product; the time loop is a Python loop,
     unrolled when the function is traced (one trace per (B, T) shape). Measured on 2 cores
@@ -58,10 +80,10 @@ def lstm_layer(x, h, c, w_ih, w_hh, bias, seq_len):
     ZerosLike accumulators, and 9 einsums, go away); a `tf.while_loop` reading a
     TensorArray was 1.10x, `tf.raw_ops.BlockLSTM` (fused, gates i, c, f, o) 0.68x.
     """
-    x_proj = tf.split(tf.matmul(x, w_ih) + bias, seq_len, axis=0)  # T x (B, 4H)
+    x_proj = tf.split(matmul(x, w_ih) + bias, seq_len, axis=0)  # T x (B, 4H)
     hs = []
     for z_x in x_proj:
-        h, c = lstm_cell(z_x + tf.matmul(h, w_hh), c)
+        h, c = lstm_cell(z_x + matmul(h, w_hh), c)
         hs.append(h)
     return tf.concat(hs, axis=0), h, c
 
@@ -76,23 +98,23 @@ def gru_cell(x_proj, h_proj, h):
     return n + z * (h - n)  # (1 - z) * n + z * h
 
 
-def gru_layer(x, h, w_ih, w_hh, b_ih, b_hh, seq_len):
+def gru_layer(x, h, w_ih, w_hh, b_ih, b_hh, seq_len, matmul):
     """`lstm_layer` for the GRU: the input projection hoisted out of the unrolled loop, the
     recurrent one (which r gates inside n) per step. Returns outputs (T*B, H) and final h."""
-    x_proj = tf.split(tf.matmul(x, w_ih) + b_ih, seq_len, axis=0)  # T x (B, 3H)
+    x_proj = tf.split(matmul(x, w_ih) + b_ih, seq_len, axis=0)  # T x (B, 3H)
     hs = []
     for x_t in x_proj:
-        h = gru_cell(x_t, tf.matmul(h, w_hh) + b_hh, h)
+        h = gru_cell(x_t, matmul(h, w_hh) + b_hh, h)
         hs.append(h)
     return tf.concat(hs, axis=0), h
 
 
-def rnn_layer(x, h, w_ih, w_hh, bias, seq_len):
+def rnn_layer(x, h, w_ih, w_hh, bias, seq_len, matmul):
     """`lstm_layer` for the vanilla RNN, h' = tanh(x W_ih + h W_hh + bias)."""
-    x_proj = tf.split(tf.matmul(x, w_ih) + bias, seq_len, axis=0)  # T x (B, H)
+    x_proj = tf.split(matmul(x, w_ih) + bias, seq_len, axis=0)  # T x (B, H)
     hs = []
     for x_t in x_proj:
-        h = tf.tanh(x_t + tf.matmul(h, w_hh))
+        h = tf.tanh(x_t + matmul(h, w_hh))
         hs.append(h)
     return tf.concat(hs, axis=0), h
 
@@ -100,9 +122,12 @@ def rnn_layer(x, h, w_ih, w_hh, bias, seq_len):
 class Net(tf.Module):
     """The trainable variables and the forward pass, for any cell."""
 
-    def __init__(self, config: ModelConfig, weights: Weights):
+    def __init__(self, config: ModelConfig, weights: Weights, precision: str = FP32):
         super().__init__(name="char_rnn")
         self.config = config
+        # The products of the sequence pass (training, evaluation); `step` (generation)
+        # keeps tf.matmul, float32 whatever the precision (SPEC section 12).
+        self.matmul = bf16_matmul if precision == BF16_MIXED else tf.matmul
         L = config.num_layers
         # The canonical<->native name map: one attribute per part of a layer, named by the
         # canonical short name (w_ih, w_hh, then bias, or GRU's b_ih and b_hh), each a list
@@ -147,14 +172,15 @@ class Net(tf.Module):
         new_h, new_c = [], []
         for k in range(self.config.num_layers):
             if self.config.cell == "lstm":
-                out, hk, ck = lstm_layer(out, h[k], c[k], *self.layer_params(k), seq_len)
+                out, hk, ck = lstm_layer(out, h[k], c[k], *self.layer_params(k), seq_len,
+                                         self.matmul)
                 new_c.append(ck)
             else:
                 layer = gru_layer if self.config.cell == "gru" else rnn_layer
-                out, hk = layer(out, h[k], *self.layer_params(k), seq_len)
+                out, hk = layer(out, h[k], *self.layer_params(k), seq_len, self.matmul)
             out = self._dropout(out, seed, k + 1)  # (T*B, H)
             new_h.append(hk)
-        logits = tf.matmul(out, self.dense_w) + self.dense_b  # (T*B, V)
+        logits = self.matmul(out, self.dense_w) + self.dense_b  # (T*B, V)
         return (tf.reshape(logits, [seq_len, -1, logits.shape[-1]]), tf.stack(new_h),
                 tf.stack(new_c) if new_c else c)
 
@@ -237,6 +263,7 @@ class Optimizer(tf.Module):
 
 class TFCharRNN(CharRNN):
     framework = "tensorflow"
+    precisions = (FP32, BF16_MIXED)
 
     def __init__(self, config: ModelConfig, weights: Weights, optim: OptimConfig,
                  device: Device = CPU, seed: int = 0):
@@ -244,7 +271,8 @@ class TFCharRNN(CharRNN):
         self.tf_device = f"/GPU:{device.index}" if device.is_gpu else "/CPU:0"
         L, H = config.num_layers, config.rnn_size
         with tf.device(self.tf_device):
-            self.net = Net(config, {n: np.asarray(a, np.float32) for n, a in weights.items()})
+            self.net = Net(config, {n: np.asarray(a, np.float32) for n, a in weights.items()},
+                           optim.precision)
             self.optimizer = Optimizer(self.net.params, optim)
         self.dropout_seed = tf.constant([seed, 0], tf.int64)
         # The sequence functions trace once per (B, T) shape: the unrolled time loop needs a
