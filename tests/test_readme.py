@@ -124,7 +124,8 @@ def test_quickstart_runs_as_written(checkout):
 
     assert run(shipped, checkout).stdout.startswith("KING")
 
-    checkpoint = checkout / shlex.split(train)[shlex.split(train).index("--checkpoint-path") + 1]
+    words = shlex.split(train)
+    checkpoint = checkout / words[words.index("--checkpoint-path") + 1]
     child = subprocess.Popen(argv(train), cwd=checkout, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 300
@@ -139,7 +140,8 @@ def test_quickstart_runs_as_written(checkout):
     resumed = run(resume, checkout)
     assert "resuming" in resumed.stdout + resumed.stderr
     assert "done:" in resumed.stdout + resumed.stderr
-    seed = shlex.split(generate)[shlex.split(generate).index("--seed") + 1]
+    words = shlex.split(generate)
+    seed = words[words.index("--seed") + 1]
     assert run(generate, checkout).stdout.startswith(seed)
 
     (code,) = blocks(text, "python")

@@ -1,6 +1,6 @@
-"""`--precision` (docs/SPEC.md section 12): what each choice means, and bfloat16 rounding in
-NumPy alone, so the reference emulates bf16-mixed exactly in both environments (the legacy
-one has no ml_dtypes).
+"""`--precision` (docs/SPEC.md section 12): what each choice does to a product's operands,
+and bfloat16 rounding in NumPy alone, so the reference emulates bf16-mixed exactly in both
+environments (the legacy one has no ml_dtypes).
 
     >>> to_bf16(np.array([1.0, 1.00390625, 1.005859375, 3.14159265], np.float32)).tolist()
     [1.0, 1.0, 1.0078125, 3.140625]
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from charrnn.common.config import BF16_MIXED, FP32, PRECISIONS  # noqa: F401 (re-exported)
+from charrnn.common.config import BF16_MIXED
 
 # bfloat16 keeps float32's 8 exponent bits and 8 of its 24 significand bits (7 stored,
 # one implicit): the spacing of the values in [1, 2) is eps = 2^-7, and round-to-nearest
