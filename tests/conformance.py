@@ -18,8 +18,9 @@ import sys
 
 import numpy as np
 
-from charrnn.common.config import BF16_MIXED, CELLS, ModelConfig, OptimConfig
+from charrnn.common.config import BF16_MIXED, CELLS, ModelConfig, OptimConfig, TrainConfig
 from charrnn.common.precision import BF16_UNIT_ROUNDOFF
+from charrnn.common.train import reset_rows, zero_rows
 from charrnn.common.weights import init_weights
 
 # Tiny sizes keep the test fast; two layers and E != H exercise every shape.
@@ -98,10 +99,14 @@ def measure(model_cls, case: str = "lstm-adam") -> dict:
     out["grads_missing"] = sorted(set(ref_grads) - set(grads))
     out.update(measure_steps(model, ref, batches[1][0], h0, c0))  # the initial weights
 
-    # 20 training steps with the state carried: the loss curves must agree.
+    # 20 training steps with the state carried, and a quarter of the rows' state zeroed
+    # before each step as --state-reset does it: the loss curves must agree.
     ref_state, state = ref.zero_state(BATCH_SIZE), model.zero_state(BATCH_SIZE)
     ref_curve, curve = [], []
+    resets = TrainConfig(batch_size=BATCH_SIZE, state_reset=0.25)
     for step, (x, y) in enumerate(batches, 1):
+        rows = reset_rows(resets, step - 1)
+        ref_state, state = zero_rows(ref, ref_state, rows), zero_rows(model, state, rows)
         if optim.lr_schedule != "constant":  # as the training loop sets it
             rate = optim.learning_rate_at(step, len(batches))
             ref.set_learning_rate(rate)

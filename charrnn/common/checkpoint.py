@@ -6,6 +6,8 @@
         trainer.json        epoch, next batch, step, losses so far; the run as resolved
                             (every train flag, the text's path, size and SHA-256)
         state.safetensors   the carried (h, c) training state, for an exact resume
+        best.safetensors    with --keep-best: the portable weights of the epoch with the
+                            lowest validation loss so far
 
 The whole directory is replaced atomically (`common.fileio.atomic_directory`),
 so an interrupted or failed save leaves the previous checkpoint intact. A run that
@@ -20,6 +22,7 @@ import dataclasses
 import fcntl
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +38,7 @@ from charrnn.common.text import TextId, Vocab
 from charrnn.common.weights import Portable, load_portable, save_portable
 
 PORTABLE_NAME = "model.safetensors"
+BEST_NAME = "best.safetensors"  # --keep-best
 # trainer.json's layout. 2: the resolved run and the text's identity (1 held the flags
 # as typed, so a resume could not tell which text, shapes or sizes it had trained with).
 TRAINER_FORMAT = 2
@@ -50,6 +54,7 @@ class Progress:
     epoch_losses: list[float] = dataclasses.field(default_factory=list)  # this epoch so far
     train_loss: float | None = None  # last complete epoch's mean
     val_loss: float | None = None
+    best_val_loss: float | None = None  # --keep-best: the val loss of best.safetensors
 
 
 def portable_metadata(model: CharRNN, progress: Progress) -> dict[str, str]:
@@ -60,10 +65,12 @@ def portable_metadata(model: CharRNN, progress: Progress) -> dict[str, str]:
 
 def save_checkpoint(directory: str | Path, model: CharRNN, vocab: Vocab, progress: Progress,
                     state: tuple[np.ndarray, np.ndarray], train_config: TrainConfig,
-                    text_id: TextId) -> None:
+                    text_id: TextId, new_best: bool = False) -> None:
     """Write a complete checkpoint directory atomically; `state` is the carried (h, c) of
     the whole batch, each (num_layers, batch_size, rnn_size); `train_config` the run as
-    resolved (`common.resume.resolved`), `text_id` the text it trains on.
+    resolved (`common.resume.resolved`), `text_id` the text it trains on. `new_best`:
+    these weights also become best.safetensors; otherwise the previous directory's
+    best.safetensors, if any, is carried into the new one.
 
     Any failure (whatever a framework's native save raises) becomes a CharRnnError
     naming the directory and the reason; the previous checkpoint stays as it was.
@@ -72,6 +79,11 @@ def save_checkpoint(directory: str | Path, model: CharRNN, vocab: Vocab, progres
         with atomic_directory(directory) as tmp:
             save_portable(tmp / PORTABLE_NAME, model.get_weights(), model.config, vocab,
                           **portable_metadata(model, progress))
+            previous_best = resolve_directory(Path(directory)) / BEST_NAME
+            if new_best:
+                shutil.copyfile(tmp / PORTABLE_NAME, tmp / BEST_NAME)
+            elif previous_best.is_file():
+                shutil.copyfile(previous_best, tmp / BEST_NAME)
             (tmp / "native").mkdir()
             model.save_native(tmp / "native")
             h, c = state

@@ -26,6 +26,8 @@ EXPORT_FORMATS = ("safetensors", "onnx")  # export --format (docs/SPEC.md sectio
 FP32 = "fp32"  # --precision: float32 everywhere (docs/SPEC.md section 4)
 BF16_MIXED = "bf16-mixed"  # bf16 operands of every matrix product, float32 elsewhere
 PRECISIONS = (FP32, BF16_MIXED)  # docs/SPEC.md section 12
+# The models shipped in charrnn/pretrained/, by the name `generate --model` takes.
+PRETRAINED_MODELS = {"default": "tinyshakespeare.safetensors"}
 DEVICES = ("auto", "cpu", "gpu")  # --device (docs/SPEC.md section 10, "Devices and threads")
 
 
@@ -264,6 +266,16 @@ class TrainConfig(DeviceFlags, OptimFlags, ModelFlags):
                                  resume=SETTING)
     sample_length: int = flag(200, "characters sampled into the log after each epoch "
                               "(0 turns samples off)", non_negative=True, resume=SETTING)
+    state_reset: float = flag(0.0, "chance, in [0, 1), that a row's carried state is set to "
+                              "zero before a training step, so the model also learns to "
+                              "start from zeros (the rows are drawn from --random-seed and "
+                              "the step: the same in every framework)", non_negative=True)
+    keep_best: bool = flag(False, "also keep the portable file of the epoch with the lowest "
+                           "validation loss, as <checkpoint>/best.safetensors",
+                           action="store_true", resume=SETTING)
+    val_window: int = flag(0, "also report the validation loss in windows of N characters, "
+                           "each from the zero state, as a deployed model starts (0: off)",
+                           non_negative=True, resume=SETTING)
     collective_timeout: float = flag(600.0, "data-parallel runs: seconds a rank waits for "
                                      "the others (to join, or in a collective) before it "
                                      "fails", positive=True, resume=SETTING)
@@ -277,6 +289,8 @@ class TrainConfig(DeviceFlags, OptimFlags, ModelFlags):
                 raise CharRnnError(f"--{name.replace('_', '-')} applies only to --optimizer "
                                    f"{owner} (this run uses {self.optimizer or 'adam'})")
         self.optim_config()  # ranges: decay rate and momentum in [0, 1)
+        if not 0.0 <= self.state_reset < 1.0:
+            raise CharRnnError(f"--state-reset {self.state_reset} must be in [0, 1)")
 
     def model_config(self, vocab_size: int) -> ModelConfig:
         return ModelConfig(vocab_size=vocab_size, **_values(self, ModelFlags))
@@ -298,6 +312,9 @@ class GenerateConfig(DeviceFlags):
     checkpoint_path: str | None = flag(
         None, "checkpoint directory or portable .safetensors file from any framework "
         "(default: checkpoints/<framework>_model, else the shipped pretrained model)")
+    model: str | None = flag(None, "a model shipped with the package, by name, instead of "
+                             "--checkpoint-path (docs/USAGE.md, \"The pretrained models\")",
+                             choices=tuple(PRETRAINED_MODELS))
     text_path: str | None = flag(None, "take a random seed of seq_len characters from this text")
     seed: str | None = flag(None, "seed text the generated text continues")
     length: int = flag(1024, "characters to generate", non_negative=True)
@@ -313,6 +330,11 @@ class GenerateConfig(DeviceFlags):
     cold_start: bool = flag(False, "start from the all-zero state instead of the warmed-up "
                             "state at a paragraph break (docs/SPEC.md section 10)",
                             action="store_true")
+
+    def __post_init__(self):
+        if self.model is not None and self.checkpoint_path is not None:
+            raise CharRnnError(f"--model {self.model} and --checkpoint-path "
+                               f"{self.checkpoint_path}: give one of them, not both")
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from charrnn.common import distributed, resume
-from charrnn.common.batching import Batches, make_streams
+from charrnn.common.batching import Batches, make_streams, split_ids
 from charrnn.common.checkpoint import (
+    BEST_NAME,
     Checkpoint,
     Progress,
     checkpoint_lock,
@@ -56,6 +57,47 @@ def evaluate(model: CharRNN, batches: Batches | None) -> float | None:
         loss, state = model.eval_step(*batches.batch(0, j), state)
         losses.append(loss)
     return float(np.mean(losses))
+
+
+def window_loss(model: CharRNN, ids: np.ndarray, window: int,
+                rows_per_batch: int = 256) -> float | None:
+    """Mean loss over the consecutive `window`-character windows of `ids`, each window
+    from the zero state: how well a model does where a deployment starts (the API, an
+    ONNX graph, a web page), not deep into a carried state. None: `ids` is too short."""
+    count = (len(ids) - 1) // window
+    if count == 0:
+        return None
+    n = count * window
+    x = ids[:n].reshape(count, window).astype(np.int32)  # (count, window)
+    y = ids[1:n + 1].reshape(count, window).astype(np.int32)
+    total = 0.0
+    for start in range(0, count, rows_per_batch):
+        rows = slice(start, start + rows_per_batch)
+        loss, _ = model.eval_step(x[rows], y[rows], model.zero_state(len(x[rows])))
+        total += loss * len(x[rows])  # every window has `window` positions: a plain mean
+    return total / count
+
+
+def reset_rows(cfg: TrainConfig, step: int) -> np.ndarray:
+    """The rows of step `step`'s (0-based) batch whose carried state --state-reset sets
+    to zero before the step: a boolean (batch_size,) drawn from --random-seed and the
+    step alone, so every framework, world size and resumed run draws the same rows."""
+    rng = np.random.default_rng([cfg.random_seed, _STATE_RESET_STREAM, step])
+    return rng.random(cfg.batch_size) < cfg.state_reset
+
+
+def zero_rows(model: CharRNN, state: object, rows: np.ndarray) -> object:
+    """`state` with the rows of boolean mask `rows` set to zero (h and c of every layer),
+    through NumPy: the one path every framework has, and a copy of a few kB a step."""
+    if not rows.any():
+        return state
+    h, c = (a.copy() for a in model.state_to_numpy(state))
+    h[:, rows] = 0.0
+    c[:, rows] = 0.0
+    return model.state_from_numpy(h, c)
+
+
+_STATE_RESET_STREAM = 1  # keeps --state-reset's draws apart from other seeded streams
 
 
 def _progress_bar(total: int, initial: int, desc: str):
@@ -251,7 +293,8 @@ def _train(model_cls: type[CharRNN], run: Prepared, device: Device, agree: Agree
                      "larger --num-epochs to go on")
 
     loop = _Loop(model, train_batches, val_batches, cfg, progress, state, log,
-                 run.checkpoint_path, vocab, run.text_id, agree, rows)
+                 run.checkpoint_path, vocab, run.text_id, agree, rows,
+                 val_ids=split_ids(ids, cfg.val_fraction)[1])
     try:
         with _StopSignals() as signals:
             loop.signals = signals
@@ -318,6 +361,7 @@ class _Loop:
     text_id: TextId  # the text trained on, recorded in every checkpoint
     agree: Agreement  # the ranks' common decisions (one process: its own)
     rows: slice  # this rank's rows of every batch
+    val_ids: np.ndarray | None = None  # the validation stream, for --val-window
     signals: _StopSignals | None = None
     stopping: int | None = None  # the signal every rank agreed to stop on
     last_save: float = dataclasses.field(default_factory=time.perf_counter)
@@ -327,8 +371,9 @@ class _Loop:
     def optim(self) -> OptimConfig:
         return self.cfg.optim_config()
 
-    def save(self, reason: str) -> float:
-        """Write the checkpoint; returns how long it took (logged: the cost of a save).
+    def save(self, reason: str, new_best: bool = False) -> float:
+        """Write the checkpoint (and with `new_best`, best.safetensors too); returns how
+        long it took (logged: the cost of a save).
 
         Every rank takes part (the carried state is gathered from all of them); rank 0
         writes, and every rank learns whether it could."""
@@ -341,7 +386,8 @@ class _Loop:
             if world.is_main:
                 try:
                     save_checkpoint(self.checkpoint_path, self.model, self.vocab,
-                                    self.progress, (h, c), self.cfg, self.text_id)
+                                    self.progress, (h, c), self.cfg, self.text_id,
+                                    new_best)
                 except CharRnnError as exc:
                     if world.size == 1:
                         raise
@@ -389,7 +435,15 @@ class _Loop:
             self.progress.epoch += 1
             self.progress.batch = 0
             self.progress.epoch_losses = []
-        self.save("end of epoch" if record["complete"] else "max steps")
+        val_loss, best = record["val/loss"], self.progress.best_val_loss
+        new_best = bool(self.cfg.keep_best and record["complete"] and val_loss is not None
+                        and (best is None or val_loss < best))
+        if new_best:
+            self.progress.best_val_loss = val_loss
+        self.save("end of epoch" if record["complete"] else "max steps", new_best)
+        if new_best:
+            self.log.info(f"best val loss so far: {val_loss:.4f}, kept as "
+                          f"{self.checkpoint_path / BEST_NAME}")
         # A new Generator each epoch: its warm-up state belongs to these weights.
         record["samples"] = (_log_samples(Generator(self.model, self.vocab), self.cfg, epoch,
                                           self.log) if self.agree.world.is_main else {})
@@ -405,6 +459,9 @@ class _Loop:
                 break
             x, y = batches.batch(epoch, j)
             x, y = x[self.rows], y[self.rows]
+            if cfg.state_reset:
+                self.state = zero_rows(self.model, self.state,
+                                       reset_rows(cfg, progress.step)[self.rows])
             if self.optim.lr_schedule != "constant":  # the rate of this step's update
                 self.model.set_learning_rate(self.optim.learning_rate_at(
                     progress.step + 1, cfg.num_epochs * len(batches)))
@@ -449,6 +506,9 @@ class _Loop:
         train_loss = float(np.mean(progress.epoch_losses)) if progress.epoch_losses else None
         val_start = time.perf_counter()
         val_loss = evaluate(self.model, self.val_batches)
+        window = None
+        if self.cfg.val_window and self.val_batches is not None:
+            window = window_loss(self.model, self.val_ids, self.cfg.val_window)
         val_duration_s = time.perf_counter() - val_start
         progress.train_loss, progress.val_loss = train_loss, val_loss
         chars = len(step_times) * batches.chars_per_batch
@@ -457,6 +517,7 @@ class _Loop:
             "batches": len(step_times),
             "train/loss": train_loss, "train/bpc": bits(train_loss),
             "val/loss": val_loss, "val/bpc": bits(val_loss),
+            "val/window_loss": window,
             "duration_s": duration_s, "chars_per_s": chars / duration_s if duration_s else None,
             "val_duration_s": val_duration_s,
             "first_step_s": step_times[0] if step_times else None,
@@ -471,7 +532,10 @@ class _Loop:
             f"epoch {epoch + 1}/{self.cfg.num_epochs}{'' if complete else ' (partial)'}: "
             f"duration {format_duration(duration_s)}, train loss {_fmt(train_loss)} "
             f"({_fmt(bits(train_loss))} bpc){penalty_text}, val loss {_fmt(val_loss)} "
-            f"({_fmt(bits(val_loss))} bpc), {record['chars_per_s'] or 0:,.0f} chars/s")
+            f"({_fmt(bits(val_loss))} bpc)"
+            + (f", from zeros in {self.cfg.val_window}-char windows {_fmt(window)}"
+               if window is not None else "")
+            + f", {record['chars_per_s'] or 0:,.0f} chars/s")
         return record
 
 
