@@ -35,7 +35,7 @@ from charrnn.common.errors import CharRnnError
 from charrnn.common.fileio import atomic_write_text
 from charrnn.common.framework import CharRNN
 from charrnn.common.generate import Generator, load_for_generation, samples_text
-from charrnn.common.paths import PRETRAINED_PATH, default_checkpoint_path
+from charrnn.common.paths import default_checkpoint_path
 from charrnn.common.sampling import check_sampling
 from charrnn.common.text import read_text
 from charrnn.common.weights import Portable, grow_vocab, save_portable
@@ -56,20 +56,24 @@ class TextGenerator:
     """A trained model, ready to generate, on the framework of your choice.
 
     `path`: a portable `.safetensors` file written by any framework, or a checkpoint
-    directory; None loads the model shipped with the package. `framework` runs it
-    (default numpy, which needs nothing else); `device` and `threads` as on the CLI.
-    `cold_start` starts every sample from the zero state instead of the warm one
-    (docs/SPEC.md section 10, "Generation").
+    directory; None loads a model shipped with the package, `model` by name ("default").
+    `framework` runs it (default numpy, which needs nothing else); `device` and
+    `threads` as on the CLI. `cold_start` starts every sample from the zero state
+    instead of the warm one (docs/SPEC.md section 10, "Generation").
     """
 
     def __init__(self, path: str | Path | None = None, framework: str = "numpy", *,
                  device: str = TrainConfig.device, threads: int | None = None,
-                 cold_start: bool = False):
+                 cold_start: bool = False, model: str | None = None):
+        if path is not None and model is not None:
+            raise CharRnnError(f"path {path} and model {model!r}: give one of them, not both")
         self.framework = framework
         self.device, self.threads = device, threads
         self._model_cls = model_class(framework)
-        loaded = load_for_generation(self._model_cls, str(path or PRETRAINED_PATH), device,
-                                     threads, not cold_start)
+        if path is None:
+            model = model or "default"
+        loaded = load_for_generation(self._model_cls, None if path is None else str(path),
+                                     device, threads, not cold_start, model)
         self._generator: Generator = loaded.generator
         self.portable: Portable = loaded.portable
         self.source = loaded.source

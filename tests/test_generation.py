@@ -92,3 +92,22 @@ def test_generate_streams_characters():
         proc.wait()
     assert first.startswith(b"KING") and len(first) == 20
     assert still_running, "the whole text arrived at once: output is not streamed"
+
+
+def test_model_by_name_is_the_shipped_file(reference_outputs):
+    """`--model default` is the shipped file by name, in the CLI and the API; beside
+    --checkpoint-path, or unknown, it is refused in one line."""
+    from charrnn.api import TextGenerator
+    from charrnn.common.errors import CharRnnError
+    from charrnn.frameworks.numpy_model import NumpyCharRNN
+    from tests.cli_cases import run_cases
+    argv = ["generate", "--model", "default", "--seed", SEED, "--length", "200",
+            "--temperature", "0"]
+    named, both = run_cases(NumpyCharRNN, [
+        {"argv": argv}, {"argv": [*argv, "--checkpoint-path", str(PRETRAINED_PATH)]}])
+    assert ok(named)["stdout"] == reference_outputs[0]
+    assert "the shipped pretrained model 'default'" in named["stderr"]
+    assert both["code"] == 2 and "give one of them, not both" in both["stderr"]
+    assert TextGenerator(model="default").portable.metadata == TextGenerator().portable.metadata
+    with pytest.raises(CharRnnError, match="no shipped model 'huge'"):
+        TextGenerator(model="huge")

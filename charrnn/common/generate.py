@@ -16,11 +16,11 @@ from typing import TextIO
 import numpy as np
 
 from charrnn.common.checkpoint import find_portable
-from charrnn.common.config import GenerateConfig, OptimConfig
+from charrnn.common.config import PRETRAINED_MODELS, GenerateConfig, OptimConfig
 from charrnn.common.errors import CharRnnError
 from charrnn.common.fileio import atomic_write_text
 from charrnn.common.framework import CharRNN
-from charrnn.common.paths import PRETRAINED_PATH, default_checkpoint_path
+from charrnn.common.paths import PRETRAINED_PATH, default_checkpoint_path, pretrained_path
 from charrnn.common.sampling import Sampler, check_sampling
 from charrnn.common.text import Vocab, default_corpus_path, read_text
 from charrnn.common.weights import Portable, load_portable
@@ -135,13 +135,24 @@ class Loaded:
 
 
 def load_for_generation(model_cls: type[CharRNN], checkpoint_path: str | None, device: str,
-                        threads: int | None, warm_start: bool = True) -> Loaded:
-    """Build the model from a checkpoint directory or any framework's portable file.
+                        threads: int | None, warm_start: bool = True,
+                        model: str | None = None) -> Loaded:
+    """Build the model from a checkpoint directory or any framework's portable file, or
+    the shipped model named `model` (--model).
 
-    With no --checkpoint-path: this framework's default checkpoint if it exists,
-    else the pretrained model shipped in pretrained/.
+    With neither: this framework's default checkpoint if it exists, else the pretrained
+    model shipped in pretrained/.
     """
-    if checkpoint_path is not None:
+    if model is not None:
+        if model not in PRETRAINED_MODELS:
+            raise CharRnnError(f"no shipped model {model!r}: choose from "
+                               f"{', '.join(PRETRAINED_MODELS)}")
+        path = pretrained_path(model)
+        if not path.exists():
+            raise CharRnnError(f"--model {model}: {path} is not there (a checkout without "
+                               "the shipped models?)")
+        source = f"the shipped pretrained model {model!r} ({path.name})"
+    elif checkpoint_path is not None:
         path = find_portable(checkpoint_path)
         if not Path(checkpoint_path).exists() and not path.exists():
             raise CharRnnError(f"{checkpoint_path}: no such checkpoint or portable file")
@@ -204,7 +215,7 @@ def run_generate(model_cls: type[CharRNN], cfg: GenerateConfig, out: TextIO | No
     out, err = out or sys.stdout, err or sys.stderr
     check_sampling(cfg.temperature, cfg.top_k, cfg.top_p)
     loaded = load_for_generation(model_cls, cfg.checkpoint_path, cfg.device, cfg.threads,
-                                 not cfg.cold_start)
+                                 not cfg.cold_start, cfg.model)
     print(f"using {loaded.source}", file=err, flush=True)
     rng = np.random.default_rng(cfg.random_seed)
     seed = pick_seed(cfg, rng)
@@ -269,7 +280,7 @@ def run_repl(model_cls: type[CharRNN], cfg: GenerateConfig, inp: TextIO | None =
     inp, out, err = inp or sys.stdin, out or sys.stdout, err or sys.stderr
     check_sampling(cfg.temperature, cfg.top_k, cfg.top_p)
     loaded = load_for_generation(model_cls, cfg.checkpoint_path, cfg.device, cfg.threads,
-                                 not cfg.cold_start)
+                                 not cfg.cold_start, cfg.model)
     interactive = inp.isatty() and inp is sys.stdin
     print(f"using {loaded.source}", file=err, flush=True)
     history = _LineHistory() if interactive else None

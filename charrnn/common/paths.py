@@ -10,10 +10,19 @@ import re
 import sys
 from pathlib import Path
 
+from charrnn.common.config import PRETRAINED_MODELS
+
 PACKAGE = Path(__file__).resolve().parent.parent  # charrnn/
 ROOT = PACKAGE.parent  # the repository root, in a checkout (or an editable install)
 IN_CHECKOUT = (ROOT / "pyproject.toml").is_file() and (ROOT / "numpy_model.py").is_file()
-PRETRAINED_PATH = PACKAGE / "pretrained" / "tinyshakespeare.safetensors"  # package data
+
+
+def pretrained_path(name: str) -> Path:
+    """The file of the shipped model `name` (`PRETRAINED_MODELS`), package data."""
+    return PACKAGE / "pretrained" / PRETRAINED_MODELS[name]
+
+
+PRETRAINED_PATH = pretrained_path("default")  # what generate falls back to
 
 
 def work_dir() -> Path:
