@@ -58,7 +58,7 @@ def start_chromium(browser: str, driver: str, window_size: tuple[int, int] = WIN
 @contextlib.contextmanager
 def serving() -> Iterator[str]:
     """The page served from a thread on a free port; yields its URL."""
-    server = make_server("127.0.0.1", 0)
+    server = make_server("127.0.0.1", 0, quiet=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

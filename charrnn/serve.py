@@ -54,10 +54,17 @@ class PageHandler(http.server.SimpleHTTPRequestHandler):
         super().end_headers()
 
 
-def make_server(host: str = "127.0.0.1", port: int = DEFAULT_PORT
+class QuietPageHandler(PageHandler):
+    """PageHandler without a stderr line per request (the tests' and the speed script's)."""
+
+    def log_message(self, format, *args):
+        pass
+
+
+def make_server(host: str = "127.0.0.1", port: int = DEFAULT_PORT, quiet: bool = False
                 ) -> http.server.ThreadingHTTPServer:
     """A server of the page bound to (host, port); port 0 takes any free port."""
-    return http.server.ThreadingHTTPServer((host, port), PageHandler)
+    return http.server.ThreadingHTTPServer((host, port), QuietPageHandler if quiet else PageHandler)
 
 
 def page_url(server: http.server.ThreadingHTTPServer) -> str:
