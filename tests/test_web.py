@@ -2,7 +2,8 @@
 NumPy reference (logits and states within 1e-4; greedy text, warm and cold, and seeded
 sampled text equal to the CLI's), every cell from a picked file (a GRU trained by
 PyTorch), the controls and URL parameters, stopping, a clear message for a bad file with
-nothing on the console, the neuron view, `charrnn serve` and a static host.
+nothing on the console, the neuron view, a dropped file, the `model` URL parameter,
+`charrnn serve` and a static host.
 
 One browser and one server for the module, on one xdist worker. Chromium and
 chromedriver come from `make browser` (Debian's chromium and chromium-driver); without
@@ -233,6 +234,56 @@ def test_a_gru_trained_by_pytorch_from_the_file_input(driver, url, gru_file):
     assert text_of(driver, "output") == cli_text("--checkpoint-path", path, "--seed", "All:",
                                                  "--length", "150", "--temperature", "0")
     assert console_errors(driver) == []
+
+
+def test_a_file_dropped_on_the_page(driver, url):
+    """A drop anywhere on the page loads the file (the drop built in the page: WebDriver
+    cannot drag a file from the desktop)."""
+    assert open_page(driver, url) == "ready"
+    assert act(driver, lambda: driver.execute_script("""
+        fetch("../pretrained/tinyshakespeare.safetensors").then((r) => r.arrayBuffer())
+          .then((bytes) => {
+            const drop = new DataTransfer();
+            drop.items.add(new File([bytes], "dropped.safetensors"));
+            document.body.dispatchEvent(new DragEvent("drop", { dataTransfer: drop,
+              bubbles: true, cancelable: true }));
+          });""")) == "ready"
+    assert text_of(driver, "model-source").startswith("Using dropped.safetensors (trained by")
+
+
+@pytest.fixture
+def file_host(tmp_path):
+    """tmp_path served on another port, with the CORS header a cross-origin fetch needs."""
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def end_headers(self):
+            self.send_header("Access-Control-Allow-Origin", "*")
+            super().end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Handler, directory=str(tmp_path)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+    server.server_close()
+
+
+def test_the_model_url_parameter(driver, url, tmp_path, file_host):
+    vocab = Vocab(sorted(set(TEXT)))
+    config = ModelConfig(vocab_size=vocab.size, embedding_size=5, rnn_size=9, cell="rnn")
+    save_portable(tmp_path / "rnn.safetensors", init_weights(config, seed=1), config, vocab)
+    params = {"seed": "All:", "length": 40, "temperature": 0, "run": 1}
+    assert open_page(driver, url, model=file_host + "rnn.safetensors", **params) == "done"
+    assert text_of(driver, "output") == cli_text(
+        "--checkpoint-path", str(tmp_path / "rnn.safetensors"), "--seed", "All:",
+        "--length", "40", "--temperature", "0")
+    assert console_errors(driver) == []
+    assert open_page(driver, url, model=file_host + "missing.safetensors") == "error"
+    assert text_of(driver, "message") == (f"{file_host}missing.safetensors: HTTP 404 "
+                                          "File not found")
+    console_errors(driver)  # the browser's own line for the 404 is expected here
 
 
 @pytest.mark.parametrize("cell,num_layers", [("rnn", 3), ("gru", 2), ("lstm", 1)])
