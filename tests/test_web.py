@@ -385,7 +385,7 @@ def test_the_page_works_from_a_static_host_of_the_repository(driver):
         server.server_close()
 
 
-def test_charrnn_serve_prints_its_address_and_serves_the_page_and_model():
+def test_charrnn_serve_prints_its_address_serves_the_page_and_refuses_a_taken_port():
     proc = subprocess.Popen([sys.executable, "-m", "charrnn", "serve", "--port", "0"], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
@@ -402,6 +402,11 @@ def test_charrnn_serve_prints_its_address_and_serves_the_page_and_model():
             assert response.headers["Content-Type"] == "text/javascript"
         with pytest.raises(urllib.error.HTTPError, match="404"):
             urllib.request.urlopen(urllib.parse.urljoin(page, "../common/config.py"))
+        port = urllib.parse.urlsplit(page).port
+        taken = subprocess.run([sys.executable, "-m", "charrnn", "serve", "--port", str(port)],
+                               cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert taken.returncode == 2
+        assert taken.stderr.startswith(f"charrnn serve: error: cannot listen on 127.0.0.1:{port} ")
     finally:
         proc.terminate()
         proc.wait(timeout=30)
