@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 LEGACY := .venv-legacy
 
-.PHONY: setup lint test test-modern test-legacy bench bench-full reference-full reference-results clean \
+.PHONY: setup browser demo lint test test-modern test-legacy bench bench-full reference-full reference-results clean \
 	bench-sweep reference-sweep bench-cells reference-cells bench-scaling reference-scaling
 
 # The two environments install side by side (-j2): on a fresh machine that is most of
@@ -29,11 +29,26 @@ $(LEGACY)/.installed: requirements/legacy.txt requirements/legacy-build.txt
 	$(LEGACY)/bin/pip install --quiet --disable-pip-version-check --no-build-isolation -r requirements/legacy.txt
 	touch $@
 
+# Headless Chromium and its WebDriver for tests/test_web.py: Debian's packages, installed
+# where they are missing and apt-get can (root); elsewhere a line says what to install,
+# and the browser tests skip (under CI they fail instead).
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			chromium chromium-driver >/dev/null; \
+	else echo "make browser: install chromium and chromedriver for tests/test_web.py"; fi
+
+# The model in a web page (docs/WEB.md) at http://127.0.0.1:$(PORT)/: standard library only.
+PORT ?= 8000
+demo:
+	$(PYTHON) -m charrnn serve --port $(PORT)
+
 lint: setup
 	$(VENV)/bin/ruff check .
 
 # Lint first: a style error fails in seconds, before the 10-minute suite.
-test: setup lint test-modern test-legacy
+test: setup browser lint test-modern test-legacy
 
 # Two workers: the tests are tiny models, mostly single-threaded Python, so two at a time
 # use both cores (measured on a slow day: 24.8 -> 18.3 minutes). Each framework's conformance

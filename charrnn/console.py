@@ -3,10 +3,12 @@
     charrnn generate --seed "KING"                      # the NumPy reference (default)
     charrnn train --framework jax --text-path my.txt    # --framework anywhere on the line
     charrnn --framework keras[torch] repl
+    charrnn serve --port 8000                           # the web page (docs/WEB.md)
 
 The same commands and flags as `python <framework>_model.py` (docs/SPEC.md section 6),
-plus `--framework NAME`. Standard library only until the framework is chosen: thread
-counts go into the environment before NumPy or the framework loads.
+plus `--framework NAME`; and `serve` (charrnn.serve), which needs no framework. Standard
+library only until the framework is chosen: thread counts go into the environment before
+NumPy or the framework loads.
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ from charrnn.common.bootstrap import early_setup
 
 DEFAULT_FRAMEWORK = "numpy"
 USAGE = f"""usage: charrnn [--framework NAME] {{train,generate,repl,export}} [flags]
+       charrnn serve [--port PORT] [--host HOST]
 
 One character-level language model in every framework (char-rnn-bench).
 --framework NAME   which framework runs the command (default {DEFAULT_FRAMEWORK}): {{names}}
+serve              the model in a web page, served over HTTP (docs/WEB.md)
 `charrnn COMMAND --help` lists the command's flags.
 """
 
@@ -48,7 +52,12 @@ def _fail(message: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    framework, argv = pop_framework(list(sys.argv[1:] if argv is None else argv))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["serve"]:  # the page runs the model in the browser: no framework here
+        from charrnn.serve import main as serve
+        serve(argv[1:])
+        return
+    framework, argv = pop_framework(argv)
     framework = framework or DEFAULT_FRAMEWORK
     if framework not in registry.FRAMEWORKS:
         _fail(f"unknown framework {framework!r}; choose from {', '.join(registry.names())}")

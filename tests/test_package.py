@@ -1,12 +1,14 @@
 """The installable package: the wheel in a fresh virtual environment with the base
-requirements only, its `charrnn` command, and the Python API (generate, stream, write,
-train, fine-tune with new characters, save) at tiny sizes.
+requirements only, its `charrnn` command (and the page `charrnn serve` serves), and the
+Python API (generate, stream, write, train, fine-tune with new characters, save) at tiny
+sizes.
 """
 
 from __future__ import annotations
 
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -76,6 +78,24 @@ def test_installs_in_a_fresh_venv_and_runs_outside_the_repository(editable, refe
             "charrnn: error: framework pytorch: torch is not installed in this environment "
             "(pip install 'char-rnn-bench[torch]') (see --help)"]
     assert sorted(p.name for p in outside.iterdir()) == []  # generation wrote nothing here
+    assert_serves_the_page(venv / "bin" / "charrnn", outside)
+
+
+def assert_serves_the_page(charrnn: Path, cwd: Path) -> None:
+    """`charrnn serve` of an installed package: the page and the shipped model are its
+    package data (tests/test_web.py runs the page itself)."""
+    proc = subprocess.Popen([str(charrnn), "serve", "--port", "0"], cwd=cwd, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        page = proc.stdout.readline().split(" at ")[1].split()[0]  # http://127.0.0.1:N/web/
+        for name in ("", "app.js", "model.js", "style.css"):
+            with urllib.request.urlopen(page + name) as response:
+                assert response.status == 200, name
+        with urllib.request.urlopen(page + "../pretrained/tinyshakespeare.safetensors") as model:
+            assert model.read() == PRETRAINED_PATH.read_bytes()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 def test_python_m_charrnn_is_the_scripts_command_line(reference_text):
