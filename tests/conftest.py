@@ -8,6 +8,7 @@ environments, so every framework is tested in the one that has it.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +28,24 @@ TINY = ["--seq-len", "16", "--batch-size", "4", "--embedding-size", "8", "--rnn-
 TEXT = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\n"
         "All:\nSpeak, speak.\n\nFirst Citizen:\nYou are all resolved rather to die "
         "than to famish?\n\nAll:\nResolved. resolved.\n\n") * 12
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config, items):
+    """Make `--dist loadgroup` group again. pytest-xdist 3.8 marks a test's group by
+    appending "@group" to `item._nodeid`, which pytest 9.2 no longer reads (the node id
+    comes from `item._id`), so every test was scheduled alone and a framework's graphs
+    compiled on both workers. The id is set where pytest reads it, with the group name
+    slugged ("keras[jax]" -> "keras-jax"): xdist reads "@" as a group only after the
+    last "]"."""
+    if not config.getvalue("loadgroup") or not items or not hasattr(items[0], "_id"):
+        return
+    from _pytest.nodeid import coerce_node_id
+    for item in items:
+        groups = sorted({re.sub(r"\W+", "-", str(mark.args[0])).strip("-")
+                         for mark in item.iter_markers("xdist_group") if mark.args})
+        if groups and "@" not in item.nodeid.rsplit("]", 1)[-1]:
+            item._id = coerce_node_id(f"{item.nodeid}@{'_'.join(groups)}")
 
 
 def in_this_env(name: str) -> bool:
