@@ -71,7 +71,7 @@ def test_reference_emulation_is_bf16_operands_and_float32_sums():
     assert np.abs(fp32.forward(x, fp32.zero_state(2))[0] - want).max() > 1e-4
 
 
-@pytest.mark.parametrize("name", ["numpy", "jax"])
+@pytest.mark.parametrize("name", ["numpy", "jax", "mxnet"])
 def test_generation_and_export_stay_float32(name):
     """A bf16-mixed model's `step` (generation) computes what an fp32 model's does."""
     model_cls = NumpyCharRNN if name == "numpy" else require(name)
@@ -89,7 +89,7 @@ def _train(model_cls, argv):
     return run_cases(model_cls, [{"argv": ["train", *argv]}])[0]
 
 
-@pytest.mark.parametrize("name", ["pytorch", "jax"])
+@pytest.mark.parametrize("name", ["pytorch", "jax", "mxnet"])
 def test_trains_in_bf16_mixed_and_records_it(name, corpus, tmp_path):
     model_cls = require(name)
     ck, log = tmp_path / "ck", tmp_path / "run.log"
