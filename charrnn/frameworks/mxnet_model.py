@@ -24,7 +24,9 @@ script re-executes itself there. What differs from the other frameworks:
   are registered optimizers that run charrnn.common.optim's (docs/SPEC.md sections 4
   and 9).
 - The engine is asynchronous: `train_step` returns `loss.asscalar()`, which
-  waits for the step, so the clock measures the work.
+  waits for the loss; the backward and the update run on, and the next step's
+  forward waits for them (it reads the weights), so the loop's median step is the
+  work of one step (docs/FRAMEWORKS.md).
 
 `--precision bf16-mixed` (docs/SPEC.md section 12): MXNet 1.9.1 has bf16 CPU kernels
 (oneDNN) for FullyConnected, forward and backward, but none for the fused RNN operator,
@@ -497,7 +499,7 @@ class MxnetCharRNN(CharRNN):
         gluon.utils.clip_global_norm([p.grad() for p in self.params], self.optim.clip_norm,
                                      check_isfinite=False)  # stays asynchronous
         self.trainer.step(1)  # the loss is already a mean: no rescaling
-        return float(loss.asscalar()), state  # asscalar waits for the step to finish
+        return float(loss.asscalar()), state  # waits for the loss; the update runs on
 
     # ---- native checkpoints ------------------------------------------------------------
     def save_native(self, directory: Path):
