@@ -81,8 +81,10 @@ class CharRNN(abc.ABC):
 
     framework: ClassVar[str]  # registry name, e.g. "pytorch"
     # The --precision values this file implements (docs/SPEC.md section 12); the others are
-    # refused by `check_precision`, before a model is built.
+    # refused by `check_precision`, before a model is built, naming `precision_refusal`:
+    # what the framework lacks for them, as measured, or that they are not built yet.
     precisions: ClassVar[tuple[str, ...]] = (FP32,)
+    precision_refusal: ClassVar[str] = "not built yet (issue 29)"
 
     def __init__(self, config: ModelConfig, weights: Weights, optim: OptimConfig,
                  device: Device = CPU, seed: int = 0):
@@ -96,8 +98,8 @@ class CharRNN(abc.ABC):
         """Raise CharRnnError, one line, when this framework has no `precision` path. The
         training loop calls it before it locks or writes anything; construction again."""
         if precision not in cls.precisions:
-            raise CharRnnError(f"--precision {precision}: not built for {cls.framework} yet "
-                               "(docs/SPEC.md section 12; issue 29)")
+            raise CharRnnError(f"--precision {precision}: not available in {cls.framework}: "
+                               f"{cls.precision_refusal} (docs/SPEC.md section 12)")
 
     # ---- environment ---------------------------------------------------------------
     @classmethod

@@ -24,7 +24,16 @@ script re-executes itself there. What differs from the other frameworks:
   are registered optimizers that run charrnn.common.optim's (docs/SPEC.md sections 4
   and 9).
 - The engine is asynchronous: `train_step` returns `loss.asscalar()`, which
-  waits for the step, so the clock measures the work.
+  waits for the loss; the backward and the update run on, and the next step's
+  forward waits for them (it reads the weights), so the loop's median step is the
+  work of one step (docs/FRAMEWORKS.md).
+
+`--precision bf16-mixed` (docs/SPEC.md section 12): MXNet 1.9.1 has bf16 CPU kernels
+(oneDNN) for FullyConnected, forward and backward, but none for the fused RNN operator,
+so each recurrent layer becomes a time loop of bf16 FullyConnected products with float32
+gate maths, unrolled when its graph is traced (one graph per sequence length), over the
+same Parameters. The one departure: each product's result is rounded to bf16 once before
+it is widened (docs/FRAMEWORKS.md gives the cost).
 """
 
 import dataclasses
@@ -44,13 +53,22 @@ ONE_THREAD = one_step_command()
 if ONE_THREAD:
     os.environ["OMP_NUM_THREADS"] = "1"
     os.environ.setdefault("MXNET_ENGINE_TYPE", "NaiveEngine")
+# Common-subexpression elimination (MXNet's default since 1.6, read when a graph is built)
+# merges bf16-mixed's per-step casts of a layer's W_hh (`product`) into one, and autograd
+# then sums that cast's per-step gradients in bf16 (measured: the summed gradient was
+# bf16-representable, 0.24 off the float32 sum of 12 steps' gradients of about 20).
+# Off, each step's gradient is widened and the sum is float32. fp32's graphs have nothing
+# it could merge (no node with the same operator, attributes and inputs as another, in
+# the training, evaluation, one-step and loss graphs of all three cells).
+os.environ["MXNET_ELIMINATE_COMMON_EXPR"] = "0"
 
 import mxnet as mx
 import numpy as np
 from mxnet import autograd, gluon, nd
+from mxnet.contrib.amp.amp import bfloat16 as BF16  # MXNet's bf16 dtype (NumPy has none)
 from mxnet.gluon import nn, rnn
 
-from charrnn.common.config import ModelConfig, OptimConfig
+from charrnn.common.config import BF16_MIXED, FP32, ModelConfig, OptimConfig
 from charrnn.common.framework import CPU, CharRNN, Device, choose_device
 from charrnn.common.optim import adam_update, penalty_grad, rmsprop_update, sgd_update
 from charrnn.common.weights import Weights
@@ -68,9 +86,12 @@ CELLS = {"lstm": (rnn.LSTM, rnn.LSTMCell, {}), "gru": (rnn.GRU, rnn.GRUCell, {})
 
 class Net(gluon.HybridBlock):
     """Embedding -> one fused layer per recurrent layer -> Dense. The state is (h, c) for
-    the LSTM and (h,) for the GRU and RNN, each (L, B, H)."""
+    the LSTM and (h,) for the GRU and RNN, each (L, B, H). Under bf16-mixed the layers
+    and the dense layer run as `Bf16Recurrent` and `Bf16Dense` over the same Parameters,
+    the recurrence unrolled over `seq_len` steps."""
 
-    def __init__(self, config: ModelConfig, **block_kwargs):
+    def __init__(self, config: ModelConfig, precision: str = FP32, seq_len: int | None = None,
+                 **block_kwargs):
         super().__init__(**block_kwargs)  # prefix and params, to share another Net's
         fused, _, kwargs = CELLS[config.cell]
         with self.name_scope():
@@ -86,17 +107,114 @@ class Net(gluon.HybridBlock):
                 self.register_child(layer, f"{config.cell}{k}")  # "lstm0": saved names
                 self.layers.append(layer)
             self.dense = nn.Dense(config.vocab_size, flatten=False, in_units=config.rnn_size)
+        # bf16-mixed: the same Parameters through bf16 products (children of a bf16 Net
+        # only; the model saves its fp32 Net, so the saved names do not change).
+        self.bf16_layers, self.bf16_dense = [], None
+        if precision == BF16_MIXED:
+            for k, layer in enumerate(self.layers):
+                self.bf16_layers.append(Bf16Recurrent(layer, config, seq_len))
+                self.register_child(self.bf16_layers[-1], f"bf16_{config.cell}{k}")
+            self.bf16_dense = Bf16Dense(self.dense, config.vocab_size)
 
     def hybrid_forward(self, F, x, *state):
         """x (B, T) ids, state (L, B, H) each -> logits (B, T, V), new state."""
         out = self.drop(self.embedding(x))  # (B, T, E)
         new_state = []
-        for k, layer in enumerate(self.layers):
+        for k, layer in enumerate(self.bf16_layers or self.layers):
             state_k = [F.slice_axis(s, axis=0, begin=k, end=k + 1) for s in state]  # (1, B, H)
             out, state_k = layer(out, state_k)
             out = self.drop(out)  # (B, T, H)
             new_state.append(state_k)
-        return (self.dense(out), *(F.concat(*layers, dim=0) for layers in zip(*new_state)))
+        dense = self.dense if self.bf16_dense is None else self.bf16_dense
+        return (dense(out), *(F.concat(*layers, dim=0) for layers in zip(*new_state)))
+
+
+# ---- bf16-mixed (docs/SPEC.md section 12) ---------------------------------------------
+# MXNet 1.9.1's bf16 on the CPU is oneDNN's (v2.4.4 here): FullyConnected has bf16 kernels
+# forward and backward (oneDNN's inner product, avx512_core_bf16 on Zen 4), the fused RNN
+# operator has none ("Unknown type enum 12" for bf16 inputs; AMP's own lists keep RNN in
+# float32), and dot, batch_dot and linalg.gemm2 refuse bf16 on the CPU. So every product
+# is a bf16 FullyConnected, and each layer a time loop around it.
+
+
+def product(F, x, w, num_hidden: int):
+    """x (..., in) times w (out, in) transposed -> (..., out) float32, from bf16 operands.
+
+    amp_cast rounds each operand to bf16 (to nearest, ties to even: `to_bf16` bit for bit
+    on normal numbers; it flushes subnormals to zero; `astype`'s Cast truncates), oneDNN
+    sums the products in float32 and rounds the result to bf16 (FullyConnected has no bf16
+    to float32 kernel: section 12's one departure here), which is widened. Under autograd
+    the widening cast's backward rounds the cotangent to bf16 and the operands' casts widen
+    the gradients, so backward's products take bf16 operands and give float32 too."""
+    y = F.FullyConnected(F.amp_cast(x, dtype=BF16), F.amp_cast(w, dtype=BF16), no_bias=True,
+                         num_hidden=num_hidden, flatten=False)
+    return F.amp_cast(y, dtype="float32")
+
+
+def lstm_step(F, x_proj, h, c, w_hh, H):
+    """x_proj (B, 4H) = x W_ih^T + bias, precomputed; h, c (B, H) -> new h, c."""
+    i, f, g, o = F.split(x_proj + product(F, h, w_hh, 4 * H), num_outputs=4, axis=-1)
+    c = F.sigmoid(f) * c + F.sigmoid(i) * F.tanh(g)
+    return F.sigmoid(o) * F.tanh(c), c
+
+
+def gru_step(F, x_proj, h, w_hh, b_hh, H):
+    """x_proj (B, 3H) = x W_ih^T + b_ih; r multiplies the n block of h W_hh^T + b_hh."""
+    x_r, x_z, x_n = F.split(x_proj, num_outputs=3, axis=-1)
+    h_r, h_z, h_n = F.split(F.broadcast_add(product(F, h, w_hh, 3 * H), b_hh), num_outputs=3,
+                            axis=-1)
+    r, z = F.sigmoid(x_r + h_r), F.sigmoid(x_z + h_z)
+    n = F.tanh(x_n + r * h_n)
+    return (1.0 - z) * n + z * h
+
+
+class Bf16Recurrent(gluon.HybridBlock):
+    """A fused layer's Parameters (shared, as StepNet shares them) computed as a time loop
+    of bf16 `product`s: the input projection of every step at once, then per step the
+    recurrent product and the float32 gate maths. `seq_len` steps are unrolled when the
+    graph is traced. W_hh is cast at every step, so its per-step gradients are widened and
+    summed in float32 (cast once, autograd would sum them in bf16)."""
+
+    def __init__(self, layer, config: ModelConfig, seq_len: int):
+        super().__init__(prefix=layer.prefix, params=layer.params)
+        self.cell, self.gates, self.rnn_size = config.cell, config.gates, config.rnn_size
+        self.seq_len = seq_len
+        for name in ("l0_i2h_weight", "l0_h2h_weight", "l0_i2h_bias", "l0_h2h_bias"):
+            setattr(self, name, self.params.get(name))  # the layer's own Parameter
+
+    def hybrid_forward(self, F, inputs, states, l0_i2h_weight, l0_h2h_weight, l0_i2h_bias,
+                       l0_h2h_bias):
+        """inputs (B, T, in), states [(1, B, H)] * (2 or 1) -> (B, T, H), new states."""
+        H, cell = self.rnn_size, self.cell
+        # The LSTM's and RNN's h2h_bias is zero and frozen, but part of the layer's sum.
+        bias = l0_i2h_bias if cell == "gru" else l0_i2h_bias + l0_h2h_bias
+        x_proj = F.broadcast_add(product(F, F.swapaxes(inputs, 0, 1), l0_i2h_weight,
+                                         self.gates * H), bias)  # (T, B, gates * H)
+        steps = (F.split(x_proj, num_outputs=self.seq_len, axis=0, squeeze_axis=True)
+                 if self.seq_len > 1 else [F.squeeze(x_proj, axis=0)])
+        h, *c = (F.squeeze(s, axis=0) for s in states)  # (B, H)
+        outputs = []
+        for x_t in steps:
+            if cell == "lstm":
+                h, c[0] = lstm_step(F, x_t, h, c[0], l0_h2h_weight, H)
+            elif cell == "gru":
+                h = gru_step(F, x_t, h, l0_h2h_weight, l0_h2h_bias, H)
+            else:
+                h = F.tanh(x_t + product(F, h, l0_h2h_weight, H))
+            outputs.append(h)
+        return F.stack(*outputs, axis=1), [F.expand_dims(s, axis=0) for s in (h, *c)]
+
+
+class Bf16Dense(gluon.HybridBlock):
+    """nn.Dense's Parameters (shared): logits = bf16 `product` + the float32 bias."""
+
+    def __init__(self, dense: nn.Dense, vocab_size: int):
+        super().__init__(prefix=dense.prefix, params=dense.params)
+        self.vocab_size = vocab_size
+        self.weight, self.bias = self.params.get("weight"), self.params.get("bias")
+
+    def hybrid_forward(self, F, x, weight, bias):
+        return F.broadcast_add(product(F, x, weight, self.vocab_size), bias)  # (B, T, V)
 
 
 class StepNet(gluon.HybridBlock):
@@ -209,8 +327,14 @@ def make_optimizer(optim: OptimConfig) -> mx.optimizer.Optimizer:
 # ---------------------------------------------------------------------------------------
 
 
+# hybridize(): one cached graph per input shape, memory planned once (1.35x a default
+# step against a plain hybridize(), docs/FRAMEWORKS.md).
+STATIC = {"static_alloc": True, "static_shape": True}
+
+
 class MxnetCharRNN(CharRNN):
     framework = "mxnet"
+    precisions = (FP32, BF16_MIXED)
     # MXNet trains data-parallel across processes through a dist_sync kvstore, started by
     # its parameter-server launcher (tools/launch.py), which the pip package lacks.
     data_parallel_refusal = ("MXNet's multi-process training needs a dist_sync kvstore "
@@ -225,13 +349,13 @@ class MxnetCharRNN(CharRNN):
         self.net = Net(config)
         self.net.initialize(mx.init.Zero(), ctx=self.ctx)
         self._load_canonical(weights)
-        # static_alloc/static_shape: one cached graph per input shape, memory planned once.
-        self.net.hybridize(static_alloc=True, static_shape=True)
+        self.net.hybridize(**STATIC)
         self.step_net = StepNet(self.net, config)
-        self.step_net.hybridize(static_alloc=True, static_shape=True)
-        self._eval_net = None  # a dropout-free twin for loss_and_grads, made when needed
+        self.step_net.hybridize(**STATIC)
+        # The graphs that run batches, by `_graph`'s key; fp32's with dropout is self.net.
+        self._nets = {(None, True): self.net} if optim.precision == FP32 else {}
         self.loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()  # sparse labels, softmax on -1
-        self.loss_fn.hybridize(static_alloc=True, static_shape=True)
+        self.loss_fn.hybridize(**STATIC)
         self.params = [p for p in self.net.collect_params().values() if p.grad_req != "null"]
         self.trainer = gluon.Trainer(self.params, make_optimizer(optim), kvstore=None)
         native = self._native()
@@ -312,8 +436,27 @@ class MxnetCharRNN(CharRNN):
         return nd.array(a, ctx=self.ctx, dtype=np.float32)
 
     # ---- compute ---------------------------------------------------------------------
+    def _graph(self, seq_len: int, dropout: bool = True) -> Net:
+        """The hybridized Net that runs batches of `seq_len` steps in the run's precision,
+        made on first use and sharing self.net's Parameters. fp32's fused layers take any
+        length (key None); bf16-mixed unrolls its loop when traced, one graph per length.
+        Without `dropout`, a dropout-free twin (loss_and_grads: evaluation mode)."""
+        key = (seq_len if self.optim.precision == BF16_MIXED else None,
+               dropout or self.config.drop_rate == 0)
+        if key not in self._nets:
+            config = self.config if key[1] else dataclasses.replace(self.config, drop_rate=0.0)
+            net = Net(config, self.optim.precision, key[0], prefix=self.net.prefix,
+                      params=self.net.collect_params())
+            # Not static_alloc under bf16-mixed: it turns the sum of W_hh's per-step
+            # gradients into in-place additions (kAddTo), which amp_cast's oneDNN backward
+            # drops: the gradient was the last step's alone (measured; docs/FRAMEWORKS.md).
+            net.hybridize(**(STATIC if key[0] is None else {}))
+            self._nets[key] = net
+        return self._nets[key]
+
     def forward(self, x, state):
-        logits, *state = self.net(self._ids(x), *state)  # not recording: evaluation mode
+        # Not recording: evaluation mode, dropout off.
+        logits, *state = self._graph(x.shape[1])(self._ids(x), *state)
         return logits.asnumpy(), tuple(state)
 
     def step(self, ids, state):
@@ -341,13 +484,8 @@ class MxnetCharRNN(CharRNN):
             grad += penalty_grad(nd, param.data(), o.l1, o.l2)
 
     def loss_and_grads(self, x, y, state):
-        # Evaluation mode means no dropout: with drop_rate > 0, a dropout-free twin that
-        # shares every Parameter runs it.
-        if self.config.drop_rate > 0 and self._eval_net is None:
-            self._eval_net = Net(dataclasses.replace(self.config, drop_rate=0.0),
-                                 prefix=self.net.prefix, params=self.net.collect_params())
-            self._eval_net.hybridize(static_alloc=True, static_shape=True)
-        loss, state = self._loss(self._eval_net or self.net, x, y, state)
+        # Evaluation mode means no dropout: the dropout-free twin.
+        loss, state = self._loss(self._graph(x.shape[1], dropout=False), x, y, state)
         # The trained Parameters' gradients; the second bias has grad_req "null".
         grads = {name: trained.grad().asnumpy().copy()
                  for name, (trained, _) in self._native().items()}
@@ -357,11 +495,11 @@ class MxnetCharRNN(CharRNN):
         self.trainer.set_learning_rate(learning_rate)  # the optimizer's lr, read per step
 
     def train_step(self, x, y, state):
-        loss, state = self._loss(self.net, x, y, state)
+        loss, state = self._loss(self._graph(x.shape[1]), x, y, state)
         gluon.utils.clip_global_norm([p.grad() for p in self.params], self.optim.clip_norm,
                                      check_isfinite=False)  # stays asynchronous
         self.trainer.step(1)  # the loss is already a mean: no rescaling
-        return float(loss.asscalar()), state  # asscalar waits for the step to finish
+        return float(loss.asscalar()), state  # waits for the loss; the update runs on
 
     # ---- native checkpoints ------------------------------------------------------------
     def save_native(self, directory: Path):

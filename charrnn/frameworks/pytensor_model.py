@@ -183,6 +183,13 @@ class PytensorCharRNN(NumpyState, CharRNN):
     framework = "pytensor"
     data_parallel_refusal = ("PyTensor has no collectives across processes (Theano's "
                              "multi-GPU platoon was not carried over)")
+    # bf16-mixed: PyTensor 3.0.7's tensor types end at float16 (`pt.matrix(dtype=
+    # "bfloat16")`: "TypeError: Invalid dtype: bfloat16"; only its MLX backend, Apple
+    # silicon, names a bfloat16), so no product can take bf16 operands. Rounding float32
+    # operands to bf16 values inside the graph would emulate the arithmetic, as the NumPy
+    # reference does, without a bf16 kernel: not a bf16 path (docs/FRAMEWORKS.md).
+    precision_refusal = ("PyTensor 3.0.7 has no bfloat16 dtype (its types end at float16), "
+                         "so no product can take bf16 operands")
 
     def __init__(self, config: ModelConfig, weights: Weights, optim: OptimConfig,
                  device: Device = CPU, seed: int = 0):
