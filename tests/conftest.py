@@ -38,7 +38,7 @@ def pytest_collection_modifyitems(config, items):
     compiled on both workers. The id is set where pytest reads it, with the group name
     slugged ("keras[jax]" -> "keras-jax"): xdist reads "@" as a group only after the
     last "]"."""
-    if not config.getvalue("loadgroup") or not items or not hasattr(items[0], "_id"):
+    if not getattr(config.option, "loadgroup", False) or not items or not hasattr(items[0], "_id"):
         return
     from _pytest.nodeid import coerce_node_id
     for item in items:
