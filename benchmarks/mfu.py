@@ -77,23 +77,32 @@ def measure_peak(size: int = PEAK_SIZE, repeats: int = PEAK_REPEATS) -> dict:
 def measure_bf16_peak(size: int = PEAK_SIZE, repeats: int = PEAK_REPEATS,
                       threads: int | None = None) -> dict:
     """Best bfloat16 (size x size) @ (size x size) rate of PyTorch here, in FLOP/s, measured
-    as measure_peak is; with the ATen CPU capability PyTorch dispatched to ("AVX512")."""
+    as measure_peak is; with the ATen CPU capability PyTorch dispatched to ("AVX512") and,
+    right after, PyTorch's own float32 rate on the same matrices (torch_fp32_flops: the
+    bf16 gain within one library, where the float32 peak is NumPy's BLAS)."""
     import torch
 
     if threads:
         torch.set_num_threads(threads)
     generator = torch.Generator().manual_seed(0)
-    a, b = (torch.randn(size, size, generator=generator).to(torch.bfloat16) for _ in "ab")
-    out = torch.empty(size, size, dtype=torch.bfloat16)
-    torch.matmul(a, b, out=out)  # warm-up: oneDNN builds its kernel here
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        torch.matmul(a, b, out=out)
-        times.append(time.perf_counter() - start)
-    return {"peak_flops": 2.0 * size ** 3 / min(times), "size": size, "repeats": repeats,
+    a, b = (torch.randn(size, size, generator=generator) for _ in "ab")
+
+    def times_of(dtype) -> list[float]:
+        x, y = a.to(dtype), b.to(dtype)
+        out = torch.empty(size, size, dtype=dtype)
+        torch.matmul(x, y, out=out)  # warm-up: oneDNN builds its kernel here
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            torch.matmul(x, y, out=out)
+            times.append(time.perf_counter() - start)
+        return times
+    times, fp32 = times_of(torch.bfloat16), times_of(torch.float32)
+    flops = 2.0 * size ** 3
+    return {"peak_flops": flops / min(times), "size": size, "repeats": repeats,
             "times_s": times, "dtype": "bf16", "library": f"torch {torch.__version__}",
-            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "torch_fp32_flops": flops / min(fp32)}
 
 
 def _blas_name(np) -> str | None:

@@ -965,7 +965,10 @@ def engine_and_bf16_records(loaded: Path, isa: list[str] | None = None) -> Path:
         if r["framework"] == "pytorch":
             bf16 = {k: v for k, v in r.items() if not k.startswith(("generat",))}
             bf16.update(framework="pytorch[bf16]", precision="bf16-mixed",
-                        peak_bf16_before={"peak_flops": 80e9, "dtype": "bf16"},
+                        peak_bf16_before={"peak_flops": 80e9, "dtype": "bf16", "size": 1024,
+                                          "repeats": 10, "library": "torch 2.13.0+cpu",
+                                          "cpu_capability": "AVX512",
+                                          "torch_fp32_flops": 40e9},
                         peak_bf16_after={"peak_flops": 100e9, "dtype": "bf16"})
             extra.append(bf16)
         if r["framework"] == "numpy":
@@ -1021,6 +1024,10 @@ def test_report_shows_bf16_and_engine_rows_for_what_they_are(loaded):
     # The bf16 peaks beside the float32 ones: the header and the step-time table.
     assert "bf16 matmul peak (the bf16 rows' MFU is against it): 80.0–100.0 GFLOP/s over 4" in md
     assert "| bf16 peak GFLOP/s |" in md
+    assert ("- bf16 matmul peak: torch 2.13.0+cpu (ATen CPU capability AVX512), bf16 operands "
+            "and result, 1024² matrices, best of 10,") in md
+    assert ("in its first measurement 80.0 GFLOP/s, and PyTorch's own float32 product on the "
+            "same matrices right after 40.0\n- git commit") in md
     # Generation: the engine, not the bf16 row; its memory; the session options measured.
     generation = md.split("## Generation")[1].split("## Machine")[0]
     assert "| onnxruntime |" in generation and "| pytorch[bf16] |" not in generation
