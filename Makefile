@@ -4,8 +4,9 @@ PYTHON ?= python3
 VENV := .venv
 LEGACY := .venv-legacy
 
-.PHONY: setup browser demo lint test test-modern test-legacy bench bench-full reference-full reference-results clean \
-	bench-sweep reference-sweep bench-cells reference-cells bench-scaling reference-scaling
+.PHONY: setup browser demo lint test test-modern test-legacy bench bench-full reference-full \
+	reference-results clean bench-sweep reference-sweep bench-sweep-bf16 reference-sweep-bf16 \
+	bench-cells reference-cells bench-scaling reference-scaling
 
 # The two environments install side by side (-j2): on a fresh machine that is most of
 # `make test`'s time.
@@ -78,7 +79,7 @@ reference-full: setup
 	$(VENV)/bin/python -m benchmarks.report benchmarks/results/full --reference --compare-original
 
 # The committed quick reference: three repeats taking turns (the report gives medians and
-# min-max), published to benchmarks/reference/<machine>/quick/ (<machine>: CPU model, best
+# min-max; with the bf16 rows and onnxruntime about 40 minutes on the 2-core CPU), published to benchmarks/reference/<machine>/quick/ (<machine>: CPU model, best
 # vector or matrix extension and core count, e.g. amd-epyc-avx512bf16-2core) with its
 # report and plots, and docs/RESULTS.md rewritten. The README's headline table is this
 # table's few columns for the newest kind (tests/test_readme.py says when it is stale).
@@ -98,6 +99,18 @@ bench-sweep: setup
 reference-sweep: setup
 	$(VENV)/bin/python -m benchmarks.run_all --profile sweep --no-report
 	$(VENV)/bin/python -m benchmarks.report benchmarks/results/sweep --reference
+
+# bf16-mixed against fp32 where the products are large (what bf16 matrix units can do):
+# the fp32 and the bf16 row of every framework with a bf16 path, 24 steps at --rnn-size
+# 128, 512 and 1024 (batch 64), no generation; about 35 minutes on the 2-core CPU.
+bench-sweep-bf16: setup
+	$(VENV)/bin/python -m benchmarks.run_all --profile sweep-bf16
+
+# The committed bf16 sweep: benchmarks/reference/<machine>/sweep-bf16/, docs/RESULTS.md
+# rewritten.
+reference-sweep-bf16: setup
+	$(VENV)/bin/python -m benchmarks.run_all --profile sweep-bf16 --no-report
+	$(VENV)/bin/python -m benchmarks.report benchmarks/results/sweep-bf16 --reference
 
 # What each cell costs (docs/SPEC.md section 8): one epoch of the LSTM, the GRU and the
 # vanilla RNN in every framework, each cell from its own initial weights (about three

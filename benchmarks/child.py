@@ -10,7 +10,13 @@ report needs from them goes into the record.
 One run, in order: the float32 matmul peak (benchmarks.mfu), training, `generate`
 of one stream, `generate --num-samples 64` (the batch figure), and the peak again,
 so that each run's MFU is measured against the machine's speed during that run and
-a change of speed in between shows. A sweep point (benchmarks.sweep) is such a run
+a change of speed in between shows. A bf16 row (benchmarks.rows) trains with
+`--precision bf16-mixed`, has the bf16 matmul peak measured right after the float32
+one before its run and right before it after (the same minute; its MFU is against it)
+and generates nothing. The inference engine's row (onnxruntime) has, in place of
+training, a child that exports the initial weights to ONNX and measures its session
+options (benchmarks.onnx_row prepare), then generates as the others do, with the
+options it found fastest. A sweep point (benchmarks.sweep) is such a run
 with its own plan: its sizes, its initial weights, its directory and the
 generations it measures. A run of the scaling profile trains as a data-parallel
 world of W processes on this machine (`python -m charrnn.common.launch --nproc W`,
@@ -33,13 +39,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks import records
+from benchmarks import onnx_row, records
 from benchmarks.plan import BATCH_SAMPLES, Plan, where_of  # noqa: F401 (where_of: for tests)
+from benchmarks.rows import ENGINE_MODULE, Row
 from charrnn.common import cli
-from charrnn.common.config import GenerateConfig
+from charrnn.common.config import BF16_MIXED, FP32, GenerateConfig
 from charrnn.common.logs import read_training_log
 from charrnn.common.paths import ROOT, env_python
-from charrnn.common.registry import Entry
 from charrnn.common.threads import thread_env
 
 # What the report keeps of a training log's header.
@@ -54,8 +60,9 @@ WATCH_EVERY_S = 1.0  # how often a training child's log is looked at for new epo
 # ---------------------------------------------------------------------------------------
 
 
-def skip_reason(entry: Entry) -> str | None:
-    """Why `entry` cannot run on this machine (its environment is missing), or None."""
+def skip_reason(entry: Row) -> str | None:
+    """Why `entry` (a row, or a registry entry) cannot run on this machine (its environment
+    is missing), or None."""
     python = entry.python()
     if not python.exists():
         return f"{records.portable(python)} does not exist (run make setup)"
@@ -68,12 +75,13 @@ def skip_reason(entry: Entry) -> str | None:
     return None
 
 
-def train_command(entry: Entry, plan: Plan, run_dir: Path) -> list[str]:
-    """The training command; a plan with a world size starts it through charrnn.common.launch,
-    W = 1 too, so that every world size has the same processes around its ranks and the
-    same start-up (WORLD_SIZE=1 is common.train's single-process path)."""
+def train_command(row: Row, plan: Plan, run_dir: Path) -> list[str]:
+    """The training command, in the row's precision; a plan with a world size starts it
+    through charrnn.common.launch, W = 1 too, so that every world size has the same
+    processes around its ranks and the same start-up (WORLD_SIZE=1 is common.train's
+    single-process path)."""
     s = plan.settings
-    python = str(entry.python())
+    python = str(row.python())
     launch = ([python, "-m", "charrnn.common.launch", "--nproc", str(plan.world_size)]
               if plan.world_size else [python])
     train = dataclasses.replace(
@@ -83,16 +91,36 @@ def train_command(entry: Entry, plan: Plan, run_dir: Path) -> list[str]:
         sample_length=0, random_seed=s.random_seed, device=s.device, log_every=s.log_every,
         # Only the end-of-epoch checkpoints: a periodic save would be time the table
         # does not count (the loop leaves it out) but the run still spends.
-        checkpoint_minutes=0.0)
-    return [*launch, str(entry.script), "train", *cli.to_argv(train)]
+        checkpoint_minutes=0.0, precision=row.precision)
+    return [*launch, str(row.script), "train", *cli.to_argv(train)]
 
 
-def generate_command(entry: Entry, plan: Plan, run_dir: Path, num_samples: int = 1) -> list[str]:
+def generate_command(row: Row, plan: Plan, run_dir: Path, num_samples: int = 1,
+                     options: dict | None = None) -> list[str]:
+    """`generate` of the checkpoint just trained; for the engine, of its step graph, with
+    session `options` ({"intra_op_threads": 1, "optimization": "all"}; default those)."""
     s = plan.settings
     generate = GenerateConfig(
         checkpoint_path=str(run_dir / "checkpoint"), text_path=s.text_path, length=s.gen_length,
         random_seed=s.random_seed, threads=s.threads, device=s.device, num_samples=num_samples)
-    return [str(entry.python()), str(entry.script), "generate", *cli.to_argv(generate)]
+    if not row.engine:
+        return [str(row.python()), str(row.script), "generate", *cli.to_argv(generate)]
+    options = options or {"intra_op_threads": 1, "optimization": "all"}
+    generate = dataclasses.replace(generate, checkpoint_path=str(run_dir / onnx_row.STEP_GRAPH))
+    return [str(row.python()), "-m", ENGINE_MODULE, "generate", "--intra-op-threads",
+            str(options["intra_op_threads"]), "--optimization", options["optimization"],
+            *cli.to_argv(generate)]
+
+
+def prepare_command(row: Row, plan: Plan, run_dir: Path) -> list[str]:
+    """The engine's export of the initial weights and measurement of its session options
+    (benchmarks.onnx_row prepare), for the generations the plan measures."""
+    s = plan.settings
+    return [str(row.python()), "-m", ENGINE_MODULE, "prepare", "--init-from",
+            str(plan.init_path), "--out", str(run_dir), "--threads", str(s.threads),
+            "--num-samples", ",".join(map(str, row.generations(plan.generations))),
+            "--length", str(s.gen_length), "--text-path", s.text_path,
+            "--random-seed", str(s.random_seed)]
 
 
 def portable_command(cmd: list[str]) -> str:
@@ -214,11 +242,14 @@ def batch_chars(chars: int, num_samples: int, length: int) -> int:
     return chars * num_samples if num_samples > 1 and chars == length else chars
 
 
-def measure_peak_flops(threads: int, size: int, repeats: int) -> dict:
-    """benchmarks.mfu in a fresh process, its thread variables set before NumPy loads."""
+def measure_peak_flops(threads: int, size: int, repeats: int, dtype: str = "fp32") -> dict:
+    """benchmarks.mfu in a fresh process, its thread variables set before NumPy (or, for
+    the bf16 peak, PyTorch: the modern environment's) loads."""
     env = {**os.environ, **thread_env(threads)}
-    out = subprocess.run([str(env_python("any")), "-m", "benchmarks.mfu", "--threads",
-                          str(threads), "--size", str(size), "--repeats", str(repeats)],
+    python = env_python("any" if dtype == "fp32" else "modern")
+    out = subprocess.run([str(python), "-m", "benchmarks.mfu", "--threads",
+                          str(threads), "--size", str(size), "--repeats", str(repeats),
+                          "--dtype", dtype],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     if out.returncode != 0:
         return {"peak_flops": None, "error": last_line(out.stderr)}
@@ -230,44 +261,58 @@ def measure_peak_flops(threads: int, size: int, repeats: int) -> dict:
 # ---------------------------------------------------------------------------------------
 
 
-def run_framework(entry: Entry, repeat: int, plan: Plan,
+def run_framework(row: Row, repeat: int, plan: Plan,
                   on_epochs: Callable[[list[dict]], None] | None = None) -> dict:
-    """Peak, train, generate (plan.generations: one stream, then a batch), peak again; the
-    record of what happened (never raises for a child's failure). `on_epochs` gets the
-    epoch records so far each time training logs a new one."""
-    run_dir = plan.run_dir(entry, repeat)
+    """Peak, train (the engine: prepare), generate (the row's of plan.generations: one
+    stream, then a batch), peak again; the record of what happened (never raises for a
+    child's failure). `on_epochs` gets the epoch records so far each time training logs a
+    new one."""
+    run_dir = plan.run_dir(row, repeat)
     if run_dir.exists():
         shutil.rmtree(run_dir)  # a fresh run: logs append, so old ones must go
     run_dir.mkdir(parents=True)
-    env = {**entry.process_env(), **thread_env(plan.settings.threads)}
+    env = {**row.process_env(), **thread_env(plan.settings.threads)}
     point = {"point": plan.point.as_dict()} if plan.point else {}
     if plan.cell:
         point["cell"] = plan.cell
     if plan.world_size:
         point["world_size"] = plan.world_size
+    if row.precision != FP32:
+        point["precision"] = row.precision
+    if row.engine:
+        point["engine"] = True
     record = records.framework_record(
-        entry.name, repeat, entry.env, entry.script, entry.python(), **point,
+        row.name, repeat, row.env, row.script, row.python(), **point,
         started=records.now(), loadavg_start=records.loadavg())
+    bf16 = row.precision == BF16_MIXED
     record["peak_before"] = _peak(plan)
-    if _train(entry, plan, run_dir, env, record, on_epochs):
-        for num_samples in plan.generations:  # the record names the first that fails; stop there
-            if not _generate(entry, plan, run_dir, env, record, num_samples):
+    if bf16:  # the same minute as the float32 peak, on either side of the run
+        record["peak_bf16_before"] = _peak(plan, "bf16")
+    options = {}
+    if _prepare(row, plan, run_dir, env, record) if row.engine else _train(
+            row, plan, run_dir, env, record, on_epochs):
+        options = (record.get("session") or {}).get("chosen") or {}
+        for num_samples in row.generations(plan.generations):  # the first that fails: stop
+            if not _generate(row, plan, run_dir, env, record, num_samples,
+                             options.get(str(num_samples))):
                 break
+    if bf16:
+        record["peak_bf16_after"] = _peak(plan, "bf16")
     record["peak_after"] = _peak(plan)
     if not plan.keep_checkpoints:
         shutil.rmtree(run_dir / "checkpoint", ignore_errors=True)
     return records.finish(record)
 
 
-def _peak(plan: Plan) -> dict:
-    return measure_peak_flops(plan.settings.threads, plan.peak_size, plan.peak_repeats)
+def _peak(plan: Plan, dtype: str = "fp32") -> dict:
+    return measure_peak_flops(plan.settings.threads, plan.peak_size, plan.peak_repeats, dtype)
 
 
-def _train(entry: Entry, plan: Plan, run_dir: Path, env: dict, record: dict,
+def _train(row: Row, plan: Plan, run_dir: Path, env: dict, record: dict,
            on_epochs: Callable[[list[dict]], None] | None) -> bool:
     """Train into `run_dir`; the losses, timings and header go into `record`. Whether it
     trained (a failure is recorded)."""
-    cmd = train_command(entry, plan, run_dir)
+    cmd = train_command(row, plan, run_dir)
     record["train_command"] = portable_command(cmd)
     log = run_dir / "train.jsonl"
     train = run_child(cmd, env, run_dir / "train.out", run_dir / "train.err", plan.timeout_s,
@@ -280,6 +325,27 @@ def _train(entry: Entry, plan: Plan, run_dir: Path, env: dict, record: dict,
         records.record_failure(record, "train", train, _last_err(run_dir / "train.err"),
                                plan.timeout_s, "no epoch record in its train.jsonl")
         return False
+    return True
+
+
+def _prepare(row: Row, plan: Plan, run_dir: Path, env: dict, record: dict) -> bool:
+    """The engine's stand-in for training: export the initial weights and measure the
+    session options (benchmarks.onnx_row prepare); what it measured and chose goes into
+    record["session"], its versions into record["header"]. Whether it worked."""
+    cmd = prepare_command(row, plan, run_dir)
+    record["prepare_command"] = portable_command(cmd)
+    proc = run_child(cmd, env, run_dir / "prepare.out", run_dir / "prepare.err",
+                     plan.timeout_s)
+    record["prepare_process"] = dataclasses.asdict(proc)
+    path = run_dir / onnx_row.SESSION_NAME
+    session = json.loads(path.read_text()) if path.exists() else None
+    if proc.timed_out or proc.returncode != 0 or session is None:
+        records.record_failure(record, "prepare", proc, _last_err(run_dir / "prepare.err"),
+                               plan.timeout_s, f"no {onnx_row.SESSION_NAME} written")
+        return False
+    record["header"] = {k: session.get(k) for k in HEADER_KEYS if k in session}
+    record["session"] = {k: session[k] for k in ("step_graph", "tune_rounds", "measured",
+                                                 "chosen")}
     return True
 
 
@@ -299,13 +365,14 @@ def _epoch_watcher(log: Path, on_epochs: Callable[[list[dict]], None]) -> Callab
     return watch
 
 
-def _generate(entry: Entry, plan: Plan, run_dir: Path, env: dict, record: dict,
-              num_samples: int = 1) -> bool:
-    """Generate from the checkpoint just trained, one stream (its timing and text go into
-    record["generation"]) or a batch of `num_samples` (record["generation_batch"]: the
-    timing, with every stream's characters counted). Whether it worked."""
+def _generate(row: Row, plan: Plan, run_dir: Path, env: dict, record: dict,
+              num_samples: int = 1, options: dict | None = None) -> bool:
+    """Generate from the checkpoint just trained (the engine: its step graph, with session
+    `options`), one stream (its timing and text go into record["generation"]) or a batch
+    of `num_samples` (record["generation_batch"]: the timing, with every stream's
+    characters counted). Whether it worked."""
     name = "generate" if num_samples == 1 else "generate_batch"
-    cmd = generate_command(entry, plan, run_dir, num_samples)
+    cmd = generate_command(row, plan, run_dir, num_samples, options)
     record[f"{name}_command"] = portable_command(cmd)
     gen = run_child(cmd, env, run_dir / f"{name}.out", run_dir / f"{name}.err", plan.timeout_s)
     record[f"{name}_process"] = dataclasses.asdict(gen)

@@ -15,10 +15,10 @@ from pathlib import Path
 
 from benchmarks import records
 from benchmarks.mfu import PEAK_REPEATS, PEAK_SIZE
+from benchmarks.rows import Row, default_rows
 from benchmarks.sweep import Grid, Point
 from charrnn.common import cli
-from charrnn.common.config import CELLS, TrainConfig
-from charrnn.common.registry import Entry
+from charrnn.common.config import BF16_MIXED, CELLS, FP32, TrainConfig
 
 BATCH_SAMPLES = 64  # streams of the batch generation figure (generate --num-samples)
 Where = tuple[str | None, Point | None]  # (cell, sweep point) of a run; None, None: the default
@@ -36,21 +36,40 @@ class Profile:
     description: str
     # TrainConfig fields the profile sets ({"val_fraction": 0.0}); --extra-train-args wins.
     train: dict = field(default_factory=dict)
-    sweep: bool = False  # one run per point of a Grid (benchmarks.sweep)
+    sweep: bool = False  # one run per point of `grid` (benchmarks.sweep)
+    grid: Grid = Grid()  # a sweep's points without --rnn-sizes and --batch-sizes
     cells: tuple[str, ...] = ("lstm",)  # one run per cell (docs/SPEC.md section 8)
     # One run per data-parallel world size (charrnn.common.launch --nproc W), of the frameworks
     # with a data-parallel path; () for a run of one process, started directly.
     world_sizes: tuple[int, ...] = ()
     threads: int | None = None  # --threads of each process; None: every usable core
+    # The rows without --frameworks (benchmarks.rows.default_rows): each framework in each of
+    # these precisions its class declares; with `paired`, only the frameworks that declare
+    # all of them; then these inference engines' generation rows.
+    precisions: tuple[str, ...] = (FP32,)
+    paired: bool = False
+    engines: tuple[str, ...] = ()
+    generate: bool = True  # measure generation (the plan's `generations`); False: none
+
+    def rows(self) -> list[Row]:
+        """Its rows without --frameworks; the scaling profile: those with a data-parallel
+        path."""
+        return default_rows(self.precisions, self.paired, self.engines,
+                            data_parallel=bool(self.world_sizes))
 
 
-# The quick profile must finish in under 15 minutes for all ten frameworks together on
-# a 2-core CPU. Measured on a quiet machine (a 40-step run, 2 threads, default spec): a
-# step takes 25 ms (pytorch) to about 210 ms (pytensor, chainer), so one whole epoch of
-# 245 steps is 7 s to 70 s per framework and about 270 s for the ten; start-up,
-# compilation, validation and `generate --length 1024` add about 80 s. One full epoch
-# therefore takes about 6 minutes in all, and seconds per epoch and the epoch-1 losses
-# are measured, not extrapolated.
+# The quick profile must finish in under 15 minutes for all its rows together on a 2-core
+# CPU. Measured on a quiet machine (a 40-step run, 2 threads, default spec): a step takes
+# 25 ms (pytorch) to about 210 ms (pytensor, chainer), so one whole epoch of 245 steps is
+# 7 s to 70 s per framework and about 270 s for the ten; start-up, compilation,
+# validation and `generate --length 1024` add about 80 s. One full epoch therefore takes
+# about 6 minutes in all, and seconds per epoch and the epoch-1 losses are measured, not
+# extrapolated. The six bf16 rows (pytorch, tensorflow, jax, keras on its three backends:
+# every framework whose class declares bf16-mixed but the NumPy emulation) train as their
+# fp32 rows do, each right after its fp32 row, without generation (it runs in float32):
+# about 3 more minutes (a repeat of the reference of 2026-12-06 took 8:13 to 10:03, and
+# those six rows, less their generation, 2:42 to 3:11 of it); the onnxruntime row (its
+# export, its session options, two generations) about 30 s. 12 to 14 minutes in all.
 #
 # The sweep profile must finish in 30 minutes on the same machine: 11 rows (the ten
 # of the quick reference and chainer[nstep], taken as slow as chainer) x 7 points
@@ -77,7 +96,10 @@ PROFILES = {
     "quick": Profile(1, None, 900,
                      "one epoch (245 steps of 64 x 64 characters) on tinyshakespeare with "
                      "the default model spec from the same initial weights, then one pass "
-                     "over the validation text and 1,024 generated characters"),
+                     "over the validation text and 1,024 generated characters; bf16 rows "
+                     "train in bf16-mixed and generate nothing; onnxruntime generates from "
+                     "the initial weights and trains nothing",
+                     precisions=(FP32, BF16_MIXED), engines=("onnxruntime",)),
     "full": Profile(32, None, 24 * 3600,
                     "32 epochs of the default model spec on tinyshakespeare, the original "
                     "suite's table"),
@@ -86,6 +108,20 @@ PROFILES = {
                      "sequences on tinyshakespeare (the first, with any compilation, timed "
                      "apart), no validation, then 1,024 generated characters (one stream) at "
                      "each rnn size", train={"val_fraction": 0.0}, sweep=True),
+    # What bf16 matrix units can do, where products are large enough to use them: the
+    # sweep's 24 steps of the fp32 and the bf16 row of every framework with a bf16 path,
+    # at rnn sizes 128, 512 and 1024 (batch 64), no generation (float32 in both rows).
+    # Estimated from the quick reference and the training FLOPs (1x, 14.5x and 57x the
+    # default's a step at the three sizes): 12 rows, at most about 35 minutes on the
+    # 2-core CPU, most of them at rnn size 1024 (a float32 step 2-8 s).
+    "sweep-bf16": Profile(1, SWEEP_STEPS, 600,
+                          "at rnn sizes 128, 512 and 1024 (batch 64), 24 training steps of "
+                          "64-character sequences on tinyshakespeare (the first, with any "
+                          "compilation, timed apart) in fp32 and in bf16-mixed, for every "
+                          "framework with a bf16 path; no validation, no generation",
+                          train={"val_fraction": 0.0}, sweep=True,
+                          grid=Grid(rnn_sizes=(128, 512, 1024), batch_sizes=(64,)),
+                          precisions=(FP32, BF16_MIXED), paired=True, generate=False),
     # One epoch of each cell, as the quick profile trains the LSTM: what a GRU and a vanilla
     # RNN cost against the LSTM in each framework (0.75x and 0.25x its matrix FLOPs).
     "cells": Profile(1, None, 900,
@@ -210,8 +246,8 @@ class Plan:
     def records_path(self) -> Path:
         return self.out / records.RECORDS_NAME
 
-    def run_dir(self, entry: Entry, repeat: int) -> Path:
-        where = self.out / "runs" / entry.slug
+    def run_dir(self, row: Row, repeat: int) -> Path:
+        where = self.out / "runs" / row.slug
         for part in self.where.split():
             where = where / part
         return where / str(repeat)
@@ -224,10 +260,11 @@ class Plan:
 
 @dataclass(frozen=True)
 class Job:
-    """One framework run: a framework, a repeat, its cell and sweep point (None, None for
-    the default LSTM outside a sweep) and its world size (None: one process, directly)."""
+    """One row's run: a row (a framework in one precision, or an engine), a repeat, its
+    cell and sweep point (None, None for the default LSTM outside a sweep) and its world
+    size (None: one process, directly)."""
 
-    entry: Entry
+    row: Row
     repeat: int
     point: Point | None = None
     cell: str | None = None
@@ -241,10 +278,10 @@ class Job:
     def key(self) -> str:
         """What past run times are kept under: the framework, its cell, sweep point and
         world size."""
-        return records.run_key(self.entry.name, self.where)
+        return records.run_key(self.row.name, self.where)
 
     def label(self, repeats: int) -> str:
-        return (describe_where(self.entry.name, self.cell, self.point, self.world_size)
+        return (describe_where(self.row.name, self.cell, self.point, self.world_size)
                 + (f" (repeat {self.repeat + 1})" if repeats > 1 else ""))
 
     def plan(self, plans: dict[Where, Plan]) -> Plan:

@@ -217,6 +217,18 @@ def run_seconds(record: dict) -> float | None:
         return None
 
 
+def session_choice(record: dict) -> str | None:
+    """An engine row's session options, as chosen for each number of streams: "1 stream:
+    1 intra-op thread, optimisation all; 64 streams: ..."; None for other rows."""
+    session = record.get("session")
+    chosen = session.get("chosen") if isinstance(session, dict) else None
+    if not chosen:
+        return None
+    return "; ".join(f"{n} stream{'s' if n != '1' else ''}: {c['intra_op_threads']} intra-op "
+                     f"thread{'s' if c['intra_op_threads'] != 1 else ''}, optimisation "
+                     f"{c['optimization']}" for n, c in chosen.items())
+
+
 def finish(record: dict) -> dict:
     record["finished"] = now()
     record["loadavg_end"] = loadavg()
@@ -261,17 +273,34 @@ def done_runs(records: list[dict]) -> set[tuple[str, int, str]]:
             if r.get("kind") == "framework" and r.get("status") in ("ok", "failed", "timeout")}
 
 
-def record_machines(records: list[dict]) -> list[str | None]:
-    """The machine of each record: `machine_slug` of the last "run" record before it (None
-    before any). A run's framework records follow its run record, and so do those of a
-    merged file (benchmarks.report DIR DIR ...: the directories' records one after the
-    other), so each framework record keeps the machine it was measured on."""
-    out, machine = [], None
+def record_runs(records: list[dict]) -> list[dict | None]:
+    """The run record of each record: the last "run" record before it (None before any). A
+    run's framework records follow its run record, and so do those of a merged file
+    (benchmarks.report DIR DIR ...: the directories' records one after the other), so each
+    framework record keeps the machine it was measured on."""
+    out, run = [], None
     for r in records:
         if r.get("kind") == "run":
-            machine = machine_slug(r.get("machine") or {})
-        out.append(machine)
+            run = r
+        out.append(run)
     return out
+
+
+def record_machines(records: list[dict]) -> list[str | None]:
+    """The machine of each record: `machine_slug` of its run record (record_runs)."""
+    return [None if run is None else machine_slug(run.get("machine") or {})
+            for run in record_runs(records)]
+
+
+def bf16_units(machine: dict) -> str | None:
+    """What a machine has for bf16 products, as its ISA list says: "AMX" (its matrix
+    tiles), "AVX512-BF16" (bf16 dot products in the vector units), or "" for neither (a
+    framework then emulates them, in float32 arithmetic); None for a record made before
+    machines recorded their extensions."""
+    isa = machine.get("isa")
+    if isa is None:
+        return None
+    return "AMX" if "amx_bf16" in isa else "AVX512-BF16" if "avx512_bf16" in isa else ""
 
 
 def previous_settings(records: list[dict]) -> dict | None:

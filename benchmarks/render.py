@@ -14,7 +14,7 @@ from pathlib import Path
 import jinja2
 import pandas as pd
 
-from benchmarks.records import machine_slug
+from benchmarks.records import bf16_units, machine_slug
 from benchmarks.summary import SPREAD, _peak_measurements, _records
 from charrnn.common.logs import format_duration
 
@@ -28,10 +28,13 @@ def _missing(value) -> bool:
 
 
 def _cell(value, fmt: str) -> str:
-    """A value as a table shows it: "–" where missing; `fmt` a str.format pattern, "pct"
-    (a share as 12.34%) or "duration" (h:mm:ss.s)."""
+    """A value as a table shows it: "–" where missing, a text as it is ("n/a" where a
+    figure does not apply to a row); `fmt` a str.format pattern, "pct" (a share as
+    12.34%) or "duration" (h:mm:ss.s)."""
     if _missing(value):
         return "–"
+    if isinstance(value, str) and fmt != "{}":
+        return value
     if fmt == "duration":
         return format_duration(value)
     if fmt == "pct":
@@ -112,6 +115,9 @@ def _machine_figures(runs: list[dict], frameworks: pd.DataFrame) -> dict:
             "max_load": max(loads, default=None),
             "used": threads * max(worlds) if threads is not None and worlds else threads,
             "measured": [p["peak_flops"] / 1e9 for p in _peak_measurements(frameworks)],
+            "measured_bf16": [p["peak_flops"] / 1e9
+                              for p in _peak_measurements(frameworks, bf16=True)],
+            "bf16_units": bf16_units(run.get("machine", {})),
             "old_peak": run.get("peak", {}).get("peak_flops")
             if isinstance(run.get("peak"), dict) else None}
 
@@ -147,10 +153,12 @@ def _machine_lines(run: dict, table: pd.DataFrame, frameworks: pd.DataFrame) -> 
     """The Machine section's list: CPU, threads and device, OS, how the peak was measured,
     the commit."""
     measured = _peak_measurements(frameworks)
+    bf16 = _peak_measurements(frameworks, bf16=True)
     devices = sorted({str(d) for d in table.get("device", pd.Series(dtype=object)).dropna()})
     return render("machine_lines.md.j2", run=run, m=run.get("machine", {}),
                   s=run.get("settings", {}), git=run.get("git", {}), measured=bool(measured),
                   peak=measured[0] if measured else run.get("peak") or {},
+                  bf16_peak=bf16[0] if bf16 else None,
                   devices=devices or [str(run.get("settings", {}).get("device"))]).rstrip("\n")
 
 

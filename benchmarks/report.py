@@ -94,7 +94,7 @@ from benchmarks.summary import (  # noqa: F401 (SPREAD, peaks: for tests)
     results_records,
     summarise,
 )
-from charrnn.common.config import CELLS
+from charrnn.common.config import BF16_MIXED, CELLS, FP32
 from charrnn.common.fileio import atomic_write_text
 from charrnn.common.paths import ROOT
 
@@ -155,7 +155,20 @@ GENERATION_TABLE = [
     ("gen_model_chars_per_s", "chars/s without sampler", "{:,.0f}"),
     ("batch_gen_chars_per_s", "batch chars/s", "{:,.0f}"),
     ("batch_gen_first_step_s", "batch first step s", "{:,.3f}"),
+    ("gen_peak_mb", "peak MiB", "{:,.0f}"), ("batch_gen_peak_mb", "batch peak MiB", "{:,.0f}"),
 ]
+# The session options an inference engine row measured before its timed generations.
+SESSION_TABLE = [
+    ("framework", "engine", "{}"), ("num_samples", "streams", "{:.0f}"),
+    ("intra_op_threads", "intra-op threads", "{:.0f}"), ("optimization", "optimisation", "{}"),
+    ("chars_per_s", "chars/s", "{:,.0f}"), ("kept", "kept", "{}"),
+]
+# What a row shows instead of figures that do not apply to it: an engine's training, a bf16
+# row's generation (it would run in float32, as its fp32 row's does).
+NOT_APPLICABLE = "n/a"
+TRAINING_COLUMNS = ("s_per_epoch", "wall_s_per_epoch", "chars_per_s", "step_ms",
+                    "first_step_s", "mfu", "peak_mb", "train_loss", "val_loss", "val_bpc")
+GENERATION_COLUMNS = ("gen_chars_per_s", "batch_gen_chars_per_s")
 # The original suite's numbers beside a run's (compare_original).
 ORIGINAL_TABLE = [
     ("framework", "framework", "{}"), ("script", "original script", "{}"),
@@ -256,6 +269,8 @@ def flags(row: dict) -> str:
         out.append(f"peaks {100 * diff:.0f}% apart¹")
     if stalls is not None and not math.isnan(stalls) and stalls > 0:
         out.append(f"{stalls:.0f} stall{'s' if stalls != 1 else ''}²")
+    if row.get("precision") == BF16_MIXED and row.get("bf16_units") == "":
+        out.append("bf16 emulated³")
     return ", ".join(out)
 
 
@@ -292,19 +307,89 @@ def _trained(table: pd.DataFrame) -> pd.DataFrame:
     return table[table["duration_s"].notna()] if "duration_s" in table else table.iloc[0:0]
 
 
+def _engines(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows of inference engines that generated."""
+    if "engine" not in table or "gen_chars_per_s" not in table:
+        return table.iloc[0:0]
+    return table[table["engine"].eq(True) & table["gen_chars_per_s"].notna()]
+
+
+def _fp32(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows in fp32 (records from before the precisions have none: fp32)."""
+    return table[table["precision"].fillna(FP32) == FP32] if "precision" in table else table
+
+
+def shown_rows(table: pd.DataFrame) -> list[dict]:
+    """The rows of the main and headline tables: those that trained (fastest first), then
+    the inference engines that generated; NOT_APPLICABLE in the figures that do not apply
+    to a row (an engine's training, a bf16 row's generation)."""
+    rows = _trained(table).to_dict("records") + _engines(table).to_dict("records")
+    for r in rows:
+        if r.get("engine") == True:  # noqa: E712 (numpy's bool, or NaN in older rows)
+            r.update(dict.fromkeys(TRAINING_COLUMNS, NOT_APPLICABLE))
+        elif r.get("precision", FP32) != FP32:
+            r.update(dict.fromkeys(GENERATION_COLUMNS, NOT_APPLICABLE))
+    return rows
+
+
 def results_table(table: pd.DataFrame) -> str:
-    """The main table, fastest first by s/epoch (a scaling run: without the generation
-    columns, as it generates nothing)."""
+    """The main table, fastest first by s/epoch, then the inference engines (a scaling
+    run: without the generation columns, as it generates nothing)."""
     columns = with_cell(TABLE, table)
     if shows_worlds(table):
-        columns = [c for c in columns if c[0] not in ("gen_chars_per_s", "batch_gen_chars_per_s")]
-    return markdown_table(_trained(table), columns)
+        columns = [c for c in columns if c[0] not in GENERATION_COLUMNS]
+    return markdown_table(shown_rows(table), columns)
 
 
 def headline_table(table: pd.DataFrame) -> str:
     """The README's few columns of a quick reference's table, medians only."""
-    return markdown_table(table.reindex(columns=[c for c, _, _ in HEADLINE_COLUMNS]),
-                          HEADLINE_COLUMNS)
+    return markdown_table([{c: r.get(c) for c, _, _ in HEADLINE_COLUMNS}
+                           for r in shown_rows(table)], HEADLINE_COLUMNS)
+
+
+def timing_columns(table: pd.DataFrame) -> list[tuple[str, str, str]]:
+    """The step-time table's columns; with bf16 rows, their bf16 peak after the float32
+    ones."""
+    if "peak_bf16_gflops" not in table or not table["peak_bf16_gflops"].notna().any():
+        return TIMING_TABLE
+    at = [c for c, _, _ in TIMING_TABLE].index("peak_diff")
+    return [*TIMING_TABLE[:at], ("peak_bf16_gflops", "bf16 peak GFLOP/s", "{:,.1f}"),
+            *TIMING_TABLE[at:]]
+
+
+def generation_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the generation table: the fp32 rows that trained (a bf16 row generates
+    nothing) and the engines."""
+    return pd.concat([_fp32(_trained(table)), _engines(table)])
+
+
+def session_table(frameworks: pd.DataFrame) -> str | None:
+    """The session options each engine row measured (benchmarks.onnx_row): per number of
+    streams and option, the median over repeats of each run's median chars/s, and in how
+    many runs it was the fastest (kept); None without an engine row."""
+    measured = []
+    for r in _records(frameworks):
+        session = r.get("session") if isinstance(r.get("session"), dict) else {}
+        for m in session.get("measured", []):
+            chosen = session.get("chosen", {}).get(str(m["num_samples"])) or {}
+            kept = ((chosen.get("intra_op_threads"), chosen.get("optimization"))
+                    == (m["intra_op_threads"], m["optimization"]))
+            measured.append({"framework": r["framework"], **m, "kept": kept})
+    if not measured:
+        return None
+    keys = ["framework", "num_samples", "intra_op_threads", "optimization"]
+    out = (pd.DataFrame(measured).groupby(keys, sort=False)
+           .agg(chars_per_s=("chars_per_s", "median"), kept=("kept", "sum"),
+                runs=("kept", "size")).reset_index())
+    out["kept"] = ["" if not k else "kept" if k == n else f"kept in {k} of {n} runs"
+                   for k, n in zip(out["kept"], out["runs"])]
+    return markdown_table(out, SESSION_TABLE)
+
+
+def session_choices(table: pd.DataFrame) -> list[dict]:
+    """Per engine row of the table, what it chose: its name and its choice text."""
+    return [{"name": r["framework"], "choice": r.get("session_choice")}
+            for r in _engines(table).to_dict("records")]
 
 
 def cells_table(table: pd.DataFrame) -> str:
@@ -389,7 +474,19 @@ def flag_notes(table: pd.DataFrame) -> list[str]:
     cells = " ".join(str(f) for f in table.get("flags", pd.Series(dtype=object)).dropna())
     return ([sentence("lines.md.j2", "peak_note", tolerance=PEAK_TOLERANCE)] if "¹" in cells
             else []) + ([sentence("lines.md.j2", "stall_note", factor=stall_factor(table))]
-                        if "²" in cells else [])
+                        if "²" in cells else []) + (
+        [sentence("lines.md.j2", "emulated_note")] if "³" in cells else [])
+
+
+def row_notes(table: pd.DataFrame) -> list[str]:
+    """What the main table's bf16 and engine rows are, where it has them."""
+    bf16 = [r for r in _trained(table).to_dict("records") if r.get("precision") == BF16_MIXED]
+    units = sorted({r["bf16_units"] or "none (emulated)" for r in bf16
+                    if isinstance(r.get("bf16_units"), str)})
+    return ([sentence("lines.md.j2", "bf16_note", names=[r["framework"] for r in bf16],
+                      units=units)] if bf16
+            else []) + ([sentence("lines.md.j2", "engine_note", engines=session_choices(table))]
+                        if len(_engines(table)) else [])
 
 
 def loss_agreement(table: pd.DataFrame) -> str | None:
@@ -446,8 +543,9 @@ def problems(table: pd.DataFrame) -> list[str]:
 def _samples(frameworks: pd.DataFrame) -> list[tuple[str, str]]:
     """(framework, the start of its generated text) of each first repeat that generated;
     a fence in the text would end the code block."""
-    return [(r["framework"], r["generation"]["text"][:SAMPLE_CHARS].replace("```", "'" * 3)
-             .rstrip("\n")) for r in _records(frameworks)
+    return [(r["framework"] + (" (the untrained initial weights)" if r.get("engine") else ""),
+             r["generation"]["text"][:SAMPLE_CHARS].replace("```", "'" * 3).rstrip("\n"))
+            for r in _records(frameworks)
             if r.get("repeat", 0) == 0 and isinstance(r.get("generation"), dict)
             and r["generation"].get("text")]
 
@@ -474,19 +572,20 @@ def render_report(runs: list[dict], table: pd.DataFrame, frameworks: pd.DataFram
         "report.md.j2", s=s, description=first.get("description", run.get("description", "?")),
         machine_header=machine_header(runs, frameworks),
         text_name=Path(s.get("text_path", "?")).name, results_table=results_table(table),
-        notes=flag_notes(table), summary=summary_lines(table, frameworks),
+        notes=row_notes(table) + flag_notes(table), summary=summary_lines(table, frameworks),
         problems=problems(table), worlds=worlds, machines=shows_machines(table),
         batch_samples=_batch_samples(table), repeated=_repeated(table),
         cells_table=cells_table(table) if shows_cells(table) else None,
         scaling_table=scaling_table(table) if worlds else None,
         base_world=min((int(w) for w in table["world_size"].dropna()), default=1)
         if worlds else 1,
-        timing_table=markdown_table(trained, with_cell(TIMING_TABLE, table)),
+        timing_table=markdown_table(trained, with_cell(timing_columns(table), table)),
         stall_factor=stall_factor(table), peak_tolerance=PEAK_TOLERANCE,
-        generation_table=markdown_table(trained, with_cell(GENERATION_TABLE, table)),
+        generation_table=markdown_table(generation_rows(table),
+                                        with_cell(GENERATION_TABLE, table)),
         machine_lines=machine_lines, versions_table=_versions_table(table),
         compare=compare_original(table) if compare else None, samples=_samples(frameworks),
-        sample_chars=SAMPLE_CHARS)
+        sample_chars=SAMPLE_CHARS, session_table=session_table(frameworks))
 
 
 # ---------------------------------------------------------------------------------------
@@ -494,10 +593,11 @@ def render_report(runs: list[dict], table: pd.DataFrame, frameworks: pd.DataFram
 # ---------------------------------------------------------------------------------------
 
 # The profiles' sections in the order the page shows them; others (a custom run) after.
-PAGE_ORDER = ("quick", "cells", "sweep", "scaling", "full")
+PAGE_ORDER = ("quick", "cells", "sweep", "sweep-bf16", "scaling", "full")
 PAGE_TITLES = {"quick": "One epoch of every framework (quick profile)",
                "cells": "The cells: LSTM, GRU and vanilla RNN (cells profile)",
                "sweep": "Model and batch size (sweep profile)",
+               "sweep-bf16": "bf16-mixed against fp32 up to rnn size 1024 (sweep-bf16 profile)",
                "scaling": "Data-parallel throughput (scaling profile)",
                "full": "32 epochs, the original suite's table (full profile)"}
 
@@ -527,15 +627,17 @@ def page_section(results_dir: Path, page: Path) -> dict:
     x = {"name": results_dir.name, "link": page_link(results_dir, page), "run": runs[-1],
          "title": PAGE_TITLES.get(results_dir.name, results_dir.name + " profile")}
     if sweep_report.is_sweep(frameworks):
-        table = sweep_report.sweep_table(frameworks)
+        table, grid = sweep_report.sweep_table(frameworks), sweep_report.grid_of(runs)
         return {**x, "profile": "sweep", "plots": (sweep_report.STEP_PLOT, sweep_report.BATCH_PLOT),
-                "table": sweep_report.framework_table(table, sweep_report.grid_of(runs))}
+                "table": sweep_report.framework_table(table, grid),
+                "precisions": sweep_report.precision_table(table, grid)}
     table = summary_table(frameworks)
     if shows_cells(table):
         return {**x, "profile": "cells", "table": cells_table(table)}
     if shows_worlds(table):
         return {**x, "profile": "scaling", "table": scaling_table(table)}
-    x.update(table=results_table(table), notes=flag_notes(table), repeated=_repeated(table))
+    x.update(table=results_table(table), notes=row_notes(table) + flag_notes(table),
+             repeated=_repeated(table))
     if runs[-1].get("settings", {}).get("profile") == "full":
         return {**x, "profile": "full", "description": runs[0].get("description", "?"),
                 "summary": summary_lines(table, frameworks), "compare": compare_original(table)}
@@ -590,7 +692,8 @@ def build(results_dir: str | Path, compare: bool = False) -> tuple[pd.DataFrame,
                 title=f"Loss per epoch ({profile} profile)")
     plot_losses(loss_curves, results_dir / "loss_vs_time.png", x="time",
                 title=f"Loss versus training time ({profile} profile)")
-    rows = [(table_label(r, table), r.get("chars_per_s"), r.get("gen_chars_per_s"))
+    rows = [(table_label(r, table), *(None if _missing(r.get(c)) else r[c]
+                                       for c in ("chars_per_s", "gen_chars_per_s")))
             for r in table.to_dict("records")]
     plot_throughput(rows, results_dir / "throughput.png",
                     title=f"Characters per second ({profile} profile)")

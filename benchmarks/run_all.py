@@ -10,6 +10,7 @@
         --rnn-sizes 64,128 --batch-sizes 1,16                     # a smaller sweep
     python -m benchmarks.run_all --profile scaling                # data-parallel, 1 and 2 processes
     python -m benchmarks.run_all --shard 2/4                      # the second quarter of the runs
+    python -m benchmarks.run_all --frameworks pytorch,pytorch[bf16],onnxruntime   # rows by name
 
 Every framework gets the same corpus, the same portable initial weights (written
 once per run from --random-seed), the same flags and the same thread count, and
@@ -22,6 +23,13 @@ other work shows in the report. With --repeats N the frameworks take turns (A B 
 A B C, ...), so that a slow spell of the machine falls on several frameworks
 rather than on all repeats of one. While a framework trains, a line on stderr
 says which run and epoch it is on and about how long the whole run has left.
+
+A row is a framework in one precision, or an inference engine (benchmarks.rows): the
+quick profile adds a bf16 row ("pytorch[bf16]", "keras[jax,bf16]") right after the
+fp32 row of every framework whose class declares `--precision bf16-mixed` (the NumPy
+reference's emulation only when named), and the onnxruntime row, which generates from
+the initial weights exported to ONNX and trains nothing. --frameworks names rows.
+The sweep-bf16 profile compares the two precisions at rnn sizes up to 1024.
 
 The sweep profile (benchmarks.sweep) runs every framework once per point of a grid
 of model and batch sizes, each point a run of its own with its own initial weights
@@ -50,7 +58,10 @@ What a run leaves in --out (default benchmarks/results/<profile>, ignored by git
     runs/<framework>/<k>/  train.log, train.jsonl, train.err, generate.out, generate.err,
                            generate_batch.out, generate_batch.err
                            (a sweep: init-<point>.safetensors, runs/<framework>/<point>/<k>/;
-                           the scaling profile: runs/<framework>/w<W>/<k>/)
+                           the scaling profile: runs/<framework>/w<W>/<k>/; a bf16 row:
+                           runs/pytorch-bf16/<k>/, no generation)
+    runs/onnxruntime/<k>/  model.onnx, model.step.onnx, session.json, prepare.out,
+                           prepare.err, generate.out, generate.err, ...
 
 and then the report of `benchmarks.report` (report.md, results.csv, plots), which
 reads only records.jsonl, with its table printed in markdown. A framework that
@@ -94,16 +105,17 @@ from benchmarks.plan import (  # noqa: F401 (PROFILES, SWEEP_STEPS: the runner's
     parse_shard,
     total_steps,
 )
+from benchmarks.rows import Row, select_rows
 from benchmarks.sweep import Grid, Point, parse_sizes
 from charrnn.common import cli, registry
 from charrnn.common.config import CELLS, DEVICES, GenerateConfig, TrainConfig
-from charrnn.common.registry import Entry
 
 # The train flags the runner gives each run itself (child.train_command), from its own
 # flags or per run: --extra-train-args may not set them. The flag to use instead, if any.
 RUNNER_TRAIN_FLAGS = {"num_epochs": "--num-epochs", "max_steps": "--max-steps",
                       "threads": "--threads", "random_seed": "--random-seed",
                       "device": "--device", "text_path": "--text-path", "cell": "--cells",
+                      "precision": "--frameworks NAME[bf16]",
                       "init_from": None, "checkpoint_path": None, "log_path": None,
                       "log_every": None, "sample_length": None, "checkpoint_minutes": None,
                       "restore": None}
@@ -154,12 +166,14 @@ def write_init_weights(path: Path, settings: Settings) -> None:
 
 
 def sweep_grid(args, profile: Profile) -> Grid | None:
-    """The grid of a sweep (--rnn-sizes and --batch-sizes over the default axes), else None."""
+    """The grid of a sweep (--rnn-sizes and --batch-sizes over the profile's axes), else
+    None."""
     if not profile.sweep:
         if args.rnn_sizes or args.batch_sizes:
-            raise SystemExit("error: --rnn-sizes and --batch-sizes need --profile sweep")
+            raise SystemExit("error: --rnn-sizes and --batch-sizes need --profile sweep (or "
+                             "sweep-bf16)")
         return None
-    grid = Grid()
+    grid = profile.grid
     return dataclasses.replace(
         grid, rnn_sizes=parse_sizes(args.rnn_sizes, "--rnn-sizes") if args.rnn_sizes
         else grid.rnn_sizes, batch_sizes=parse_sizes(args.batch_sizes, "--batch-sizes")
@@ -223,7 +237,7 @@ def resolve_settings(args) -> Settings:
     text_path = Path(args.text_path).resolve() if args.text_path else default_corpus_path()
     world_sizes = parse_world_sizes(args, profile, train.batch_size)
     custom = ((num_epochs, max_steps) != (profile.num_epochs, profile.max_steps) or user_extra
-              or args.text_path is not None or (grid is not None and grid != Grid())
+              or args.text_path is not None or (grid is not None and grid != profile.grid)
               or cells != profile.cells or world_sizes != profile.world_sizes)
     train_batches, chars_per_batch, _ = steps_per_epoch_and_vocab(text_path, train)
     total = total_steps(num_epochs, max_steps, train_batches)
@@ -279,8 +293,11 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--profile", choices=sorted(PROFILES), default="quick",
                    help="; ".join(f"{k}: {v.description}" for k, v in PROFILES.items()))
-    p.add_argument("--frameworks", help="comma-separated names (default: all registered: "
-                   + ", ".join(registry.FRAMEWORKS) + ")")
+    p.add_argument("--frameworks", help="comma-separated rows: a framework ("
+                   + ", ".join(registry.FRAMEWORKS) + "), a framework in bf16-mixed "
+                   "(pytorch[bf16], keras[jax,bf16]: those whose class declares it) or the "
+                   "engine onnxruntime (default: the profile's; quick: every framework, "
+                   "every bf16 row but numpy[bf16], and onnxruntime)")
     p.add_argument("--num-epochs", type=int, help="override the profile's epochs")
     p.add_argument("--max-steps", type=int, help="override the profile's step cap "
                    "(0: none, whole epochs)")
@@ -304,12 +321,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cells", metavar="CELL,...", help="train each of these cells "
                    f"({','.join(CELLS)}) in every framework, a run each (default: the "
                    "profile's: lstm, or all three for --profile cells)")
-    p.add_argument("--rnn-sizes", metavar="H,H,...", help="with --profile sweep: the rnn sizes, "
-                   "at the default batch size (default: "
-                   + ",".join(map(str, Grid().rnn_sizes)) + ")")
-    p.add_argument("--batch-sizes", metavar="B,B,...", help="with --profile sweep: the batch "
-                   "sizes, at the default rnn size (default: "
-                   + ",".join(map(str, Grid().batch_sizes)) + ")")
+    sweeps = {name: p.grid for name, p in PROFILES.items() if p.sweep}
+    p.add_argument("--rnn-sizes", metavar="H,H,...", help="with a sweep's profile: the rnn "
+                   "sizes, at the default batch size (default: the profile's: " + "; ".join(
+                       f"{name} {','.join(map(str, g.rnn_sizes))}" for name, g in sweeps.items())
+                   + ")")
+    p.add_argument("--batch-sizes", metavar="B,B,...", help="with a sweep's profile: the batch "
+                   "sizes, at the default rnn size (default: the profile's: " + "; ".join(
+                       f"{name} {','.join(map(str, g.batch_sizes))}" for name, g in sweeps.items())
+                   + ")")
     p.add_argument("--world-sizes", metavar="W,W,...", help="with --profile scaling: the "
                    "numbers of data-parallel processes, each dividing --batch-size (default: "
                    + ",".join(map(str, PROFILES["scaling"].world_sizes)) + ")")
@@ -341,21 +361,20 @@ def parse_args(argv: list[str] | None):
     return args
 
 
-def select_entries(frameworks: str | None, profile: Profile | None = None) -> list[Entry]:
-    """The registry entries named by --frameworks, in that order; by default all of them, or
-    for the scaling profile those with a data-parallel path (one named without is
-    recorded as skipped, run_frameworks)."""
+def select_entries(frameworks: str | None, profile: Profile = PROFILES["quick"]) -> list[Row]:
+    """The rows named by --frameworks, in that order (benchmarks.rows.select_rows); by
+    default the profile's (for the scaling profile those with a data-parallel path: one
+    named without is recorded as skipped, run_frameworks). An engine only generates: one
+    line for it in a profile that measures no generation."""
     if not frameworks:
-        return [e for e in registry.FRAMEWORKS.values()
-                if e.data_parallel or not (profile and profile.world_sizes)]
-    names = [n.strip() for n in frameworks.split(",") if n.strip()]
-    unknown = [n for n in names if n not in registry.FRAMEWORKS]
-    if unknown:
-        raise SystemExit(f"error: --frameworks: unknown {', '.join(unknown)}; "
-                         f"known: {', '.join(registry.FRAMEWORKS)}")
-    if len(set(names)) != len(names):
-        raise SystemExit("error: --frameworks: a framework is named twice")
-    return [registry.FRAMEWORKS[n] for n in names]
+        return profile.rows()
+    rows = select_rows(frameworks)
+    engines = [r.name for r in rows if r.engine]
+    if engines and (profile.sweep or profile.world_sizes or not profile.generate):
+        raise SystemExit(f"error: --frameworks {engines[0]}: an inference engine generates "
+                         "only, and this profile measures training; use --profile quick or "
+                         "cells")
+    return rows
 
 
 def _one_line_errors(fn, *args):
@@ -374,11 +393,13 @@ def make_plan(args) -> Plan:
     out = args.out or records.RESULTS_ROOT / settings.profile
     if args.shard and not args.out:
         out = out / args.shard.name
-    timeout_s = args.timeout if args.timeout is not None else PROFILES[args.profile].timeout_s
+    profile = PROFILES[args.profile]
+    timeout_s = args.timeout if args.timeout is not None else profile.timeout_s
     plan = Plan(settings, out.resolve(), timeout_s, args.keep_checkpoints, args.matmul_size,
                 args.matmul_repeats)
-    # A scaling run measures training alone (PROFILES["scaling"]).
-    return dataclasses.replace(plan, generations=()) if settings.world_sizes else plan
+    # A scaling run measures training alone (PROFILES["scaling"]), and so does sweep-bf16.
+    return (dataclasses.replace(plan, generations=())
+            if settings.world_sizes or not profile.generate else plan)
 
 
 
@@ -397,7 +418,7 @@ def point_plans(plan: Plan) -> dict[Where, Plan]:
                 plans[cell, point] = plan
                 continue
             generations = plan.generations if s.grid is None else (
-                (1,) if s.grid.on_rnn_axis(point) else ())
+                (1,) if s.grid.on_rnn_axis(point) and plan.generations else ())
             plans[cell, point] = dataclasses.replace(
                 plan, settings=_one_line_errors(point_settings, s, point, cell), point=point,
                 cell=cell, generations=generations)
@@ -410,13 +431,16 @@ def point_plans(plan: Plan) -> dict[Where, Plan]:
 
 
 def print_commands(jobs: list[Job], plans: dict[Where, Plan], repeats: int) -> None:
+    """Each run's commands (an engine's: prepare, then generate with the default session
+    options, which prepare's measurements may change)."""
     for job in jobs:
-        plan = job.plan(plans)
-        run_dir = plan.run_dir(job.entry, job.repeat)
+        plan, row = job.plan(plans), job.row
+        run_dir = plan.run_dir(row, job.repeat)
         print(f"# {job.label(repeats)}")
-        print(shlex.join(child.train_command(job.entry, plan, run_dir)))
-        for num_samples in plan.generations:
-            print(shlex.join(child.generate_command(job.entry, plan, run_dir, num_samples)))
+        print(shlex.join(child.prepare_command(row, plan, run_dir) if row.engine
+                         else child.train_command(row, plan, run_dir)))
+        for num_samples in row.generations(plan.generations):
+            print(shlex.join(child.generate_command(row, plan, run_dir, num_samples)))
 
 
 def open_records(plan: Plan, resume: bool) -> list[dict]:
@@ -440,7 +464,7 @@ def open_records(plan: Plan, resume: bool) -> list[dict]:
     return []
 
 
-def all_jobs(entries: list[Entry], repeats: int, wheres: list[Where] = ((None, None),),
+def all_jobs(entries: list[Row], repeats: int, wheres: list[Where] = ((None, None),),
              world_sizes: tuple[int, ...] = ()) -> list[Job]:
     """Every run of the run, round-robin: repeat 0 of every framework, then repeat 1 of
     every framework, ... (A B C A B C), so that a slow spell of a shared machine is
@@ -452,7 +476,7 @@ def all_jobs(entries: list[Entry], repeats: int, wheres: list[Where] = ((None, N
             for world_size in (world_sizes or (None,)) for entry in entries]
 
 
-def pending(entries: list[Entry], repeats: int, previous: list[dict],
+def pending(entries: list[Row], repeats: int, previous: list[dict],
             wheres: list[Where] = ((None, None),), world_sizes: tuple[int, ...] = (),
             shard: Shard | None = None) -> list[Job]:
     """The runs still to do, in all_jobs' order: with `shard` only its slice of the whole
@@ -462,14 +486,14 @@ def pending(entries: list[Entry], repeats: int, previous: list[dict],
     for i, job in enumerate(all_jobs(entries, repeats, wheres, world_sizes)):
         if shard and not shard.holds(i):
             continue
-        if (job.entry.name, job.repeat, job.where) in done:
+        if (job.row.name, job.repeat, job.where) in done:
             print(f"{job.label(repeats)}: already recorded, skipped (--resume)", file=sys.stderr)
         else:
             todo.append(job)
     return todo
 
 
-def start_run(plan: Plan, plans: dict[Where, Plan], args, entries: list[Entry],
+def start_run(plan: Plan, plans: dict[Where, Plan], args, entries: list[Row],
               resumed: bool) -> None:
     """Write the initial weights (one file per cell and sweep point) and record the run."""
     for each in plans.values():
@@ -559,7 +583,7 @@ def run_frameworks(todo: list[Job], plans: dict[Where, Plan], repeats: int,
     records_path = next(iter(plans.values())).records_path
     try:
         for i, job in enumerate(todo, 1):
-            entry, plan = job.entry, job.plan(plans)
+            entry, plan = job.row, job.plan(plans)
             label = f"[{i}/{len(todo)}] {job.label(repeats)}"
             later = [j.key for j in todo[i:]]
             if entry.name not in reasons:
@@ -571,7 +595,8 @@ def run_frameworks(todo: list[Job], plans: dict[Where, Plan], repeats: int,
             if reasons[entry.name]:
                 print(f"{label}: skipped: {reasons[entry.name]}", file=sys.stderr)
                 continue
-            print(f"{label}: training...", file=sys.stderr, flush=True)
+            doing = "exporting, measuring its session options" if entry.engine else "training"
+            print(f"{label}: {doing}...", file=sys.stderr, flush=True)
             start = time.perf_counter()
 
             def on_epochs(epochs, label=label, later=later, start=start, plan=plan, key=job.key):
@@ -594,7 +619,7 @@ def run_frameworks(todo: list[Job], plans: dict[Where, Plan], repeats: int,
     return False
 
 
-def skip_reason(entry: Entry, plan: Plan) -> str | None:
+def skip_reason(entry: Row, plan: Plan) -> str | None:
     """Why `entry` cannot run this plan: its environment is missing, or the plan is a
     data-parallel world and the framework has no data-parallel path."""
     if plan.world_size and not entry.data_parallel:
@@ -608,26 +633,36 @@ def _interrupt(signum, frame):
 
 
 def _summary_line(record: dict) -> str:
+    """One line of what a run did: training (an engine: its session options), generation,
+    the peaks (a bf16 row: the bf16 ones beside them)."""
     if record["status"] != "ok":
         return f"{record['status'].upper()} at {record['stage']}: {record['error']}"
-    last = record["epochs"][-1]
     gen = record.get("generation") or {}
     batch = record.get("generation_batch") or {}
-    steps = [e["step_s_median"] for e in record["epochs"] if e.get("step_s_median")]
-    peaks = [(record.get(k) or {}).get("peak_flops") for k in ("peak_before", "peak_after")]
-    parts = [f"ok: {last['step']} steps, median step "
-             f"{1000 * statistics.median(steps or [0]):.0f} ms, "
-             f"first step {last.get('first_step_s') or 0:.2f} s, "
-             f"train loss {last['train/loss']:.4f}"]
-    if last["val/loss"] is not None:
-        parts.append(f"val loss {last['val/loss']:.4f}")
-    parts.append(f"{record['train_process']['max_rss_mb']:.0f} MiB")
+    if record.get("engine"):
+        parts = [f"ok: session options {records.session_choice(record)}"]
+    else:
+        last = record["epochs"][-1]
+        steps = [e["step_s_median"] for e in record["epochs"] if e.get("step_s_median")]
+        parts = [f"ok: {last['step']} steps, median step "
+                 f"{1000 * statistics.median(steps or [0]):.0f} ms, "
+                 f"first step {last.get('first_step_s') or 0:.2f} s, "
+                 f"train loss {last['train/loss']:.4f}"]
+        if last["val/loss"] is not None:
+            parts.append(f"val loss {last['val/loss']:.4f}")
+        parts.append(f"{record['train_process']['max_rss_mb']:.0f} MiB")
     if gen:
         parts.append(f"generation {gen.get('chars_per_s', 0):.0f} chars/s" + (
             f" ({batch.get('total_chars_per_s') or 0:.0f} for {batch.get('num_samples')} "
             "streams)" if batch else ""))
-    return ", ".join(parts) + ", matmul peak " + " -> ".join(
-        f"{p / 1e9:.1f}" if p else "?" for p in peaks) + " GFLOP/s"
+
+    def peaks(*keys):
+        return " -> ".join(f"{p / 1e9:.1f}" if p else "?"
+                           for p in ((record.get(k) or {}).get("peak_flops") for k in keys))
+    bf16 = (f", bf16 {peaks('peak_bf16_before', 'peak_bf16_after')}"
+            if "peak_bf16_before" in record else "")
+    return (", ".join(parts) + f", matmul peak {peaks('peak_before', 'peak_after')}{bf16} "
+            "GFLOP/s")
 
 
 def write_report(plan: Plan) -> None:

@@ -11,8 +11,16 @@ from pathlib import Path
 import pandas as pd
 
 from benchmarks.mfu import mfu, train_flops_per_step
-from benchmarks.records import RECORDS_NAME, read_records, record_machines
+from benchmarks.records import (
+    RECORDS_NAME,
+    bf16_units,
+    read_records,
+    record_machines,
+    record_runs,
+    session_choice,
+)
 from benchmarks.sweep import point_key
+from charrnn.common.config import BF16_MIXED, FP32
 from charrnn.common.logs import bits
 
 # The time columns that show their spread over repeats: "median (min–max)".
@@ -51,6 +59,9 @@ def load_records(results_dir: str | Path) -> tuple[list[dict], pd.DataFrame]:
     machines = record_machines(records)
     if len(set(filter(None, machines))) > 1:
         frameworks["machine"] = [machines[i] for i in frameworks.index]
+    # What each record's machine had for bf16 products (a bf16 row's label).
+    units = [bf16_units((run or {}).get("machine") or {}) for run in record_runs(records)]
+    frameworks["bf16_units"] = [units[i] for i in frameworks.index]
     # A sweep's records are one per point as well (benchmarks.sweep), a run over --cells's
     # one per cell, a scaling run's one per world size.
     frameworks["point_key"] = [point_key(r) for r in _records(frameworks)]
@@ -103,12 +114,16 @@ def step_stats(epochs: list[dict]) -> dict:
 def peaks(record: dict) -> dict:
     """The float32 matmul peaks of a run: measured before and after it, the mean of the two
     (what its MFU is measured against), and how far apart they are (max / min - 1).
-    Older records carry one peak, measured at the start of the whole run."""
+    Older records carry one peak, measured at the start of the whole run. A bf16 row's
+    record also has the bf16 peaks, each measured in the same minute as a float32 one:
+    their mean and how far apart they are; its peak_diff is the larger of the two."""
     before, after = (_get(record.get(k), "peak_flops") for k in ("peak_before", "peak_after"))
-    both = before and after
+    bf16 = [_get(record.get(k), "peak_flops") for k in ("peak_bf16_before", "peak_bf16_after")]
+    diffs = [max(a, b) / min(a, b) - 1 for a, b in ((before, after), bf16) if a and b]
     return {"peak_before_flops": before, "peak_after_flops": after,
             "peak_flops": _mean([before, after]) or record.get("peak_flops"),
-            "peak_diff": max(before, after) / min(before, after) - 1 if both else None}
+            "peak_bf16_flops": _mean(bf16),
+            "peak_diff": max(diffs) if diffs else None}
 
 
 def generation_figures(record: dict) -> dict:
@@ -145,7 +160,10 @@ def summarise(record: dict) -> dict:
     versions = header.get("versions") or {}
     loads = [record[key][0] for key in ("loadavg_start", "loadavg_end")
              if isinstance(record.get(key), list) and record[key]]
+    precision = record.get("precision") or FP32
     row = {"framework": record["framework"], "cell": cell_of(record),
+           "precision": precision, "engine": bool(record.get("engine")),
+           "bf16_units": record.get("bf16_units") if precision == BF16_MIXED else None,
            **{k: record[k] for k in ("world_size", "machine") if record.get(k) is not None},
            "repeat": int(record.get("repeat") or 0),
            "status": record.get("status"), "stage": record.get("stage"),
@@ -155,7 +173,11 @@ def summarise(record: dict) -> dict:
            "device": header.get("device"), "threads": header.get("threads"),
            "stall_factor": header.get("stall_factor"),
            "python": header.get("python"), "num_params": header.get("num_params"),
-           "load_min": min(loads, default=None), "load_max": max(loads, default=None)}
+           "load_min": min(loads, default=None), "load_max": max(loads, default=None),
+           **generation_figures(record),
+           "gen_peak_mb": _get(record.get("generate_process"), "max_rss_mb"),
+           "batch_gen_peak_mb": _get(record.get("generate_batch_process"), "max_rss_mb"),
+           "session_choice": session_choice(record)}
     if not epochs:
         return row
     last = epochs[-1]
@@ -168,6 +190,8 @@ def summarise(record: dict) -> dict:
     flops_step = (train_flops_per_step(header["flops_per_char"], chars_per_batch)
                   if header.get("flops_per_char") and chars_per_batch else None)
     peak = peaks(record)
+    # A bf16 row's MFU is against the bf16 peak; every other row's against the float32 one.
+    against = peak["peak_bf16_flops"] if precision == BF16_MIXED else peak["peak_flops"]
 
     def ms(seconds):
         return 1000 * seconds if seconds is not None else None
@@ -190,14 +214,13 @@ def summarise(record: dict) -> dict:
         else None,
         "peak_after_gflops": peak["peak_after_flops"] / 1e9 if peak["peak_after_flops"]
         else None,
+        "peak_bf16_gflops": peak["peak_bf16_flops"] / 1e9 if peak["peak_bf16_flops"]
+        else None,
         # W processes of `threads` threads each: against W peaks of that many threads.
         "mfu": mfu(header.get("flops_per_char"), chars_per_batch, step_s,
-                   peak["peak_flops"] * (record.get("world_size") or 1)
-                   if peak["peak_flops"] else None),
+                   against * (record.get("world_size") or 1) if against else None),
         "peak_mb": _get(record.get("train_process"), "max_rss_mb"),
         "train_wall_s": _get(record.get("train_process"), "wall_s"),
-        **generation_figures(record),
-        "gen_peak_mb": _get(record.get("generate_process"), "max_rss_mb"),
     })
     return row
 
@@ -211,7 +234,8 @@ def aggregate_repeats(rows: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     ok = rows["status"] == "ok"
     runs = rows[ok | (~ok.groupby(group).transform("any") & ~group.duplicated(keep="last"))]
     numeric = [c for c in rows.columns if c not in (*keys, "repeat")
-               and pd.api.types.is_numeric_dtype(rows[c])]
+               and pd.api.types.is_numeric_dtype(rows[c])
+               and not pd.api.types.is_bool_dtype(rows[c])]
     how = {}
     for c in numeric:  # a sum of none is none, not 0 (an older record without the field)
         agg = AGGREGATE.get(c, "median")
@@ -227,7 +251,9 @@ def aggregate_repeats(rows: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
                                        "repeats"]]
 
 
-def _peak_measurements(frameworks: pd.DataFrame) -> list[dict]:
-    """Every peak measurement of the framework records (before and after each run)."""
-    return [r[k] for r in _records(frameworks) for k in ("peak_before", "peak_after")
+def _peak_measurements(frameworks: pd.DataFrame, bf16: bool = False) -> list[dict]:
+    """Every float32 (or bf16: the bf16 rows') peak measurement of the framework records
+    (before and after each run)."""
+    keys = ("peak_bf16_before", "peak_bf16_after") if bf16 else ("peak_before", "peak_after")
+    return [r[k] for r in _records(frameworks) for k in keys
             if isinstance(r.get(k), dict) and r[k].get("peak_flops")]

@@ -42,8 +42,10 @@ from benchmarks.render import (
     render,
     sentence,
 )
+from benchmarks.rows import fp32_name
 from benchmarks.summary import _peak_measurements, _records, aggregate_repeats, summarise
 from benchmarks.sweep import Grid, Point, point_of
+from charrnn.common.config import BF16_MIXED
 from charrnn.common.fileio import atomic_write_text
 
 # A step after the first that takes more than this many times the median of the others is
@@ -202,6 +204,35 @@ def framework_table(table: pd.DataFrame, grid: Grid) -> str:
     return markdown_table(rows.reset_index(), columns)
 
 
+def precision_table(table: pd.DataFrame, grid: Grid) -> str | None:
+    """Per framework with a bf16 row (benchmarks.rows) and rnn size: the fp32 and the bf16
+    row's step, the bf16 speedup (fp32 step / bf16 step) and the bf16 row's MFU (against
+    the bf16 peak); None without bf16 rows."""
+    if "precision" not in table or not (table["precision"] == BF16_MIXED).any():
+        return None
+    rnn = _axis(table[table["status"] == "ok"], grid, "rnn_size")
+    bf16 = rnn[rnn["precision"] == BF16_MIXED]
+    fp32 = rnn[rnn["precision"] != BF16_MIXED].set_index(["framework", "rnn_size"])
+    rows = []
+    for r in bf16.to_dict("records"):
+        twin = (fp32_name(r["framework"]), r["rnn_size"])
+        fp32_ms = fp32["step_ms"].get(twin)
+        rows.append({"framework": twin[0], "rnn_size": r["rnn_size"], "fp32_ms": fp32_ms,
+                     "bf16_ms": r["step_ms"], "speedup": fp32_ms / r["step_ms"]
+                     if fp32_ms and r["step_ms"] else None,
+                     "fp32_mfu": fp32["mfu"].get(twin), "bf16_mfu": r["mfu"]})
+    order = list(dict.fromkeys(r["framework"] for r in rows))
+    rows.sort(key=lambda r: (order.index(r["framework"]), r["rnn_size"]))
+    return markdown_table(rows, PRECISION_TABLE) if rows else None
+
+
+PRECISION_TABLE = [("framework", "framework", "{}"), ("rnn_size", "rnn size", "{:.0f}"),
+                   ("fp32_ms", "fp32 step ms", "{:,.1f}"), ("bf16_ms", "bf16 step ms", "{:,.1f}"),
+                   ("speedup", "bf16 speedup", "{:.2f}x"),
+                   ("fp32_mfu", "fp32 MFU (of the fp32 peak)", "pct"),
+                   ("bf16_mfu", "bf16 MFU (of the bf16 peak)", "pct")]
+
+
 def problem_lines(table: pd.DataFrame, frameworks: pd.DataFrame) -> list[str]:
     """A line per failed or timed-out point, and per skipped framework, with the reason."""
     return [sentence("lines.md.j2", "problem", name=r["framework"], at=r["point"],
@@ -246,7 +277,8 @@ def write_plots(table: pd.DataFrame, grid: Grid, frameworks: pd.DataFrame,
                title="Training step time against model size", log_y=True,
                reference=flop_bound(rnn, peak_flops(frameworks)))
     plot_lines(_lines(rnn, "rnn_size", "mfu"), results_dir / PLOTS["mfu"],
-               xlabel=f"--rnn-size (at {at_batch})", ylabel="MFU (of the float32 GEMM peak)",
+               xlabel=f"--rnn-size (at {at_batch})",
+               ylabel="MFU (of the float32 GEMM peak; bf16 rows: the bf16 one)",
                title="Model FLOP utilisation against model size", percent=True)
     plot_lines(_lines(rnn, "rnn_size", "gen_chars_per_s"),
                results_dir / PLOTS["generation"], xlabel="--rnn-size",
@@ -269,7 +301,8 @@ def write_plots(table: pd.DataFrame, grid: Grid, frameworks: pd.DataFrame,
 def tables_text(table: pd.DataFrame, grid: Grid) -> str:
     """The two tables, in markdown."""
     return render("sweep_tables.md.j2", frameworks=framework_table(table, grid),
-                  fastest=markdown_table(fastest_rows(table, grid), FASTEST_TABLE)).rstrip("\n")
+                  fastest=markdown_table(fastest_rows(table, grid), FASTEST_TABLE),
+                  precisions=precision_table(table, grid)).rstrip("\n")
 
 
 def render_report(runs: list[dict], table: pd.DataFrame, frameworks: pd.DataFrame,

@@ -38,8 +38,9 @@ from tests.markdown import unpad
 pd = pytest.importorskip("pandas")
 pytest.importorskip("matplotlib")
 
-from benchmarks import child, plot, records, report, run_all  # noqa: E402
+from benchmarks import child, onnx_row, plot, records, report, rows, run_all  # noqa: E402
 from benchmarks.mfu import mfu  # noqa: E402
+from benchmarks.rows import Row  # noqa: E402
 
 DATA = Path(__file__).resolve().parent / "data"
 TINY_MODEL = "--seq-len 16 --batch-size 4 --rnn-size 16 --embedding-size 8"
@@ -318,7 +319,10 @@ def test_dry_run_prints_each_framework_s_commands(tmp_path):
 def test_unknown_framework_is_one_line():
     with pytest.raises(SystemExit, match="unknown nope; known: numpy"):
         run_all.select_entries("numpy,nope")
-    assert [e.name for e in run_all.select_entries(None)] == list(registry.FRAMEWORKS)
+    with pytest.raises(SystemExit, match="pytensor has no bf16-mixed path"):
+        run_all.select_entries("pytensor[bf16]")
+    with pytest.raises(SystemExit, match="named twice"):
+        run_all.select_entries("keras[jax,bf16],keras[jax,bf16]")
 
 
 def test_portable_paths_and_machine_slug():
@@ -366,23 +370,23 @@ def test_batch_generation_counts_every_stream(tmp_path):
     timing = child.parse_generated_line(line)
     assert child.batch_chars(timing.chars, 64, 50) / timing.duration_s == pytest.approx(20000)
     plan = child.Plan(tiny_settings(tmp_path, "--gen-length", "50"), Path("out"), None, False)
-    cmd = child.generate_command(registry.FRAMEWORKS["numpy"], plan, Path("run"), 64)
+    numpy = Row(registry.FRAMEWORKS["numpy"])
+    cmd = child.generate_command(numpy, plan, Path("run"), 64)
     cmd = cmd[cmd.index("generate"):]
     assert parse_args(cmd, "test")[1].num_samples == 64 and "--length" in cmd
-    assert "--num-samples" not in child.generate_command(registry.FRAMEWORKS["numpy"], plan,
-                                                         Path("run"))
+    assert "--num-samples" not in child.generate_command(numpy, plan, Path("run"))
 
 
 def test_repeats_take_turns_round_robin(capsys):
     entries = [registry.Entry(name, "numpy_model", "any", "numpy") for name in "abc"]
     todo = run_all.pending(entries, 3, [])
-    assert [(job.entry.name, job.repeat) for job in todo] == [
+    assert [(job.row.name, job.repeat) for job in todo] == [
         ("a", 0), ("b", 0), ("c", 0), ("a", 1), ("b", 1), ("c", 1), ("a", 2), ("b", 2),
         ("c", 2)]
     done = [{"kind": "framework", "framework": "a", "repeat": 0, "status": "ok"},
             {"kind": "framework", "framework": "b", "repeat": 0, "status": "failed"}]
     todo = run_all.pending(entries, 2, done)  # --resume: the rest, in the same turns
-    assert [(job.entry.name, job.repeat) for job in todo] == [
+    assert [(job.row.name, job.repeat) for job in todo] == [
         ("c", 0), ("a", 1), ("b", 1), ("c", 1)]
     assert "a (repeat 1): already recorded" in capsys.readouterr().err
 
@@ -517,7 +521,8 @@ def test_peak_flag_above_ten_percent():
     assert report.flags(report.peaks(record)) == "peaks 11% apart¹"
     failed = {"peak_before": {"peak_flops": None, "error": "x"}, "peak_after": {"peak_flops": 1}}
     assert report.peaks(failed) == {"peak_before_flops": None, "peak_after_flops": 1,
-                                    "peak_flops": 1, "peak_diff": None}
+                                    "peak_flops": 1, "peak_bf16_flops": None,
+                                    "peak_diff": None}
 
 def test_report_on_saved_records(saved, capsys):
     report.main([str(saved), "--compare-original"])
@@ -805,3 +810,239 @@ def test_cells_table_gives_each_cell_against_the_lstm():
                         "| rnn / lstm | lstm val loss | gru val loss | rnn val loss |")
     assert lines[2] == "| fast | 10.0 | 9.0 | 4.0 | 0.90x | 0.40x | 2.0000 | 2.1000 | 2.2000 |"
     assert lines[3].startswith("| slow | 40.0 | 30.0 | 20.0 | 0.75x | 0.50x |")
+
+
+# ---------------------------------------------------------------------------------------
+# bf16 rows and the inference engine's row (benchmarks.rows)
+# ---------------------------------------------------------------------------------------
+
+
+DEMO_MODEL = '''
+from charrnn.common.config import BF16_MIXED, FP32
+
+class Base:
+    precisions = (FP32, BF16_MIXED)
+
+class Demo(Base):
+    pass
+
+class Plain:
+    precisions: tuple = ("fp32",)
+
+MODEL = Demo
+VARIANTS = {"plain": Plain}
+'''
+
+
+def test_precisions_are_read_from_the_framework_class(tmp_path, monkeypatch):
+    """What a framework declares, without importing it: the class MODEL (or the variant)
+    names, through its bases; numpy's agrees with its imported class."""
+    assert registry.declared_precisions(registry.FRAMEWORKS["numpy"]) == (
+        registry.load("numpy").precisions)
+    assert registry.declared_precisions(registry.FRAMEWORKS["chainer[nstep]"]) == ("fp32",)
+    (tmp_path / "frameworks").mkdir()
+    (tmp_path / "frameworks" / "demo_model.py").write_text(DEMO_MODEL)
+    monkeypatch.setattr(registry, "PACKAGE", tmp_path)
+    demo = registry.Entry("demo", "demo_model", "any", "numpy")
+    assert registry.declared_precisions(demo) == ("fp32", "bf16-mixed")  # from Base
+    plain = registry.Entry("demo[plain]", "demo_model", "any", "numpy", variant="plain")
+    assert registry.declared_precisions(plain) == ("fp32",)
+    assert registry.declared_precisions(registry.Entry("x", "no_model", "any", "x")) == ("fp32",)
+
+
+def test_profiles_plan_a_bf16_row_per_framework_that_declares_it(monkeypatch):
+    names = [r.name for r in run_all.select_entries(None, run_all.PROFILES["quick"])]
+    fp32 = list(registry.FRAMEWORKS)
+    # Every framework, each bf16 row right after its fp32 row, the NumPy emulation left out,
+    # then the engine.
+    assert [n for n in names if "bf16" not in n and n != "onnxruntime"] == fp32
+    bf16 = [n for n in names if "bf16" in n]
+    assert bf16 == ["pytorch[bf16]", "tensorflow[bf16]", "keras[tensorflow,bf16]",
+                    "keras[jax,bf16]", "keras[torch,bf16]", "jax[bf16]"]
+    for name in bf16:
+        assert names[names.index(name) - 1] == rows.fp32_name(name)
+    assert names[-1] == "onnxruntime" and "numpy[bf16]" not in names
+    # The sweep-bf16 profile: the frameworks with both rows only; the sweep: fp32 only.
+    pairs = [r.name for r in run_all.select_entries(None, run_all.PROFILES["sweep-bf16"])]
+    assert pairs == [n for n in names if n != "onnxruntime" and (
+        n in bf16 or f"{n}[bf16]" in bf16 or n.replace("]", ",bf16]") in bf16)]
+    assert [r.name for r in run_all.select_entries(None, run_all.PROFILES["sweep"])] == fp32
+    # A framework that gains a bf16 path gains a row, with no edit of the benchmark.
+    declared = registry.declared_precisions
+    monkeypatch.setattr(registry, "declared_precisions", lambda e: (
+        ("fp32", "bf16-mixed") if e.name == "pytensor" else declared(e)))
+    names = [r.name for r in run_all.select_entries(None, run_all.PROFILES["quick"])]
+    assert names[names.index("pytensor") + 1] == "pytensor[bf16]"
+    # Named, the emulation runs too.
+    assert [r.precision for r in run_all.select_entries("numpy[bf16],numpy")] == [
+        "bf16-mixed", "fp32"]
+
+
+def test_bf16_row_trains_in_bf16_and_generates_nothing(tmp_path):
+    plan = child.Plan(tiny_settings(tmp_path), Path("out"), None, False)
+    row = run_all.select_entries("pytorch[bf16]")[0]
+    cmd = child.train_command(row, plan, Path("run"))
+    assert parse_args(cmd[cmd.index("train"):], "test")[1].precision == "bf16-mixed"
+    assert "--precision" not in child.train_command(Row(registry.FRAMEWORKS["pytorch"]), plan,
+                                                    Path("run"))
+    assert row.generations((1, 64)) == () and row.slug == "pytorch-bf16"
+    assert plan.run_dir(run_all.select_entries("keras[jax,bf16]")[0], 0).parts[-2:] == (
+        "keras-jax-bf16", "0")
+    # The precision is the runner's to set, per row.
+    with pytest.raises(SystemExit, match=r"--frameworks NAME\[bf16\]"):
+        tiny_settings(tmp_path, "--extra-train-args", "--precision bf16-mixed")
+
+
+def test_engine_row_prepares_then_generates_and_only_where_generation_is(tmp_path):
+    plan = child.Plan(tiny_settings(tmp_path, "--gen-length", "50"), tmp_path / "out", None,
+                      False)
+    engine = run_all.select_entries("onnxruntime")[0]
+    assert engine.engine and engine.generations((1, 64)) == (1, 64)
+    prepare = child.prepare_command(engine, plan, Path("run"))
+    assert prepare[1:4] == ["-m", "benchmarks.onnx_row", "prepare"]
+    assert "--init-from" in prepare and "1,64" in prepare
+    gen = child.generate_command(engine, plan, Path("run"), 64,
+                                 {"intra_op_threads": 2, "optimization": "basic"})
+    assert gen[1:8] == ["-m", "benchmarks.onnx_row", "generate", "--intra-op-threads", "2",
+                        "--optimization", "basic"]
+    cfg = parse_args(["generate", *gen[8:]], "test")[1]  # generate's own flags
+    assert cfg.num_samples == 64 and cfg.checkpoint_path == "run/model.step.onnx"
+    for profile in ("sweep", "sweep-bf16", "scaling"):
+        with pytest.raises(SystemExit, match="inference engine generates only"):
+            run_all.select_entries("pytorch,onnxruntime", run_all.PROFILES[profile])
+
+
+def test_onnx_row_keeps_the_fastest_option_per_stream_count():
+    measured = [{"num_samples": n, "intra_op_threads": t, "optimization": level,
+                 "chars_per_s": rate}
+                for n, t, level, rate in ((1, 1, "all", 900.0), (1, 2, "all", 400.0),
+                                          (64, 1, "basic", 5e4), (64, 2, "extended", 6e4))]
+    assert onnx_row.best_options(measured) == {
+        "1": {"intra_op_threads": 1, "optimization": "all", "chars_per_s": 900.0},
+        "64": {"intra_op_threads": 2, "optimization": "extended", "chars_per_s": 6e4}}
+
+
+def test_engine_and_bf16_rows_run_end_to_end(tmp_path):
+    """A tiny run of numpy[bf16] (the emulation, named) and onnxruntime: the bf16 row's
+    record has its precision and its bf16 peaks beside the float32 ones, and no generation;
+    the engine's its session options, measured and chosen, and both generations."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("torch")  # the bf16 peak
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TEXT, encoding="utf-8")
+    out = tmp_path / "results"
+    proc = runner(out, corpus, "numpy[bf16],onnxruntime", "--num-epochs", "1", "--max-steps",
+                  "3", "--gen-length", "40")
+    assert proc.returncode == 0, proc.stderr
+    bf16, engine = framework_records(out)
+    assert bf16["status"] == "ok" and bf16["precision"] == "bf16-mixed", bf16["error"]
+    assert "--precision bf16-mixed" in bf16["train_command"]
+    assert "generation" not in bf16 and bf16["peak_bf16_before"]["dtype"] == "bf16"
+    assert bf16["peak_bf16_after"]["peak_flops"] > 0 and bf16["peak_after"]["peak_flops"] > 0
+    assert engine["status"] == "ok" and engine["engine"] is True, engine["error"]
+    assert engine["script"] == "benchmarks/onnx_row.py" and "train_command" not in engine
+    assert engine["header"]["versions"]["onnxruntime"]
+    session = engine["session"]
+    assert set(session["chosen"]) == {"1", "64"} and len(session["measured"]) == 2 * 3 * 1
+    chosen = session["chosen"]["64"]
+    assert (f"--intra-op-threads {chosen['intra_op_threads']} --optimization "
+            f"{chosen['optimization']}") in engine["generate_batch_command"]
+    assert engine["generation"]["chars"] == 40 and engine["generation_batch"]["num_samples"] == 64
+    md = unpad((out / "report.md").read_text())
+    assert "| onnxruntime | " in md and "*onnxruntime* is an inference engine" in md
+    assert "| onnxruntime | 64 | 1 | all |" in md and "| kept |" in md
+
+
+def engine_and_bf16_records(loaded: Path, isa: list[str] | None = None) -> Path:
+    """The loaded run's records with a bf16 row (its pytorch runs, as bf16-mixed with bf16
+    peaks of 80 and 100 GFLOP/s and no generation) and an onnxruntime row (numpy's
+    generations, as an engine's), on a machine with the ISA extensions `isa`."""
+    lines = [json.loads(line) for line in (loaded / "records.jsonl").read_text().splitlines()]
+    run = lines[0]
+    run["machine"]["isa"] = ["avx2", "avx512f", "avx512_bf16"] if isa is None else isa
+    extra = []
+    for r in lines[1:]:
+        if r["framework"] == "pytorch":
+            bf16 = {k: v for k, v in r.items() if not k.startswith(("generat",))}
+            bf16.update(framework="pytorch[bf16]", precision="bf16-mixed",
+                        peak_bf16_before={"peak_flops": 80e9, "dtype": "bf16", "size": 1024,
+                                          "repeats": 10, "library": "torch 2.13.0+cpu",
+                                          "cpu_capability": "AVX512",
+                                          "torch_fp32_flops": 40e9},
+                        peak_bf16_after={"peak_flops": 100e9, "dtype": "bf16"})
+            extra.append(bf16)
+        if r["framework"] == "numpy":
+            keep = ("kind", "repeat", "status", "stage", "error", "started", "finished",
+                    "loadavg_start", "loadavg_end", "peak_before", "peak_after", "generation",
+                    "generation_batch", "generate_process", "generate_batch_process")
+            engine = {k: r[k] for k in keep if k in r}
+            engine.update(framework="onnxruntime", engine=True, env="modern",
+                          script="benchmarks/onnx_row.py",
+                          header={"versions": {"onnxruntime": "1.32.0", "onnx": "1.23.2"},
+                                  "device": "cpu", "threads": 2, "python": "3.11.7"},
+                          session={"chosen": {"1": {"intra_op_threads": 1,
+                                                    "optimization": "all"},
+                                              "64": {"intra_op_threads": 2,
+                                                     "optimization": "basic"}},
+                                   "measured": [
+                                       {"num_samples": n, "intra_op_threads": t,
+                                        "optimization": level, "chars_per_s": 100.0 * t + n}
+                                       for n in (1, 64) for t in (1, 2)
+                                       for level in ("basic", "all")]})
+            extra.append(engine)
+    (loaded / "records.jsonl").write_text("".join(json.dumps(r) + "\n"
+                                                  for r in [*lines, *extra]))
+    return loaded
+
+
+def test_report_shows_bf16_and_engine_rows_for_what_they_are(loaded):
+    table, md, _ = report.build(engine_and_bf16_records(loaded))
+    md = unpad(md)
+    by = table.set_index("framework")
+    # The bf16 row's MFU is against its bf16 peaks' mean; the fp32 row's against the float32.
+    raw = [r for r in report._records(report.load_records(loaded)[1])
+           if r["framework"] == "pytorch[bf16]"]
+    header, step_s = raw[0]["header"], report.summarise(raw[0])["step_ms"] / 1000
+    assert report.summarise(raw[0])["mfu"] == pytest.approx(
+        mfu(header["flops_per_char"], header["chars_per_batch"], step_s, 90e9))
+    assert by.loc["pytorch[bf16]", "peak_bf16_gflops"] == pytest.approx(90.0)
+    assert by.loc["pytorch[bf16]", "precision"] == "bf16-mixed"
+    # Main table: the bf16 row's generation n/a, the engine last with its training n/a.
+    main = report.results_table(table).splitlines()
+    assert "| n/a | n/a |" in unpad(next(r for r in main if "| pytorch[bf16] |" in r))
+    last = unpad(main[-1])
+    assert last.startswith("| onnxruntime | 1.32.0 | n/a | n/a | n/a | n/a | n/a | n/a | n/a |")
+    assert f"| {by.loc['onnxruntime', 'gen_chars_per_s']:,.0f} (" in last
+    headline = unpad(report.headline_table(table)).splitlines()
+    assert headline[-1].startswith("| onnxruntime | n/a | n/a | n/a | n/a |")
+    assert "pytorch[bf16] trains with `--precision bf16-mixed`" in md
+    assert "bf16 products on this CPU: AVX512-BF16" in md and "³" not in md
+    assert ("*onnxruntime* is an inference engine: its training figures are n/a (it trains "
+            "nothing)") in md
+    assert ("(1 stream: 1 intra-op thread, optimisation all; 64 streams: 2 intra-op threads, "
+            "optimisation basic)") in md
+    # The bf16 peaks beside the float32 ones: the header and the step-time table.
+    assert "bf16 matmul peak (the bf16 rows' MFU is against it): 80.0–100.0 GFLOP/s over 4" in md
+    assert "| bf16 peak GFLOP/s |" in md
+    assert ("- bf16 matmul peak: torch 2.13.0+cpu (ATen CPU capability AVX512), bf16 operands "
+            "and result, 1024² matrices, best of 10,") in md
+    assert ("in its first measurement 80.0 GFLOP/s, and PyTorch's own float32 product on the "
+            "same matrices right after 40.0\n- git commit") in md
+    # Generation: the engine, not the bf16 row; its memory; the session options measured.
+    generation = md.split("## Generation")[1].split("## Machine")[0]
+    assert "| onnxruntime |" in generation and "| pytorch[bf16] |" not in generation
+    assert "| peak MiB | batch peak MiB |" in generation
+    assert "| onnxruntime | 64 | 2 | basic | 264 | kept |" in generation
+    assert "| onnxruntime | 1 | 1 | all | 101 | kept |" in generation
+    # The agreement line counts the rows that trained: the bf16 row, not the engine.
+    assert "Agreement: across the 3 rows" in md
+    assert "### onnxruntime (the untrained initial weights)" in md
+
+
+def test_bf16_rows_without_bf16_units_are_labelled_emulated(loaded):
+    table, md, _ = report.build(engine_and_bf16_records(loaded, isa=["avx2", "avx512f"]))
+    assert table.set_index("framework").loc["pytorch[bf16]", "flags"].endswith(
+        "bf16 emulated³")
+    md = unpad(md)
+    assert "³ This CPU has neither AVX512-BF16 nor AMX" in md
+    assert "bf16 products here: no AVX512-BF16 or AMX, so the frameworks emulate them" in md

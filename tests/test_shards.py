@@ -41,15 +41,15 @@ def keys(results_dir: Path) -> set[tuple]:
 
 def test_shards_split_the_whole_ordered_list_before_resume(capsys):
     entries = [registry.Entry(name, "numpy_model", "any", "numpy") for name in "abc"]
-    every = [(j.entry.name, j.repeat) for j in run_all.pending(entries, 2, [])]
+    every = [(j.row.name, j.repeat) for j in run_all.pending(entries, 2, [])]
     assert every == [("a", 0), ("b", 0), ("c", 0), ("a", 1), ("b", 1), ("c", 1)]
-    shards = [[(j.entry.name, j.repeat) for j in run_all.pending(
+    shards = [[(j.row.name, j.repeat) for j in run_all.pending(
         entries, 2, [], shard=run_all.parse_shard(f"{k}/4"))] for k in range(1, 5)]
     assert shards == [[("a", 0), ("b", 1)], [("b", 0), ("c", 1)], [("c", 0)], [("a", 1)]]
     # --resume leaves out what is recorded, but never hands a job to another shard.
     done = [{"kind": "framework", "framework": "a", "repeat": 0, "status": "ok"}]
     resumed = run_all.pending(entries, 2, done, shard=run_all.Shard(1, 4))
-    assert [(j.entry.name, j.repeat) for j in resumed] == [("b", 1)]
+    assert [(j.row.name, j.repeat) for j in resumed] == [("b", 1)]
     assert "a (repeat 1): already recorded" in capsys.readouterr().err
     # World sizes are part of the list, after cells and points, before the frameworks.
     jobs = run_all.pending(entries[:2], 1, [], world_sizes=(1, 2), shard=run_all.Shard(2, 2))

@@ -154,7 +154,7 @@ def test_points_take_turns_and_resume_skips_recorded_points(capsys):
     entries = [registry.Entry(name, "numpy_model", "any", "numpy") for name in "ab"]
     points = [(None, Point(16, 64)), (None, Point(128, 1))]
     todo = run_all.pending(entries, 1, [], points)
-    assert [(j.entry.name, j.point.key) for j in todo] == [
+    assert [(j.row.name, j.point.key) for j in todo] == [
         ("a", "rnn16-batch64"), ("b", "rnn16-batch64"), ("a", "rnn128-batch1"),
         ("b", "rnn128-batch1")]
     done = [{"kind": "framework", "framework": "a", "repeat": 0, "status": "timeout",
@@ -338,3 +338,35 @@ def test_sweep_reference_publishes_and_gets_its_section_of_the_results_page(save
     assert f"]({link}/step_time_vs_rnn_size.png)" in text
     assert f"]({link}/throughput_vs_batch_size.png)" in text
     assert "| framework | exponent |" in text
+
+
+def test_sweep_bf16_profile_compares_the_precisions_up_to_1024(corpus, saved):
+    """The sweep-bf16 profile: its grid (rnn sizes to 1024 at batch 64), no generation at
+    any point; its report's precision table pairs each bf16 row with its fp32 row."""
+    profile = run_all.PROFILES["sweep-bf16"]
+    assert profile.grid.points() == [Point(128, 64), Point(512, 64), Point(1024, 64)]
+    plans = run_all.point_plans(run_all.make_plan(run_all.parse_args(
+        ["--profile", "sweep-bf16", "--text-path", str(corpus), "--extra-train-args",
+         "--seq-len 8"])))
+    assert [p.key for _, p in plans] == ["rnn128-batch64", "rnn512-batch64", "rnn1024-batch64"]
+    assert all(plan.generations == () for plan in plans.values())
+    # The saved sweep's pytorch points again as pytorch[bf16], each step twice as fast.
+    lines = [json.loads(line) for line in (saved / "records.jsonl").read_text().splitlines()]
+    twins = []
+    for r in lines:
+        if r.get("framework") == "pytorch" and r.get("status") == "ok":
+            twin = json.loads(json.dumps(r))
+            twin.update(framework="pytorch[bf16]", precision="bf16-mixed",
+                        peak_bf16_before={"peak_flops": 2e11}, peak_bf16_after={"peak_flops": 2e11})
+            for epoch in twin["epochs"]:
+                epoch["step_s_median"] /= 2
+            twins.append(twin)
+    (saved / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines + twins))
+    _, frameworks = report.load_records(saved)
+    table = scaling.sweep_table(frameworks)
+    text = unpad(scaling.precision_table(table, scaling.grid_of(report.load_records(saved)[0])))
+    rows = text.splitlines()[2:]
+    assert len(rows) == 3  # rnn sizes 16, 32 and 64; the batch sizes' points are left out
+    assert all(r.startswith("| pytorch | ") and "| 2.00x |" in r for r in rows)
+    assert scaling.precision_table(table[table["framework"] != "pytorch[bf16]"],
+                                   scaling.grid_of([])) is None

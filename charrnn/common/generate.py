@@ -212,14 +212,23 @@ def run_generate(model_cls: type[CharRNN], cfg: GenerateConfig, out: TextIO | No
                  err: TextIO | None = None) -> list[str]:
     """The `generate` command: stream one sample to `out` as it is made, or print each of
     --num-samples after the batch finishes; a timing line goes to `err`."""
-    out, err = out or sys.stdout, err or sys.stderr
     check_sampling(cfg.temperature, cfg.top_k, cfg.top_p)
     loaded = load_for_generation(model_cls, cfg.checkpoint_path, cfg.device, cfg.threads,
                                  not cfg.cold_start, cfg.model)
-    print(f"using {loaded.source}", file=err, flush=True)
+    return generate_from(loaded.generator, loaded.source, cfg, out, err)
+
+
+def generate_from(generator: Generator, source: str, cfg: GenerateConfig,
+                  out: TextIO | None = None, err: TextIO | None = None) -> list[str]:
+    """What `generate` does once the model is loaded (`source` says what from), the timing
+    line included: also the benchmark's onnxruntime row's (benchmarks.onnx_row), whose
+    generator drives an exported step graph."""
+    out, err = out or sys.stdout, err or sys.stderr
+    check_sampling(cfg.temperature, cfg.top_k, cfg.top_p)
+    print(f"using {source}", file=err, flush=True)
     rng = np.random.default_rng(cfg.random_seed)
     seed = pick_seed(cfg, rng)
-    loaded.generator.check_seed(seed)
+    generator.check_seed(seed)
     stream = cfg.num_samples == 1
 
     first_char_s = None
@@ -232,12 +241,12 @@ def run_generate(model_cls: type[CharRNN], cfg: GenerateConfig, out: TextIO | No
             out.write(chars[0])
             out.flush()
 
-    loaded.generator.warm_state()  # once per model, before the clock: not part of the rate
+    generator.warm_state()  # once per model, before the clock: not part of the rate
     if stream:
         out.write(seed)
         out.flush()
     start = time.perf_counter()
-    texts = loaded.generator.generate(
+    texts = generator.generate(
         seed, cfg.length, rng, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
         num_samples=cfg.num_samples, on_chars=on_chars)
     duration_s = time.perf_counter() - start
@@ -257,7 +266,7 @@ def run_generate(model_cls: type[CharRNN], cfg: GenerateConfig, out: TextIO | No
     print(f"generated {total} characters in {duration_s:.3f} s "
           f"({total / duration_s if duration_s else 0:.1f} chars/s; "
           f"first step {first_char_s or 0:.3f} s; "
-          f"sampler {loaded.generator.sampler_s:.3f} s)", file=err, flush=True)
+          f"sampler {generator.sampler_s:.3f} s)", file=err, flush=True)
     return texts
 
 

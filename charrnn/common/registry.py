@@ -14,6 +14,7 @@ anything heavy.
 
 from __future__ import annotations
 
+import ast
 import importlib
 import importlib.util
 import os
@@ -21,7 +22,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from charrnn.common.paths import IN_CHECKOUT, ROOT, env_python, slug
+from charrnn.common.paths import IN_CHECKOUT, PACKAGE, ROOT, env_python, slug
 
 VARIANT_ENV = "CHARRNN_VARIANT"  # which of a script's VARIANTS its command line runs
 
@@ -130,6 +131,58 @@ def load(name: str):
     except ImportError as exc:
         raise Unavailable(f"{entry.module} failed to import: {exc}") from exc
     return module.VARIANTS[entry.variant] if entry.variant else module.MODEL
+
+
+def declared_precisions(entry: Entry) -> tuple[str, ...]:
+    """The --precision values `entry`'s class declares (`CharRNN.precisions`), read from its
+    source file without importing it: the benchmark plans a row per framework and
+    precision in a process that may not be able to import the framework (Chainer and MXNet
+    live in the legacy environment, and importing TensorFlow takes seconds). The class is
+    the module's MODEL (or its VARIANTS entry); the attribute is looked up through its
+    bases in the same module, then CharRNN's default, fp32 alone. A name in the tuple is a
+    constant of common.config (FP32, BF16_MIXED). A module not in charrnn/frameworks/ (a
+    test's script) declares fp32."""
+    from charrnn.common import config
+
+    path = PACKAGE / "frameworks" / f"{entry.module}.py"
+    if not path.is_file():
+        return (config.FP32,)
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    classes = {n.name: n for n in tree.body if isinstance(n, ast.ClassDef)}
+    name = _module_class_name(tree, entry.variant)
+
+    def value(node: ast.expr) -> str:
+        return node.value if isinstance(node, ast.Constant) else getattr(config, node.id)
+
+    seen = set()
+    while name in classes and name not in seen:
+        seen.add(name)
+        for node in classes[name].body:
+            target = node.targets[0] if isinstance(node, ast.Assign) else getattr(
+                node, "target", None)
+            if isinstance(target, ast.Name) and target.id == "precisions" and node.value:
+                if isinstance(node.value, ast.Name):  # precisions = PRECISIONS
+                    return tuple(getattr(config, node.value.id))
+                return tuple(value(e) for e in node.value.elts)
+        bases = [b.id for b in classes[name].bases if isinstance(b, ast.Name)]
+        name = next((b for b in bases if b in classes), None)
+    return (config.FP32,)
+
+
+def _module_class_name(tree: ast.Module, variant: str | None) -> str | None:
+    """The class name a framework module's MODEL = ... (or VARIANTS = {variant: ...}) names."""
+    for node in tree.body:
+        if not (isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)):
+            continue
+        if variant is None and node.targets[0].id == "MODEL" and isinstance(node.value,
+                                                                             ast.Name):
+            return node.value.id
+        if variant is not None and node.targets[0].id == "VARIANTS" and isinstance(
+                node.value, ast.Dict):
+            for key, cls in zip(node.value.keys, node.value.values):
+                if isinstance(key, ast.Constant) and key.value == variant:
+                    return cls.id if isinstance(cls, ast.Name) else None
+    return None
 
 
 def pick_variant(model_cls, variants: dict | None):
