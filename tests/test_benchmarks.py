@@ -858,7 +858,7 @@ def test_profiles_plan_a_bf16_row_per_framework_that_declares_it(monkeypatch):
     assert [n for n in names if "bf16" not in n and n != "onnxruntime"] == fp32
     bf16 = [n for n in names if "bf16" in n]
     assert bf16 == ["pytorch[bf16]", "tensorflow[bf16]", "keras[tensorflow,bf16]",
-                    "keras[jax,bf16]", "keras[torch,bf16]", "jax[bf16]"]
+                    "keras[jax,bf16]", "keras[torch,bf16]", "jax[bf16]", "mxnet[bf16]"]
     for name in bf16:
         assert names[names.index(name) - 1] == rows.fp32_name(name)
     assert names[-1] == "onnxruntime" and "numpy[bf16]" not in names
