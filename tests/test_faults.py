@@ -104,13 +104,14 @@ def test_kill_then_sigterm_then_restore_is_exact(name, corpus, tmp_path):
              "--log-path", str(log)]
     rng = random.Random(name)
 
-    # kill -9 at a random moment: the periodic checkpoint is at most 5 steps behind.
+    # kill -9 at a random moment: the last save (every 5 steps, and at an epoch's end,
+    # step 29) is at most 5 steps behind.
     code, _ = signal_after(name, [*train, "--checkpoint-every", "5"], log,
                            rng.randint(8, 40), signal.SIGKILL)
     assert code == -signal.SIGKILL
     last = max(logged_steps(log))
     saved = trained_step(ck)
-    assert saved % 5 == 0 and last - saved <= 5, (last, saved)
+    assert (saved % 5 == 0 or saved % 29 == 0) and last - saved <= 5, (last, saved)
 
     # A bare --restore resumes the run as it was (text, shapes, --checkpoint-every, log):
     # only --threads, this machine's, is given again. SIGTERM then saves at the current

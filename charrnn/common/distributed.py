@@ -256,6 +256,19 @@ class Agreement:
         total = self._all_sum(np.array([loss, float(stop), float(save)]))
         return float(total[0] / self.world.size), bool(total[1]), bool(total[2])
 
+    def farewell(self) -> None:
+        """One last collective before a rank exits, whose failure is ignored. A rank that
+        finished the run's last collective may still owe the others its part of it
+        (TensorFlow's ring pulls each part from its owner's server); a rank that left at
+        once closed that server under them ("Socket closed"). Once this one completes on
+        a rank, every rank has finished all the run's real collectives."""
+        if self.world.size == 1:
+            return
+        try:
+            self._all_sum(np.zeros(1))
+        except Exception:  # a peer that left first: the run itself is complete and saved
+            pass
+
     def gather_rows(self, local: np.ndarray, batch_size: int) -> np.ndarray:
         """(L, B/W, H) of each rank -> the whole (L, B, H), on every rank: each rank's
         rows in place, zeros elsewhere, summed."""

@@ -210,7 +210,13 @@ def train(model_cls: type[CharRNN], cfg: TrainConfig,
                 agree.check_same(config_digest([dataclasses.asdict(run.cfg), run.text_id.sha256]),
                                  "command (flags, text or checkpoint)")
                 lock.enter_context(_writer_lock(world, agree, run.checkpoint_path))
-            return _train(model_cls, run, device, agree, rows)
+            try:
+                progress = _train(model_cls, run, device, agree, rows)
+            except Stopped:  # saved: leave as a completed run does
+                agree.farewell()
+                raise
+            agree.farewell()
+            return progress
     except (CharRnnError, Stopped, KeyboardInterrupt):
         raise
     except Exception as exc:  # a collective that timed out or lost a rank: one line each
