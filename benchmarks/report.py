@@ -85,6 +85,7 @@ from benchmarks.render import (  # noqa: F401 (_spread_cell: for tests)
     render,
     sentence,
 )
+from benchmarks.rows import fp32_name
 from benchmarks.summary import (  # noqa: F401 (SPREAD, peaks: for tests)
     SPREAD,
     _records,
@@ -120,6 +121,9 @@ ORIGINAL = pd.DataFrame([  # our name, the original script, training seconds, la
 # How far apart the frameworks' final losses may be after the same training (max - min, in
 # nats): the agreement line says whether the run stays within it.
 LOSS_SPREAD_TARGET = 0.02
+# How far a bf16-mixed row's validation loss may be from its fp32 row's after the same
+# training (issue 29's target for the long run; docs/SPEC.md section 12).
+BF16_LOSS_TARGET = 0.02
 
 # Two float32 matmul peaks of one run (before and after it) further apart than this,
 # as max / min - 1: the machine's speed changed during the run, and the row is flagged.
@@ -508,6 +512,24 @@ def loss_agreement(table: pd.DataFrame) -> str | None:
                     target=LOSS_SPREAD_TARGET)
 
 
+def precision_agreement(table: pd.DataFrame) -> str | None:
+    """One line: each bf16 row's validation loss minus its fp32 row's (same framework and
+    cell, after the same training), against BF16_LOSS_TARGET; None without such a pair."""
+    rows = [r for r in _trained(table).to_dict("records") if not _missing(r.get("val_loss"))]
+    fp32 = {(r["framework"], r.get("cell")): r for r in rows
+            if r.get("precision", FP32) in (FP32, None)}
+    pairs = [{"name": table_label(r, table), "bf16": r["val_loss"],
+              "fp32": fp32[(fp32_name(r["framework"]), r.get("cell"))]["val_loss"]}
+             for r in rows if r.get("precision") == BF16_MIXED
+             and (fp32_name(r["framework"]), r.get("cell")) in fp32]
+    if not pairs:
+        return None
+    epochs = _trained(table)["epochs"].dropna()
+    within = all(abs(p["bf16"] - p["fp32"]) <= BF16_LOSS_TARGET for p in pairs)
+    return sentence("lines.md.j2", "precision_agreement", pairs=pairs, within=within,
+                    target=BF16_LOSS_TARGET, epochs=epochs.max() if len(epochs) else None)
+
+
 def run_time(frameworks: pd.DataFrame) -> str | None:
     """One line: how long the whole run took, the frameworks' runs (each start to finish:
     peak checks, training, validation, generation) summed, and first start to last finish
@@ -525,7 +547,8 @@ def run_time(frameworks: pd.DataFrame) -> str | None:
 
 def summary_lines(table: pd.DataFrame, frameworks: pd.DataFrame) -> list[str]:
     """The agreement and run-time lines that apply (report.md, the full block, stdout)."""
-    return [line for line in (loss_agreement(table), run_time(frameworks)) if line]
+    return [line for line in (loss_agreement(table), precision_agreement(table),
+                              run_time(frameworks)) if line]
 
 
 def problems(table: pd.DataFrame) -> list[str]:

@@ -757,6 +757,26 @@ def test_committed_reference_renders_and_names_no_machine_directory(tmp_path):
         assert (table["status"] == "ok").any()
 
 
+def test_precision_line_sets_each_bf16_row_beside_its_fp32_row():
+    """Issue 29's long-run check, in every report with bf16 rows: a bf16 row's validation
+    loss minus its fp32 row's, within 0.02 nats or said not to be."""
+    quick = ROOT / "benchmarks" / "reference" / "amd-epyc-avx512bf16-2core" / "quick"
+    table = report.summary_table(report.load_records(quick)[1])
+    line = report.precision_agreement(table)
+    by_name = dict(zip(table["framework"], table["val_loss"], strict=True))
+    difference = by_name["keras[jax,bf16]"] - by_name["keras[jax]"]
+    assert line.startswith("bf16-mixed against fp32: each bf16 row's validation loss minus "
+                           "its fp32 row's after 1 epoch: ")
+    assert (f"keras[jax,bf16] {difference:+.4f} ({by_name['keras[jax,bf16]']:.4f} against "
+            f"{by_name['keras[jax]']:.4f})") in line
+    assert line.count(" against ") == 1 + 7 and "(all within the target of 0.02 nats)" in line
+    far = table.copy()
+    far.loc[far["framework"] == "mxnet[bf16]", "val_loss"] += 0.03
+    assert "(not all within the target of 0.02 nats)" in report.precision_agreement(far)
+    fp32_only = table[table["precision"] == "fp32"]
+    assert report.precision_agreement(fp32_only) is None
+
+
 def test_report_without_records_is_one_line(tmp_path):
     with pytest.raises(SystemExit, match="no records"):
         report.main([str(tmp_path)])
