@@ -141,7 +141,7 @@ def bad_input_cases(tmp_path, corpus):
     safetensors.numpy.save_file(dict(weights, **{"dense.w": np.zeros((3, 3), np.float32)}),
                                 str(wrong), metadata=meta)
     gen = ["generate", "--length", "5", "--seed", "All"]
-    train = ["train", *TINY, "--checkpoint-path", str(tmp_path / "ck"),
+    train = ["train", *TINY, "--checkpoint-path", str(tmp_path / "never-written"),
              "--log-path", str(tmp_path / "bad.log")]
     return [
         ([*train, "--text-path", str(tmp_path / "missing.txt")], "missing.txt"),

@@ -107,6 +107,26 @@ def test_finished_run_says_there_is_nothing_to_train(corpus, tmp_path):
     assert "nothing to train: the run has done its 1 epochs" in result["stderr"]
 
 
+def test_new_run_into_a_checkpoint_is_refused_and_leaves_it_whole(corpus, tmp_path):
+    """Without --restore, a path that holds a run is refused before anything trains: the
+    new run's first save would have replaced that run's weights."""
+    ck = tmp_path / "ck"
+    args = ["--text-path", str(corpus), *TINY, "--max-steps", "3", "--sample-length", "0",
+            "--checkpoint-path", str(ck), "--log-path", str(tmp_path / "run.log")]
+    ok(_train(args))
+    before = {p.name: p.read_bytes() for p in ck.iterdir() if p.is_file()}
+    expected = [f"error: {ck} already holds a checkpoint: continue that run with --restore "
+                f"{ck}, or give another --checkpoint-path (delete the directory to start over)"]
+    result = _train([*args, "--rnn-size", "8"])
+    assert result["code"] == 2 and result["stderr"].strip().splitlines() == expected
+    assert {p.name: p.read_bytes() for p in ck.iterdir() if p.is_file()} == before
+    ck.rename(tmp_path / "ck.old")  # a save that died between its two renames
+    result = _train(args)
+    assert result["code"] == 2 and result["stderr"].strip().splitlines() == expected
+    (tmp_path / "ck.old").rename(ck)
+    assert "resuming" in ok(_train(["--restore", str(ck), "--max-steps", "4"]))["stderr"]
+
+
 @pytest.mark.parametrize(("meta", "shown"), [
     ({"epoch": "0", "batch": "11", "step": "11"}, "11 batches (step 11)"),
     ({"epoch": "1", "batch": "11", "step": "40"}, "1 epoch and 11 batches (step 40)"),
