@@ -212,7 +212,7 @@ class TextGenerator:
         """`train_from_file` on a string; it is saved beside the checkpoint
         (`<checkpoint_path>.txt`), where a resume finds it."""
         checkpoint_path = Path(checkpoint_path or default_checkpoint_path(framework))
-        text_path = _text_file(checkpoint_path, text)
+        text_path = _text_file(checkpoint_path, text, flags.get("restore"))
         return cls.train_from_file(text_path, framework, checkpoint_path=checkpoint_path,
                                    **flags)
 
@@ -240,7 +240,7 @@ class TextGenerator:
                           **flags) -> TextGenerator:
         """`fine_tune_from_file` on a string, saved as `<checkpoint_path>.txt`."""
         checkpoint_path = Path(checkpoint_path or default_checkpoint_path(self.framework))
-        return self.fine_tune_from_file(_text_file(checkpoint_path, text),
+        return self.fine_tune_from_file(_text_file(checkpoint_path, text, flags.get("restore")),
                                         checkpoint_path=checkpoint_path, **flags)
 
     def _portable_now(self) -> Portable:
@@ -249,9 +249,14 @@ class TextGenerator:
                         dict(self.portable.metadata))
 
 
-def _text_file(checkpoint_path: Path, text: str) -> Path:
+def _text_file(checkpoint_path: Path, text: str, restore: str | bool | None = None) -> Path:
+    """`text` as `<checkpoint_path>.txt`; for a new run, refused first where the path holds
+    another run, whose text this file is (rewriting it would break that run's resume)."""
+    from charrnn.common.train import refuse_existing_checkpoint
     if not text:
         raise CharRnnError("the training text is empty")
+    if restore is None:
+        refuse_existing_checkpoint(checkpoint_path)
     path = checkpoint_path.with_name(checkpoint_path.name + ".txt")
     atomic_write_text(path, text)
     return path

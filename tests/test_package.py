@@ -150,6 +150,12 @@ def test_api_trains_fine_tunes_with_new_characters_and_saves(tmp_path):
         gen.fine_tune_on_text(TEXT, checkpoint_path=tmp_path / "x", rnn_size=32)
     with pytest.raises(CharRnnError, match="unknown training setting"):
         TextGenerator.train_on_text(TEXT, checkpoint_path=tmp_path / "y", epochs=1)
+    # A new run into a run's checkpoint: refused, its text and weights as they were.
+    weights = (tmp_path / "tuned" / "model.safetensors").read_bytes()
+    with pytest.raises(CharRnnError, match="tuned already holds a checkpoint"):
+        gen.fine_tune_on_text("another text\n" * 200, checkpoint_path=tmp_path / "tuned")
+    assert (tmp_path / "tuned.txt").read_text() == new_text
+    assert (tmp_path / "tuned" / "model.safetensors").read_bytes() == weights
     saved = gen.save(tmp_path / "mine.safetensors")
     again = TextGenerator(saved)
     assert again.vocab == gen.vocab
