@@ -19,10 +19,12 @@ from charrnn.common.train import evaluate, window_loss
 from charrnn.common.weights import load_portable
 
 # What each shipped model was trained to reach: (val loss, zero-state 200-char windows).
-TARGETS = {"default": (None, None)}
-# The recomputed val loss against the metadata's: exact up to float32 summation for a
-# model trained in fp32; a bf16-mixed run validated with bf16 products, 0.01 covers it.
-AGREEMENT = {"fp32": 1e-4, "bf16-mixed": 1e-2}
+TARGETS = {"default": (None, None), "large": (1.47, 1.60)}
+# The recomputed val loss against the metadata's, recomputed in the run's own precision
+# by the framework that trained it: exact up to float32 summation for fp32; bf16-mixed
+# products accumulate in another order with other thread counts (1.41961 in the metadata
+# of the large model, 1.41966 recomputed in float32).
+AGREEMENT = {"fp32": 1e-4, "bf16-mixed": 1e-3}
 
 
 @pytest.mark.parametrize("name", list(PRETRAINED_MODELS))
@@ -40,11 +42,13 @@ def test_shipped_model_reaches_its_reported_val_loss(name):
     # it, test_conformance and test_generation).
     pytest.importorskip("torch")
     from charrnn.frameworks.pytorch_model import TorchCharRNN as model_cls
-    model = model_cls(portable.config, portable.weights, OptimConfig(),
+    # In the run's precision: the large model's bf16-mixed pass takes a third of the time.
+    precision = run.get("precision", "fp32")
+    model = model_cls(portable.config, portable.weights, OptimConfig(precision=precision),
                       device=model_cls.setup_device("cpu", None))
     val_loss = evaluate(model, Batches(val_ids, run["batch_size"], run["seq_len"]))
     reported = float(portable.metadata["val_loss"])
-    assert val_loss == pytest.approx(reported, abs=AGREEMENT[run.get("precision", "fp32")])
+    assert val_loss == pytest.approx(reported, abs=AGREEMENT[precision])
     best, windows = TARGETS[name]
     if best is not None:
         assert val_loss <= best

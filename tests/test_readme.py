@@ -23,7 +23,7 @@ from tests.conftest import CURRENT_ENV
 from tests.markdown import unpad
 
 README = ROOT / "README.md"
-MAX_LINES = 150
+MAX_LINES = 195  # 150, and the two shipped models' table and samples (issue 30)
 TRAIN_WITHIN = 60  # lines: where a newcomer must have met the train-on-my-text command
 MY_TEXT_CHARS = 60_000  # 13 training batches of 64 x 64 and one for validation
 

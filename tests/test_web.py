@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 
 from benchmarks.web_speed import find_browser, serving, start_chromium, wait_for_state
-from charrnn.common.config import ModelConfig, OptimConfig
+from charrnn.common.config import PRETRAINED_MODELS, ModelConfig, OptimConfig
 from charrnn.common.generate import Generator
 from charrnn.common.paths import PRETRAINED_PATH, ROOT
 from charrnn.common.text import Vocab
@@ -156,6 +156,24 @@ def test_greedy_text_from_url_parameters_is_the_clis(driver, url, cold_start):
     assert driver.find_element("id", "cold-start").is_selected() == cold_start
     speed = text_of(driver, "speed")
     assert re.match(r"generated 300 characters in [\d.]+ s \([\d,]+ chars/s", speed), speed
+    assert console_errors(driver) == []
+
+
+def test_shipped_models_by_name_are_the_clis(driver, url):
+    """The page's shipped models are PRETRAINED_MODELS, by the same names: `model=large`
+    (and its button) loads the large one, whose greedy text is `generate --model large`'s."""
+    source = (ROOT / "charrnn" / "web" / "app.js").read_text()
+    files = dict(re.findall(r'^\s+(\w+): "([\w.-]+\.safetensors)",$', source, re.M))
+    assert files == PRETRAINED_MODELS
+    assert open_page(driver, url, model="large", seed="KING", length=120, temperature=0,
+                     run=1) == "done"
+    assert text_of(driver, "model-source").startswith(
+        f"Using the shipped large model pretrained/{PRETRAINED_MODELS['large']} (trained by ")
+    expected = cli_text("--model", "large", "--seed", "KING", "--length", "120",
+                        "--temperature", "0")
+    assert text_of(driver, "output") == expected
+    assert act(driver, driver.find_element("id", "load-shipped").click) == "ready"
+    assert "pretrained/tinyshakespeare.safetensors" in text_of(driver, "model-source")
     assert console_errors(driver) == []
 
 

@@ -27,7 +27,8 @@ FP32 = "fp32"  # --precision: float32 everywhere (docs/SPEC.md section 4)
 BF16_MIXED = "bf16-mixed"  # bf16 operands of every matrix product, float32 elsewhere
 PRECISIONS = (FP32, BF16_MIXED)  # docs/SPEC.md section 12
 # The models shipped in charrnn/pretrained/, by the name `generate --model` takes.
-PRETRAINED_MODELS = {"default": "tinyshakespeare.safetensors"}
+PRETRAINED_MODELS = {"default": "tinyshakespeare.safetensors",
+                     "large": "tinyshakespeare-large.safetensors"}
 DEVICES = ("auto", "cpu", "gpu")  # --device (docs/SPEC.md section 10, "Devices and threads")
 
 

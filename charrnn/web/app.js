@@ -10,10 +10,20 @@ import { NumpyRandom } from "./random.js";
 import { loadPortable } from "./safetensors.js";
 import { checkSampling, ranks, softmax } from "./sampling.js";
 
-// The shipped model, relative to this file: charrnn/web/ -> charrnn/pretrained/, the
-// same in a checkout, an installed package (`charrnn serve`) and on any static host.
-const SHIPPED = new URL("../pretrained/tinyshakespeare.safetensors", import.meta.url);
-const SHIPPED_NAME = "the shipped pretrained model pretrained/tinyshakespeare.safetensors";
+// The shipped models by the CLI's names (`generate --model NAME`: PRETRAINED_MODELS in
+// charrnn/common/config.py, which tests/test_web.py holds this to), relative to this
+// file: charrnn/web/ -> charrnn/pretrained/, the same in a checkout, an installed package
+// (`charrnn serve`) and on any static host.
+const SHIPPED_FILES = {
+  default: "tinyshakespeare.safetensors",
+  large: "tinyshakespeare-large.safetensors",
+};
+/** [URL, what the page calls it] of a shipped model. */
+function shipped(name) {
+  const file = SHIPPED_FILES[name];
+  return [new URL(`../pretrained/${file}`, import.meta.url),
+    `the shipped ${name === "default" ? "pretrained" : name} model pretrained/${file}`];
+}
 const SLICE_MS = 25; // generate this long between two yields to the event loop
 const UNITS_LISTED = 10;
 
@@ -394,8 +404,8 @@ function wire() {
     const file = event.target.files[0];
     if (file) guarded(() => useFile(file));
   });
-  $("load-shipped").addEventListener("click", () =>
-    guarded(() => useUrl(SHIPPED, SHIPPED_NAME)));
+  $("load-shipped").addEventListener("click", () => guarded(() => useUrl(...shipped("default"))));
+  $("load-large").addEventListener("click", () => guarded(() => useUrl(...shipped("large"))));
   document.addEventListener("dragover", (event) => {
     event.preventDefault();
     document.body.classList.add("dragging");
@@ -423,8 +433,9 @@ function wire() {
 async function main() {
   wire();
   const { modelUrl, run } = applyUrlParams();
-  if (modelUrl) await useUrl(new URL(modelUrl, location.href), modelUrl);
-  else await useUrl(SHIPPED, SHIPPED_NAME);
+  if (modelUrl && Object.hasOwn(SHIPPED_FILES, modelUrl)) await useUrl(...shipped(modelUrl));
+  else if (modelUrl) await useUrl(new URL(modelUrl, location.href), modelUrl);
+  else await useUrl(...shipped("default"));
   if (run) await generate();
 }
 
