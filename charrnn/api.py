@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from charrnn.common import registry
-from charrnn.common.checkpoint import PORTABLE_NAME
+from charrnn.common.checkpoint import PORTABLE_NAME, refuse_existing
 from charrnn.common.config import TrainConfig
 from charrnn.common.errors import CharRnnError
 from charrnn.common.fileio import atomic_write_text
@@ -252,11 +252,10 @@ class TextGenerator:
 def _text_file(checkpoint_path: Path, text: str, restore: str | bool | None = None) -> Path:
     """`text` as `<checkpoint_path>.txt`; for a new run, refused first where the path holds
     another run, whose text this file is (rewriting it would break that run's resume)."""
-    from charrnn.common.train import refuse_existing_checkpoint
     if not text:
         raise CharRnnError("the training text is empty")
     if restore is None:
-        refuse_existing_checkpoint(checkpoint_path)
+        refuse_existing(checkpoint_path)
     path = checkpoint_path.with_name(checkpoint_path.name + ".txt")
     atomic_write_text(path, text)
     return path

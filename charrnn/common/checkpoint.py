@@ -38,6 +38,7 @@ from charrnn.common.text import TextId, Vocab
 from charrnn.common.weights import Portable, load_portable, save_portable
 
 PORTABLE_NAME = "model.safetensors"
+TRAINER_NAME = "trainer.json"
 BEST_NAME = "best.safetensors"  # --keep-best
 # trainer.json's layout. 2: the resolved run and the text's identity (1 held the flags
 # as typed, so a resume could not tell which text, shapes or sizes it had trained with).
@@ -92,7 +93,7 @@ def save_checkpoint(directory: str | Path, model: CharRNN, vocab: Vocab, progres
                        "progress": dataclasses.asdict(progress),
                        "train_config": dataclasses.asdict(train_config),
                        "text": dataclasses.asdict(text_id)}
-            (tmp / "trainer.json").write_text(json.dumps(trainer, indent=2))
+            (tmp / TRAINER_NAME).write_text(json.dumps(trainer, indent=2))
     except Exception as exc:
         raise write_failure(directory, exc) from None
 
@@ -135,13 +136,26 @@ class Checkpoint:
     c: np.ndarray
 
 
+def refuse_existing(path: Path, init_from: str | None = None) -> None:
+    """A new run must not write over another run's checkpoint (docs/SPEC.md section 10):
+    its first save would replace those weights for good. Unless it starts from that
+    checkpoint's own weights (`--init-from <path>/model.safetensors`): then it says so."""
+    if init_from and Path(init_from).resolve().parent == path.resolve():
+        return
+    directory = resolve_directory(path)  # `<path>.old` too, as a resume would find it
+    if any((directory / name).exists() for name in (TRAINER_NAME, PORTABLE_NAME)):
+        raise CharRnnError(
+            f"{path} already holds a checkpoint: continue that run with --restore {path}, "
+            "or give another --checkpoint-path (delete the directory to start over)")
+
+
 def load_checkpoint(directory: str | Path, framework: str) -> Checkpoint:
     """Read everything but the native files (the model loads those itself)."""
     given = Path(directory)
     directory = resolve_directory(given)
     if not directory.is_dir():
         raise CharRnnError(f"{given}: no checkpoint directory to restore from")
-    trainer_path = directory / "trainer.json"
+    trainer_path = directory / TRAINER_NAME
     try:
         trainer = json.loads(trainer_path.read_text())
         progress = Progress(**trainer["progress"])

@@ -27,11 +27,11 @@ from charrnn.common import distributed, resume
 from charrnn.common.batching import Batches, make_streams, split_ids
 from charrnn.common.checkpoint import (
     BEST_NAME,
-    PORTABLE_NAME,
     Checkpoint,
     Progress,
     checkpoint_lock,
     load_checkpoint,
+    refuse_existing,
     restore_native,
     save_checkpoint,
 )
@@ -156,23 +156,9 @@ def prepare(framework: str, cfg: TrainConfig, given: frozenset[str] | None = Non
     log_path = Path(cfg.log_path or default_log_path(framework)).resolve()
     run_cfg = dataclasses.replace(resume.resolved(cfg, model_config, text_id),
                                   log_path=str(log_path))
-    refuse_existing_checkpoint(checkpoint_path, cfg.init_from)  # after the text's, flags' errors
+    refuse_existing(checkpoint_path, cfg.init_from)  # after the text's and flags' errors
     return Prepared(None, checkpoint_path, text_path, text, text_id, vocab, model_config,
                     weights, run_cfg)
-
-
-def refuse_existing_checkpoint(path: Path, init_from: str | None = None) -> None:
-    """A new run must not write over another run's checkpoint (docs/SPEC.md section 10):
-    its first save would replace those weights for good. Unless it starts from that
-    checkpoint's own weights (`--init-from <path>/model.safetensors`): then it says so."""
-    if init_from and Path(init_from).resolve().parent == path.resolve():
-        return
-    for directory in (path, path.with_name(path.name + ".old")):
-        if any((directory / name).exists() for name in ("trainer.json", PORTABLE_NAME)):
-            raise CharRnnError(
-                f"{path} already holds a checkpoint: continue that run with --restore "
-                f"{path}, or give another --checkpoint-path (delete the directory to start "
-                "over)")
 
 
 def _prepare_resume(framework: str, cfg: TrainConfig, given: frozenset[str]) -> Prepared:
