@@ -515,16 +515,19 @@ def loss_agreement(table: pd.DataFrame) -> str | None:
 def precision_agreement(table: pd.DataFrame) -> str | None:
     """One line: each bf16 row's validation loss minus its fp32 row's (same framework and
     cell, after the same training), against BF16_LOSS_TARGET; None without such a pair."""
-    rows = [r for r in _trained(table).to_dict("records") if not _missing(r.get("val_loss"))]
-    fp32 = {(r["framework"], r.get("cell")): r for r in rows
+    trained = _trained(table)
+    rows = [r for r in trained.to_dict("records") if not _missing(r.get("val_loss"))]
+    fp32 = {(r["framework"], r.get("cell")): r["val_loss"] for r in rows
             if r.get("precision", FP32) in (FP32, None)}
-    pairs = [{"name": table_label(r, table), "bf16": r["val_loss"],
-              "fp32": fp32[(fp32_name(r["framework"]), r.get("cell"))]["val_loss"]}
-             for r in rows if r.get("precision") == BF16_MIXED
-             and (fp32_name(r["framework"]), r.get("cell")) in fp32]
+    pairs = []
+    for r in rows:
+        partner = (fp32_name(r["framework"]), r.get("cell"))
+        if r.get("precision") == BF16_MIXED and partner in fp32:
+            pairs.append({"name": table_label(r, table), "bf16": r["val_loss"],
+                          "fp32": fp32[partner]})
     if not pairs:
         return None
-    epochs = _trained(table)["epochs"].dropna()
+    epochs = trained["epochs"].dropna()
     within = all(abs(p["bf16"] - p["fp32"]) <= BF16_LOSS_TARGET for p in pairs)
     return sentence("lines.md.j2", "precision_agreement", pairs=pairs, within=within,
                     target=BF16_LOSS_TARGET, epochs=epochs.max() if len(epochs) else None)
