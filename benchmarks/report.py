@@ -124,6 +124,11 @@ LOSS_SPREAD_TARGET = 0.02
 # How far a bf16-mixed row's validation loss may be from its fp32 row's after the same
 # training (issue 29's target for the long run; docs/SPEC.md section 12).
 BF16_LOSS_TARGET = 0.02
+# How much faster a bf16-mixed row's median step should be than its fp32 row's at the
+# default spec (issue 29's targets: 3x for PyTorch, 2x for the others, or a profiled
+# reason, which docs/FRAMEWORKS.md gives per row): read from a run, never asserted.
+BF16_SPEEDUP_TARGETS = {"pytorch": 3.0}
+BF16_SPEEDUP_TARGET = 2.0
 
 # Two float32 matmul peaks of one run (before and after it) further apart than this,
 # as max / min - 1: the machine's speed changed during the run, and the row is flagged.
@@ -512,25 +517,44 @@ def loss_agreement(table: pd.DataFrame) -> str | None:
                     target=LOSS_SPREAD_TARGET)
 
 
-def precision_agreement(table: pd.DataFrame) -> str | None:
-    """One line: each bf16 row's validation loss minus its fp32 row's (same framework and
-    cell, after the same training), against BF16_LOSS_TARGET; None without such a pair."""
-    trained = _trained(table)
-    rows = [r for r in trained.to_dict("records") if not _missing(r.get("val_loss"))]
-    fp32 = {(r["framework"], r.get("cell")): r["val_loss"] for r in rows
+def _precision_pairs(table: pd.DataFrame, column: str) -> list[dict]:
+    """Each trained bf16 row with `column` beside its fp32 row's (same framework and cell,
+    after the same training): name, the fp32 row's framework, "bf16" and "fp32" values."""
+    rows = [r for r in _trained(table).to_dict("records") if not _missing(r.get(column))]
+    fp32 = {(r["framework"], r.get("cell")): r[column] for r in rows
             if r.get("precision", FP32) in (FP32, None)}
     pairs = []
     for r in rows:
         partner = (fp32_name(r["framework"]), r.get("cell"))
         if r.get("precision") == BF16_MIXED and partner in fp32:
-            pairs.append({"name": table_label(r, table), "bf16": r["val_loss"],
-                          "fp32": fp32[partner]})
+            pairs.append({"name": table_label(r, table), "fp32_framework": partner[0],
+                          "bf16": r[column], "fp32": fp32[partner]})
+    return pairs
+
+
+def precision_agreement(table: pd.DataFrame) -> str | None:
+    """One line: each bf16 row's validation loss minus its fp32 row's, against
+    BF16_LOSS_TARGET; None without such a pair."""
+    pairs = _precision_pairs(table, "val_loss")
     if not pairs:
         return None
-    epochs = trained["epochs"].dropna()
+    epochs = _trained(table)["epochs"].dropna()
     within = all(abs(p["bf16"] - p["fp32"]) <= BF16_LOSS_TARGET for p in pairs)
     return sentence("lines.md.j2", "precision_agreement", pairs=pairs, within=within,
                     target=BF16_LOSS_TARGET, epochs=epochs.max() if len(epochs) else None)
+
+
+def precision_speedup(table: pd.DataFrame) -> str | None:
+    """One line: each bf16 row's speed-up (its fp32 row's median step over its own)
+    against its target (BF16_SPEEDUP_TARGETS); None without such a pair."""
+    pairs = _precision_pairs(table, "step_ms")
+    for p in pairs:
+        p["speedup"] = p["fp32"] / p["bf16"]
+        p["target"] = BF16_SPEEDUP_TARGETS.get(p["fp32_framework"], BF16_SPEEDUP_TARGET)
+    if not pairs:
+        return None
+    return sentence("lines.md.j2", "precision_speedup", pairs=pairs,
+                    reached=sum(p["speedup"] >= p["target"] for p in pairs))
 
 
 def run_time(frameworks: pd.DataFrame) -> str | None:
@@ -551,7 +575,7 @@ def run_time(frameworks: pd.DataFrame) -> str | None:
 def summary_lines(table: pd.DataFrame, frameworks: pd.DataFrame) -> list[str]:
     """The agreement and run-time lines that apply (report.md, the full block, stdout)."""
     return [line for line in (loss_agreement(table), precision_agreement(table),
-                              run_time(frameworks)) if line]
+                              precision_speedup(table), run_time(frameworks)) if line]
 
 
 def problems(table: pd.DataFrame) -> list[str]:

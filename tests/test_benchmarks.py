@@ -777,6 +777,26 @@ def test_precision_line_sets_each_bf16_row_beside_its_fp32_row():
     assert report.precision_agreement(fp32_only) is None
 
 
+def test_precision_speedup_gives_each_bf16_row_against_its_target():
+    """The speed-up line: each bf16 row's fp32 partner's median step over its own, with
+    issue 29's target (3x PyTorch, 2x the others) and how many reach it."""
+    quick = ROOT / "benchmarks" / "reference" / "amd-epyc-avx512bf16-2core" / "quick"
+    table = report.summary_table(report.load_records(quick)[1])
+    step = dict(zip(table["framework"], table["step_ms"], strict=True))
+    line = report.precision_speedup(table)
+    assert line.startswith("bf16-mixed speed-up: each bf16 row's median step against its "
+                           "fp32 row's: ")
+    assert (f"pytorch[bf16] {step['pytorch'] / step['pytorch[bf16]']:.2f}x "
+            f"({step['pytorch[bf16]']:.1f} against {step['pytorch']:.1f} ms; target 3x)") in line
+    assert f"keras[jax,bf16] {step['keras[jax]'] / step['keras[jax,bf16]']:.2f}x" in line
+    assert line.count("target 2x") == 6 and "(0 of 7 reach their target;" in line
+    fast = table.copy()
+    bf16 = fast["precision"] == "bf16-mixed"
+    fast.loc[bf16, "step_ms"] = fast.loc[bf16, "step_ms"] / 5
+    assert "(6 of 7 reach their target;" in report.precision_speedup(fast)  # mxnet: 1.3x
+    assert report.precision_speedup(table[~bf16]) is None
+
+
 def test_report_without_records_is_one_line(tmp_path):
     with pytest.raises(SystemExit, match="no records"):
         report.main([str(tmp_path)])
