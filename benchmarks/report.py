@@ -518,16 +518,18 @@ def loss_agreement(table: pd.DataFrame) -> str | None:
 
 
 def _precision_pairs(table: pd.DataFrame, column: str) -> list[dict]:
-    """Each trained bf16 row with `column` beside its fp32 row's (same framework and cell,
-    after the same training): name, the fp32 row's framework, "bf16" and "fp32" values."""
+    """Each trained bf16 row with `column` beside its fp32 row's (same framework, cell and
+    sweep point, after the same training): name, the fp32 row's framework, "bf16" and
+    "fp32" values."""
     rows = [r for r in _trained(table).to_dict("records") if not _missing(r.get(column))]
-    fp32 = {(r["framework"], r.get("cell")): r[column] for r in rows
+    fp32 = {(r["framework"], r.get("cell"), r.get("point")): r[column] for r in rows
             if r.get("precision", FP32) in (FP32, None)}
     pairs = []
     for r in rows:
-        partner = (fp32_name(r["framework"]), r.get("cell"))
+        partner = (fp32_name(r["framework"]), r.get("cell"), r.get("point"))
         if r.get("precision") == BF16_MIXED and partner in fp32:
-            pairs.append({"name": table_label(r, table), "fp32_framework": partner[0],
+            at = f" at {r['point']}" if isinstance(r.get("point"), str) else ""
+            pairs.append({"name": table_label(r, table) + at, "fp32_framework": partner[0],
                           "bf16": r[column], "fp32": fp32[partner]})
     return pairs
 

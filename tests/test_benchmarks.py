@@ -795,6 +795,10 @@ def test_precision_speedup_gives_each_bf16_row_against_its_target():
     fast.loc[bf16, "step_ms"] = fast.loc[bf16, "step_ms"] / 5
     assert "(6 of 7 reach their target;" in report.precision_speedup(fast)  # mxnet: 1.3x
     assert report.precision_speedup(table[~bf16]) is None
+    points = pd.concat([table.assign(point="rnn128-batch64"), fast.assign(point="rnn512-batch64")])
+    line = report.precision_speedup(points)  # a sweep: each bf16 row against its own point's
+    assert f"pytorch[bf16] at rnn128-batch64 {step['pytorch'] / step['pytorch[bf16]']:.2f}x" in line
+    assert "(6 of 14 reach their target;" in line
 
 
 def test_report_without_records_is_one_line(tmp_path):
