@@ -6,6 +6,7 @@ LEGACY := .venv-legacy
 
 .PHONY: setup browser demo lint test test-modern test-legacy bench bench-full reference-full \
 	reference-results clean bench-sweep reference-sweep bench-sweep-bf16 reference-sweep-bf16 \
+	bench-bf16-long reference-bf16-long \
 	bench-cells reference-cells bench-scaling reference-scaling
 
 # The two environments install side by side (-j2): on a fresh machine that is most of
@@ -111,6 +112,17 @@ bench-sweep-bf16: setup
 reference-sweep-bf16: setup
 	$(VENV)/bin/python -m benchmarks.run_all --profile sweep-bf16 --no-report
 	$(VENV)/bin/python -m benchmarks.report benchmarks/results/sweep-bf16 --reference
+
+# The bf16 rows' loss after real training: four epochs of the fp32 and the bf16 row of
+# every framework with a bf16 path, validation, no generation (about 35 minutes).
+bench-bf16-long: setup
+	$(VENV)/bin/python -m benchmarks.run_all --profile bf16-long
+
+# The committed long run: benchmarks/reference/<machine>/bf16-long/, docs/RESULTS.md
+# rewritten.
+reference-bf16-long: setup
+	$(VENV)/bin/python -m benchmarks.run_all --profile bf16-long --no-report
+	$(VENV)/bin/python -m benchmarks.report benchmarks/results/bf16-long --reference
 
 # What each cell costs (docs/SPEC.md section 8): one epoch of the LSTM, the GRU and the
 # vanilla RNN in every framework, each cell from its own initial weights (about three

@@ -122,6 +122,17 @@ PROFILES = {
                           train={"val_fraction": 0.0}, sweep=True,
                           grid=Grid(rnn_sizes=(128, 512, 1024), batch_sizes=(64,)),
                           precisions=(FP32, BF16_MIXED), paired=True, generate=False),
+    # The bf16 rows' loss after real training (issue 29's long run): four epochs of the
+    # default spec, the fp32 and the bf16 row of every framework with a bf16 path one after
+    # the other, validation after each epoch, no generation (float32 in both rows).
+    # Estimated from the quick reference: an epoch of the 14 rows takes about 420 s, so four
+    # take 28 minutes, with start-up and validation about 35 on the 2-core CPU.
+    "bf16-long": Profile(4, None, 3600,
+                         "four epochs (980 steps of 64 x 64 characters) on tinyshakespeare "
+                         "with the default model spec from the same initial weights, in fp32 "
+                         "and in bf16-mixed for every framework with a bf16 path, then one "
+                         "pass over the validation text; no generation",
+                         precisions=(FP32, BF16_MIXED), paired=True, generate=False),
     # One epoch of each cell, as the quick profile trains the LSTM: what a GRU and a vanilla
     # RNN cost against the LSTM in each framework (0.75x and 0.25x its matrix FLOPs).
     "cells": Profile(1, None, 900,

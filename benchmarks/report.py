@@ -645,11 +645,12 @@ def render_report(runs: list[dict], table: pd.DataFrame, frameworks: pd.DataFram
 # ---------------------------------------------------------------------------------------
 
 # The profiles' sections in the order the page shows them; others (a custom run) after.
-PAGE_ORDER = ("quick", "cells", "sweep", "sweep-bf16", "scaling", "full")
+PAGE_ORDER = ("quick", "cells", "sweep", "sweep-bf16", "bf16-long", "scaling", "full")
 PAGE_TITLES = {"quick": "One epoch of every framework (quick profile)",
                "cells": "The cells: LSTM, GRU and vanilla RNN (cells profile)",
                "sweep": "Model and batch size (sweep profile)",
                "sweep-bf16": "bf16-mixed against fp32 up to rnn size 1024 (sweep-bf16 profile)",
+               "bf16-long": "bf16-mixed against fp32 over four epochs (bf16-long profile)",
                "scaling": "Data-parallel throughput (scaling profile)",
                "full": "32 epochs, the original suite's table (full profile)"}
 
@@ -689,7 +690,9 @@ def page_section(results_dir: Path, page: Path) -> dict:
     if shows_worlds(table):
         return {**x, "profile": "scaling", "table": scaling_table(table)}
     x.update(table=results_table(table), notes=row_notes(table) + flag_notes(table),
-             repeated=_repeated(table))
+             repeated=_repeated(table),
+             precision=[line for line in (precision_agreement(table), precision_speedup(table))
+                        if line])
     if runs[-1].get("settings", {}).get("profile") == "full":
         return {**x, "profile": "full", "description": runs[0].get("description", "?"),
                 "summary": summary_lines(table, frameworks), "compare": compare_original(table)}

@@ -29,7 +29,8 @@ quick profile adds a bf16 row ("pytorch[bf16]", "keras[jax,bf16]") right after t
 fp32 row of every framework whose class declares `--precision bf16-mixed` (the NumPy
 reference's emulation only when named), and the onnxruntime row, which generates from
 the initial weights exported to ONNX and trains nothing. --frameworks names rows.
-The sweep-bf16 profile compares the two precisions at rnn sizes up to 1024.
+The sweep-bf16 profile compares the two precisions at rnn sizes up to 1024, the bf16-long
+profile their losses after four epochs.
 
 The sweep profile (benchmarks.sweep) runs every framework once per point of a grid
 of model and batch sizes, each point a run of its own with its own initial weights

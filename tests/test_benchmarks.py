@@ -911,6 +911,8 @@ def test_profiles_plan_a_bf16_row_per_framework_that_declares_it(monkeypatch):
     assert pairs == [n for n in names if n != "onnxruntime" and (
         n in bf16 or f"{n}[bf16]" in bf16 or n.replace("]", ",bf16]") in bf16)]
     assert [r.name for r in run_all.select_entries(None, run_all.PROFILES["sweep"])] == fp32
+    long_rows = run_all.select_entries(None, run_all.PROFILES["bf16-long"])  # the long run
+    assert [r.name for r in long_rows] == pairs
     # A framework that gains a bf16 path gains a row, with no edit of the benchmark.
     declared = registry.declared_precisions
     monkeypatch.setattr(registry, "declared_precisions", lambda e: (
@@ -951,7 +953,7 @@ def test_engine_row_prepares_then_generates_and_only_where_generation_is(tmp_pat
                         "--optimization", "basic"]
     cfg = parse_args(["generate", *gen[8:]], "test")[1]  # generate's own flags
     assert cfg.num_samples == 64 and cfg.checkpoint_path == "run/model.step.onnx"
-    for profile in ("sweep", "sweep-bf16", "scaling"):
+    for profile in ("sweep", "sweep-bf16", "bf16-long", "scaling"):
         with pytest.raises(SystemExit, match="inference engine generates only"):
             run_all.select_entries("pytorch,onnxruntime", run_all.PROFILES[profile])
 
