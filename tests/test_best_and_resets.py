@@ -45,6 +45,13 @@ def test_keep_best_keeps_the_lowest_val_loss_across_a_resume(tmp_path):
     assert int(meta["epoch"]) == best + 1
     assert json.loads((ck / "trainer.json").read_text())["progress"]["best_val_loss"] == (
         pytest.approx(val[best], abs=1e-6))
+    # Resumed into another directory, past the turn: the best file comes along with the
+    # best loss the run compares against.
+    ok(_train(["--restore", str(ck), "--checkpoint-path", str(tmp_path / "ck2"),
+               "--num-epochs", "9"]))
+    assert _epochs(log)[-1]["val/loss"] > val[best]
+    assert (tmp_path / "ck2" / "best.safetensors").read_bytes() == (
+        ck / "best.safetensors").read_bytes()
 
 
 def test_without_keep_best_there_is_no_best_file(corpus, tmp_path):

@@ -66,12 +66,14 @@ def portable_metadata(model: CharRNN, progress: Progress) -> dict[str, str]:
 
 def save_checkpoint(directory: str | Path, model: CharRNN, vocab: Vocab, progress: Progress,
                     state: tuple[np.ndarray, np.ndarray], train_config: TrainConfig,
-                    text_id: TextId, new_best: bool = False) -> None:
+                    text_id: TextId, new_best: bool = False,
+                    best_from: str | Path | None = None) -> None:
     """Write a complete checkpoint directory atomically; `state` is the carried (h, c) of
     the whole batch, each (num_layers, batch_size, rnn_size); `train_config` the run as
     resolved (`common.resume.resolved`), `text_id` the text it trains on. `new_best`:
-    these weights also become best.safetensors; otherwise the previous directory's
-    best.safetensors, if any, is carried into the new one.
+    these weights also become best.safetensors; otherwise the best.safetensors of
+    `best_from` (default: the previous `directory`), if any, is carried into the new one:
+    a run resumed into another directory carries the checkpoint's it resumed.
 
     Any failure (whatever a framework's native save raises) becomes a CharRnnError
     naming the directory and the reason; the previous checkpoint stays as it was.
@@ -80,7 +82,7 @@ def save_checkpoint(directory: str | Path, model: CharRNN, vocab: Vocab, progres
         with atomic_directory(directory) as tmp:
             save_portable(tmp / PORTABLE_NAME, model.get_weights(), model.config, vocab,
                           **portable_metadata(model, progress))
-            previous_best = resolve_directory(Path(directory)) / BEST_NAME
+            previous_best = resolve_directory(Path(best_from or directory)) / BEST_NAME
             if new_best:
                 shutil.copyfile(tmp / PORTABLE_NAME, tmp / BEST_NAME)
             elif previous_best.is_file():

@@ -302,7 +302,8 @@ def _train(model_cls: type[CharRNN], run: Prepared, device: Device, agree: Agree
 
     loop = _Loop(model, train_batches, val_batches, cfg, progress, state, log,
                  run.checkpoint_path, vocab, run.text_id, agree, rows,
-                 val_ids=split_ids(ids, cfg.val_fraction)[1])
+                 val_ids=split_ids(ids, cfg.val_fraction)[1],
+                 best_from=checkpoint.directory if checkpoint else None)
     try:
         with _StopSignals() as signals:
             loop.signals = signals
@@ -370,6 +371,9 @@ class _Loop:
     agree: Agreement  # the ranks' common decisions (one process: its own)
     rows: slice  # this rank's rows of every batch
     val_ids: np.ndarray | None = None  # the validation stream, for --val-window
+    # The directory whose best.safetensors the next save carries: the resumed checkpoint's
+    # until this run has saved once (None: checkpoint_path's own).
+    best_from: Path | None = None
     signals: _StopSignals | None = None
     stopping: int | None = None  # the signal every rank agreed to stop on
     last_save: float = dataclasses.field(default_factory=time.perf_counter)
@@ -395,7 +399,8 @@ class _Loop:
                 try:
                     save_checkpoint(self.checkpoint_path, self.model, self.vocab,
                                     self.progress, (h, c), self.cfg, self.text_id,
-                                    new_best)
+                                    new_best, self.best_from)
+                    self.best_from = None
                 except CharRnnError as exc:
                     if world.size == 1:
                         raise
