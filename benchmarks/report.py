@@ -681,7 +681,11 @@ def page_section(results_dir: Path, page: Path) -> dict:
          "title": PAGE_TITLES.get(results_dir.name, results_dir.name + " profile")}
     if sweep_report.is_sweep(frameworks):
         table, grid = sweep_report.sweep_table(frameworks), sweep_report.grid_of(runs)
-        return {**x, "profile": "sweep", "plots": (sweep_report.STEP_PLOT, sweep_report.BATCH_PLOT),
+        shown = sweep_report.shown_plots(table, grid)
+        second = (("throughput against batch size", shown["batch"]) if "batch" in shown
+                  else ("MFU against rnn size", shown["mfu"]))
+        return {**x, "profile": "sweep",
+                "plots": (("step time against rnn size", shown["step"]), second),
                 "table": sweep_report.framework_table(table, grid),
                 "precisions": sweep_report.precision_table(table, grid)}
     table = summary_table(frameworks)

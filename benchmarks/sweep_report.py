@@ -57,6 +57,15 @@ PLOTS = {"step": STEP_PLOT, "mfu": "mfu_vs_rnn_size.png",
          "memory": "memory_vs_batch_size.png"}
 
 
+def shown_plots(table: pd.DataFrame, grid: Grid) -> dict[str, str]:
+    """The PLOTS a sweep has something to draw in: generation only where it generated, the
+    batch-size axis only where it has more than one size (sweep-bf16's has one)."""
+    generated = "gen_chars_per_s" in table and table["gen_chars_per_s"].notna().any()
+    return {name: file for name, file in PLOTS.items()
+            if (name != "generation" or generated)
+            and (name not in ("batch", "memory") or len(grid.batch_sizes) > 1)}
+
+
 # ---------------------------------------------------------------------------------------
 # Records -> one row per framework and point
 # ---------------------------------------------------------------------------------------
@@ -270,6 +279,8 @@ def flop_bound(rnn: pd.DataFrame, peak: float | None) -> Line | None:
 
 def write_plots(table: pd.DataFrame, grid: Grid, frameworks: pd.DataFrame,
                 results_dir: Path) -> None:
+    """The shown_plots, each drawn into results_dir."""
+    shown = shown_plots(table, grid)
     rnn, batch = _axis(table, grid, "rnn_size"), _axis(table, grid, "batch_size")
     at_batch, at_rnn = f"--batch-size {grid.batch_size}", f"--rnn-size {grid.rnn_size}"
     plot_lines(_lines(rnn, "rnn_size", "step_ms"), results_dir / STEP_PLOT,
@@ -280,17 +291,20 @@ def write_plots(table: pd.DataFrame, grid: Grid, frameworks: pd.DataFrame,
                xlabel=f"--rnn-size (at {at_batch})",
                ylabel="MFU (of the float32 GEMM peak; bf16 rows: the bf16 one)",
                title="Model FLOP utilisation against model size", percent=True)
-    plot_lines(_lines(rnn, "rnn_size", "gen_chars_per_s"),
-               results_dir / PLOTS["generation"], xlabel="--rnn-size",
-               ylabel="generated chars/s (one stream)", log_y=True,
-               title="Generation speed against model size")
-    plot_lines(_lines(batch, "batch_size", "chars_per_s"), results_dir / BATCH_PLOT,
-               xlabel=f"--batch-size (at {at_rnn})", ylabel="training chars/s (median step)",
-               title="Training throughput against batch size", log_y=True)
-    plot_lines(_lines(batch, "batch_size", "peak_mb"), results_dir / PLOTS["memory"],
-               xlabel=f"--batch-size (at {at_rnn})",
-               ylabel="peak resident memory of training (MiB)",
-               title="Training memory against batch size")
+    if "generation" in shown:
+        plot_lines(_lines(rnn, "rnn_size", "gen_chars_per_s"),
+                   results_dir / PLOTS["generation"], xlabel="--rnn-size",
+                   ylabel="generated chars/s (one stream)", log_y=True,
+                   title="Generation speed against model size")
+    if "batch" in shown:
+        plot_lines(_lines(batch, "batch_size", "chars_per_s"), results_dir / BATCH_PLOT,
+                   xlabel=f"--batch-size (at {at_rnn})",
+                   ylabel="training chars/s (median step)",
+                   title="Training throughput against batch size", log_y=True)
+        plot_lines(_lines(batch, "batch_size", "peak_mb"), results_dir / PLOTS["memory"],
+                   xlabel=f"--batch-size (at {at_rnn})",
+                   ylabel="peak resident memory of training (MiB)",
+                   title="Training memory against batch size")
 
 
 # ---------------------------------------------------------------------------------------
@@ -314,7 +328,8 @@ def render_report(runs: list[dict], table: pd.DataFrame, frameworks: pd.DataFram
     per_framework = (table.assign(failed=table["status"] != "ok")
                      .sort_values("failed", kind="stable").drop_duplicates("framework")
                      .set_index("framework").loc[order].reset_index())
-    return render("sweep_report.md.j2", s=run.get("settings", {}), grid=grid, plots=PLOTS,
+    return render("sweep_report.md.j2", s=run.get("settings", {}), grid=grid,
+                  plots=shown_plots(table, grid),
                   description=(runs[0] if runs else {}).get("description", "?"),
                   machine_header=machine_header(runs, frameworks),
                   tables=tables_text(table, grid), problems=problem_lines(table, frameworks),

@@ -14,6 +14,7 @@ No test asserts a timing: the expected tables are computed from the raw records.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shlex
 import shutil
@@ -217,9 +218,10 @@ def test_sweep_goes_on_past_a_failed_point_and_resumes(corpus, tmp_path):
     assert "generation" not in got["numpy", "rnn128-batch1"]
     assert not any("generation_batch" in r for r in got.values())
     assert got["numpy", "rnn128-batch1"]["header"]["chars_per_batch"] == 8
-    # The report, with every plot, and the tables on stdout.
+    # The report, with every plot but the batch axis's (one batch size), the tables on stdout.
+    batch_axis = {"throughput_vs_batch_size.png", "memory_vs_batch_size.png"}
     for name in SWEEP_FILES:
-        assert (out / name).exists(), name
+        assert (out / name).exists() == (name not in batch_axis), name
     assert "Fastest at each point:" in proc.stdout and "| numpy |" in unpad(proc.stdout)
     assert "**flaky** at rnn32-batch64: failed at train" in (out / "report.md").read_text()
 
@@ -370,3 +372,16 @@ def test_sweep_bf16_profile_compares_the_precisions_up_to_1024(corpus, saved):
     assert all(r.startswith("| pytorch | ") and "| 2.00x |" in r for r in rows)
     assert scaling.precision_table(table[table["framework"] != "pytorch[bf16]"],
                                    scaling.grid_of([])) is None
+
+
+def test_a_sweep_shows_only_the_plots_it_has_data_for(saved):
+    """sweep-bf16's grid has one batch size and no generation: its report and its section
+    of the results page show the step time and the MFU against rnn size, nothing empty."""
+    _, frameworks = report.load_records(saved)
+    table = scaling.sweep_table(frameworks)
+    full = scaling.grid_of(report.load_records(saved)[0])
+    assert scaling.shown_plots(table, full) == scaling.PLOTS
+    one_batch = dataclasses.replace(full, batch_sizes=(64,))
+    silent = table.assign(gen_chars_per_s=float("nan"))
+    assert list(scaling.shown_plots(silent, one_batch)) == ["step", "mfu"]
+    assert list(scaling.shown_plots(silent, full)) == ["step", "mfu", "batch", "memory"]
