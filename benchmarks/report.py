@@ -341,11 +341,17 @@ def shown_rows(table: pd.DataFrame) -> list[dict]:
     return rows
 
 
+def generates(table: pd.DataFrame) -> bool:
+    """Whether any row of the table has a generation figure (a scaling or bf16-long run
+    generates nothing: no generation columns or section)."""
+    return any(c in table and bool(table[c].notna().any()) for c in GENERATION_COLUMNS)
+
+
 def results_table(table: pd.DataFrame) -> str:
-    """The main table, fastest first by s/epoch, then the inference engines (a scaling
-    run: without the generation columns, as it generates nothing)."""
+    """The main table, fastest first by s/epoch, then the inference engines; without the
+    generation columns where nothing generated."""
     columns = with_cell(TABLE, table)
-    if shows_worlds(table):
+    if not generates(table):
         columns = [c for c in columns if c[0] not in GENERATION_COLUMNS]
     return markdown_table(shown_rows(table), columns)
 
@@ -493,7 +499,7 @@ def row_notes(table: pd.DataFrame) -> list[str]:
     units = sorted({r["bf16_units"] or "none (emulated)" for r in bf16
                     if isinstance(r.get("bf16_units"), str)})
     return ([sentence("lines.md.j2", "bf16_note", names=[r["framework"] for r in bf16],
-                      units=units)] if bf16
+                      units=units, generates=generates(table))] if bf16
             else []) + ([sentence("lines.md.j2", "engine_note", engines=session_choices(table))]
                         if len(_engines(table)) else [])
 
@@ -626,6 +632,7 @@ def render_report(runs: list[dict], table: pd.DataFrame, frameworks: pd.DataFram
         text_name=Path(s.get("text_path", "?")).name, results_table=results_table(table),
         notes=row_notes(table) + flag_notes(table), summary=summary_lines(table, frameworks),
         problems=problems(table), worlds=worlds, machines=shows_machines(table),
+        generates=generates(table),
         batch_samples=_batch_samples(table), repeated=_repeated(table),
         cells_table=cells_table(table) if shows_cells(table) else None,
         scaling_table=scaling_table(table) if worlds else None,

@@ -799,6 +799,20 @@ def test_precision_speedup_gives_each_bf16_row_against_its_target():
     assert "(6 of 14 reach their target;" in line
 
 
+def test_a_run_that_generated_nothing_has_no_generation_columns():
+    """The bf16-long profile generates nothing: its table and report.md leave generation
+    out instead of showing a column of dashes; the quick profile's keep it."""
+    reference = ROOT / "benchmarks" / "reference" / "amd-epyc-avx512bf16-2core"
+    long_table = report.summary_table(report.load_records(reference / "bf16-long")[1])
+    quick_table = report.summary_table(report.load_records(reference / "quick")[1])
+    assert not report.generates(long_table) and report.generates(quick_table)
+    assert "gen chars/s" not in report.results_table(long_table)
+    assert "gen chars/s" in report.results_table(quick_table)
+    notes = " ".join(report.row_notes(long_table))
+    assert "train with `--precision bf16-mixed`" in notes and "generation" not in notes
+    assert "## Generation" not in (reference / "bf16-long" / "report.md").read_text()
+
+
 def test_report_without_records_is_one_line(tmp_path):
     with pytest.raises(SystemExit, match="no records"):
         report.main([str(tmp_path)])
