@@ -87,9 +87,11 @@ from benchmarks.render import (  # noqa: F401 (_spread_cell: for tests)
 )
 from benchmarks.rows import fp32_name
 from benchmarks.summary import (  # noqa: F401 (SPREAD, peaks: for tests)
+    GENERATION_COLUMNS,
     SPREAD,
     _records,
     aggregate_repeats,
+    generates,
     load_records,
     peaks,
     results_records,
@@ -177,7 +179,6 @@ SESSION_TABLE = [
 NOT_APPLICABLE = "n/a"
 TRAINING_COLUMNS = ("s_per_epoch", "wall_s_per_epoch", "chars_per_s", "step_ms",
                     "first_step_s", "mfu", "peak_mb", "train_loss", "val_loss", "val_bpc")
-GENERATION_COLUMNS = ("gen_chars_per_s", "batch_gen_chars_per_s")
 # The original suite's numbers beside a run's (compare_original).
 ORIGINAL_TABLE = [
     ("framework", "framework", "{}"), ("script", "original script", "{}"),
@@ -339,12 +340,6 @@ def shown_rows(table: pd.DataFrame) -> list[dict]:
         elif r.get("precision", FP32) != FP32:
             r.update(dict.fromkeys(GENERATION_COLUMNS, NOT_APPLICABLE))
     return rows
-
-
-def generates(table: pd.DataFrame) -> bool:
-    """Whether any row of the table has a generation figure (a scaling or bf16-long run
-    generates nothing: no generation columns or section)."""
-    return any(c in table and bool(table[c].notna().any()) for c in GENERATION_COLUMNS)
 
 
 def results_table(table: pd.DataFrame) -> str:
@@ -580,10 +575,15 @@ def run_time(frameworks: pd.DataFrame) -> str | None:
                     span=span)
 
 
+def precision_lines(table: pd.DataFrame) -> list[str]:
+    """The bf16 rows' loss and speed-up lines that apply (none without bf16 rows)."""
+    return [line for line in (precision_agreement(table), precision_speedup(table)) if line]
+
+
 def summary_lines(table: pd.DataFrame, frameworks: pd.DataFrame) -> list[str]:
     """The agreement and run-time lines that apply (report.md, the full block, stdout)."""
-    return [line for line in (loss_agreement(table), precision_agreement(table),
-                              precision_speedup(table), run_time(frameworks)) if line]
+    return [line for line in (loss_agreement(table), *precision_lines(table),
+                              run_time(frameworks)) if line]
 
 
 def problems(table: pd.DataFrame) -> list[str]:
@@ -701,9 +701,7 @@ def page_section(results_dir: Path, page: Path) -> dict:
     if shows_worlds(table):
         return {**x, "profile": "scaling", "table": scaling_table(table)}
     x.update(table=results_table(table), notes=row_notes(table) + flag_notes(table),
-             repeated=_repeated(table),
-             precision=[line for line in (precision_agreement(table), precision_speedup(table))
-                        if line])
+             repeated=_repeated(table), precision=precision_lines(table))
     if runs[-1].get("settings", {}).get("profile") == "full":
         return {**x, "profile": "full", "description": runs[0].get("description", "?"),
                 "summary": summary_lines(table, frameworks), "compare": compare_original(table)}

@@ -145,6 +145,16 @@ def generation_figures(record: dict) -> dict:
     }
 
 
+# The generation rates of a summary row: one stream and the batch.
+GENERATION_COLUMNS = ("gen_chars_per_s", "batch_gen_chars_per_s")
+
+
+def generates(table: pd.DataFrame) -> bool:
+    """Whether any row of a summary table has a generation rate (a scaling, bf16-long or
+    sweep-bf16 run generates nothing: its reports leave generation out)."""
+    return any(c in table and bool(table[c].notna().any()) for c in GENERATION_COLUMNS)
+
+
 def summarise(record: dict) -> dict:
     """The measurements of one framework run, from its raw record.
 

@@ -43,7 +43,13 @@ from benchmarks.render import (
     sentence,
 )
 from benchmarks.rows import fp32_name
-from benchmarks.summary import _peak_measurements, _records, aggregate_repeats, summarise
+from benchmarks.summary import (
+    _peak_measurements,
+    _records,
+    aggregate_repeats,
+    generates,
+    summarise,
+)
 from benchmarks.sweep import Grid, Point, point_of
 from charrnn.common.config import BF16_MIXED
 from charrnn.common.fileio import atomic_write_text
@@ -60,9 +66,8 @@ PLOTS = {"step": STEP_PLOT, "mfu": "mfu_vs_rnn_size.png",
 def shown_plots(table: pd.DataFrame, grid: Grid) -> dict[str, str]:
     """The PLOTS a sweep has something to draw in: generation only where it generated, the
     batch-size axis only where it has more than one size (sweep-bf16's has one)."""
-    generated = "gen_chars_per_s" in table and table["gen_chars_per_s"].notna().any()
     return {name: file for name, file in PLOTS.items()
-            if (name != "generation" or generated)
+            if (name != "generation" or generates(table))
             and (name not in ("batch", "memory") or len(grid.batch_sizes) > 1)}
 
 
